@@ -1,0 +1,3 @@
+"""Shipyard: every model commit becomes a reproducible, gated release."""
+
+__version__ = "0.1.0"

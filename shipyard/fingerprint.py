@@ -1,0 +1,37 @@
+"""The release fingerprint: one sha256 over everything that determines what a release builds."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from importlib.metadata import PackageNotFoundError, version
+
+import shipyard
+
+# What the stages themselves depend on, whatever the framework.
+CORE_PACKAGES = ("onnx", "onnxruntime", "numpy")
+
+
+def package_versions(names: tuple[str, ...]) -> dict[str, str]:
+    """Installed versions of `names` (plus the core ones); missing ones are recorded as such."""
+    versions = {"shipyard": shipyard.__version__}
+    for name in sorted({*CORE_PACKAGES, *names}):
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = "not-installed"
+    return versions
+
+
+def fingerprint(tree_hash: str, data_hash: str, manifest_json: str, packages: dict[str, str]) -> str:
+    """sha256 over the project tree, the data, the manifest and the resolved package versions.
+
+    The commit sha is recorded on the release but is not part of the fingerprint: a commit
+    that does not touch the model project releases the same thing.
+    """
+    payload = json.dumps(
+        {"tree": tree_hash, "data": data_hash, "manifest": manifest_json, "packages": packages},
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()

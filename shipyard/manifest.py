@@ -1,0 +1,159 @@
+"""The model project contract: `shipyard.yaml`, validated by a typed schema.
+
+A model project is a directory holding a manifest that names the model, its framework,
+its data and training entrypoints, the served input signature, its labels, the release
+gates and the optimizations wanted.
+"""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from shipyard.errors import ManifestError
+
+MANIFEST_NAME = "shipyard.yaml"
+
+ENTRYPOINT_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
+# Registry model names double as image repository names (lowercase, no spaces).
+MODEL_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
+
+
+class Framework(StrEnum):
+    SKLEARN = "sklearn"
+    PYTORCH = "pytorch"
+
+
+class Variant(StrEnum):
+    """ONNX variants a release can produce, in the order they are derived."""
+
+    FP32 = "fp32"
+    OPTIMIZED = "optimized"
+    INT8 = "int8"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Entrypoints(_Strict):
+    data: Annotated[str, Field(pattern=ENTRYPOINT_PATTERN)] = Field(
+        description="`module:function` returning x_train, y_train, x_test, y_test."
+    )
+    train: Annotated[str, Field(pattern=ENTRYPOINT_PATTERN)] = Field(
+        description="`module:function(x, y, *, seed, params)` returning a fitted model."
+    )
+
+
+class InputSignature(_Strict):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+    dtype: Literal["float32"] = "float32"
+    shape: list[int | None] = Field(min_length=2)
+
+    @field_validator("shape")
+    @classmethod
+    def _dynamic_batch(cls, shape: list[int | None]) -> list[int | None]:
+        if shape[0] is not None:
+            raise ValueError(f"first axis must be the dynamic batch axis `null`, got {shape[0]}")
+        if any(d is None or d < 1 for d in shape[1:]):
+            raise ValueError(f"axes after the batch axis must be positive integers, got {shape}")
+        return shape
+
+    @property
+    def feature_shape(self) -> tuple[int, ...]:
+        return tuple(int(d) for d in self.shape[1:] if d is not None)
+
+
+class Gates(_Strict):
+    min_accuracy: float = Field(ge=0, le=1, description="Test accuracy a release must reach.")
+    max_accuracy_drop: float = Field(
+        default=0.01, ge=0, le=1, description="Largest accuracy loss allowed against `champion`."
+    )
+    max_latency_p99_ms: float = Field(gt=0, description="p99 latency budget at batch 1, in ms.")
+    max_size_mb: float = Field(gt=0, description="Size budget of the served ONNX file, in MB.")
+
+
+class Optimize(_Strict):
+    variants: list[Variant] = Field(
+        default=[Variant.FP32, Variant.OPTIMIZED, Variant.INT8], min_length=1
+    )
+    quantization: Literal["dynamic", "static"] = "dynamic"
+    calibration_samples: int = Field(default=256, ge=16, le=10_000)
+    prefer: Literal["size", "accuracy", "latency"] = Field(
+        default="size",
+        description="How the best variant passing every gate is picked. `size` and `accuracy` "
+        "are exact, so the same commit always picks the same variant; `latency` is measured.",
+    )
+
+    @field_validator("variants")
+    @classmethod
+    def _fp32_first(cls, variants: list[Variant]) -> list[Variant]:
+        if Variant.FP32 not in variants:
+            raise ValueError("must include 'fp32': it is the reference the others are checked against")
+        if len(set(variants)) != len(variants):
+            raise ValueError(f"lists a variant twice: {[v.value for v in variants]}")
+        return variants
+
+
+class Manifest(_Strict):
+    name: Annotated[str, Field(pattern=MODEL_NAME_PATTERN)]
+    framework: Framework
+    entrypoints: Entrypoints
+    input: InputSignature
+    labels: list[str] = Field(min_length=2)
+    gates: Gates
+    optimize: Optimize = Optimize()
+    seed: int = Field(default=0, ge=0)
+    params: dict[str, Any] = Field(default_factory=dict)
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _unique_labels(self) -> Manifest:
+        if len(set(self.labels)) != len(self.labels):
+            raise ValueError(f"labels must be unique, got {self.labels}")
+        return self
+
+    def canonical_json(self) -> str:
+        """A stable serialization, used in the release fingerprint."""
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+
+def _describe(error: ValidationError, source: str) -> str:
+    lines = []
+    for e in error.errors():
+        field = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        got = "" if e["type"] == "missing" else f" (got {e['input']!r})"
+        lines.append(f"  - {field}: {e['msg']}{got}")
+    return f"{source}: {len(lines)} invalid field(s):\n" + "\n".join(lines)
+
+
+def parse_manifest(data: Any, source: str = MANIFEST_NAME) -> Manifest:
+    """Validate manifest data, raising `ManifestError` that names every bad field."""
+    if not isinstance(data, dict):
+        raise ManifestError(f"{source}: expected a mapping of fields, got {type(data).__name__}")
+    try:
+        return Manifest.model_validate(data)
+    except ValidationError as e:
+        raise ManifestError(
+            _describe(e, source) + f"\nSee examples/digits-sklearn/{MANIFEST_NAME} for a valid one."
+        ) from e
+
+
+def load_manifest(project_dir: Path) -> Manifest:
+    """Read and validate `shipyard.yaml` in `project_dir`."""
+    path = project_dir / MANIFEST_NAME
+    if not path.is_file():
+        raise ManifestError(
+            f"No {MANIFEST_NAME} in {project_dir}: a model project needs one. "
+            f"Copy examples/digits-sklearn/{MANIFEST_NAME} and adapt it."
+        )
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ManifestError(f"{path}: not valid YAML: {e}") from e
+    return parse_manifest(data, str(path))

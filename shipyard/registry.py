@@ -1,0 +1,127 @@
+"""MLflow as the version store: one run and at most one registered version per fingerprint.
+
+Aliases: `candidate` names the newest release that passed its gates; `champion` names what
+serves (moved by deploy); `previous` what served before it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+
+from shipyard.errors import RegistryError
+from shipyard.gates import Champion
+from shipyard.settings import Settings
+
+CANDIDATE = "candidate"
+CHAMPION = "champion"
+FINGERPRINT_TAG = "shipyard.fingerprint"
+
+
+def client(settings: Settings) -> MlflowClient:
+    """A client for the configured store; the embedded SQLite one lives in `state_dir`."""
+    if not settings.mlflow_tracking_uri:
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
+    return MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
+
+
+def experiment_id(mlflow: MlflowClient, settings: Settings, model: str) -> str:
+    """The model's experiment, created on first use (artifacts under `state_dir` when embedded)."""
+    existing = mlflow.get_experiment_by_name(model)
+    if existing is not None:
+        return str(existing.experiment_id)
+    location = None if settings.mlflow_tracking_uri else (settings.artifact_root / model).as_uri()
+    return str(mlflow.create_experiment(model, artifact_location=location))
+
+
+def release_run(mlflow: MlflowClient, experiment: str, fingerprint: str, tags: dict[str, str]) -> str:
+    """The MLflow run of this fingerprint: reused when a release of it was started before."""
+    runs = mlflow.search_runs(
+        [experiment], f"tags.`{FINGERPRINT_TAG}` = '{fingerprint}'", max_results=1,
+        order_by=["attributes.start_time ASC"],
+    )
+    if runs:
+        run_id = str(runs[0].info.run_id)
+        mlflow.update_run(run_id, status="RUNNING")
+        return run_id
+    run = mlflow.create_run(experiment, tags={FINGERPRINT_TAG: fingerprint, **tags},
+                            run_name=f"release-{fingerprint[:12]}")
+    return str(run.info.run_id)
+
+
+def version_by_fingerprint(mlflow: MlflowClient, model: str, fingerprint: str) -> ModelVersion | None:
+    versions = mlflow.search_model_versions(
+        f"name = '{model}' and tags.fingerprint = '{fingerprint}'"
+    )
+    return min(versions, key=lambda v: int(v.version)) if versions else None
+
+
+def version_by_alias(mlflow: MlflowClient, model: str, alias: str) -> ModelVersion | None:
+    try:
+        return mlflow.get_model_version_by_alias(model, alias)
+    except MlflowException:
+        return None  # no such model or alias
+
+
+def champion(mlflow: MlflowClient, model: str) -> Champion | None:
+    """The serving version and its accuracy, if one has been promoted."""
+    version = version_by_alias(mlflow, model, CHAMPION)
+    if version is None:
+        return None
+    return Champion(str(version.version), float(version.tags["accuracy"]))
+
+
+def register(
+    mlflow: MlflowClient, model: str, source: str, run_id: str, tags: dict[str, str]
+) -> ModelVersion:
+    """Create the version and point `candidate` at it, or leave nothing behind."""
+    try:
+        try:
+            mlflow.get_registered_model(model)
+        except MlflowException:
+            mlflow.create_registered_model(model, tags={"managed_by": "shipyard"})
+        version = mlflow.create_model_version(model, source=source, run_id=run_id, tags=tags)
+    except MlflowException as e:
+        raise RegistryError(f"MLflow refused to register {model!r}: {e.message}") from e
+    try:
+        mlflow.set_registered_model_alias(model, CANDIDATE, version.version)
+    except MlflowException as e:
+        mlflow.delete_model_version(model, version.version)  # no half-registered versions
+        raise RegistryError(
+            f"MLflow refused alias {CANDIDATE!r} on {model} v{version.version}: {e.message}; "
+            "the version was removed."
+        ) from e
+    return version
+
+
+@dataclass(frozen=True)
+class AliasStatus:
+    alias: str
+    version: str
+    tags: dict[str, str]
+    source: str
+
+
+def aliases(mlflow: MlflowClient, model: str) -> list[AliasStatus]:
+    """Every alias of `model` with its version's tags, for `shipyard status`."""
+    try:
+        registered = mlflow.get_registered_model(model)
+    except MlflowException as e:
+        raise RegistryError(
+            f"No registered model {model!r} in {mlflow.tracking_uri}: release it first "
+            "(shipyard release SOURCE), or point SHIPYARD_STATE_DIR / MLFLOW_TRACKING_URI at its store."
+        ) from e
+    out = []
+    for alias, number in sorted(registered.aliases.items()):
+        v = mlflow.get_model_version(model, str(number))
+        out.append(AliasStatus(alias, str(v.version), dict(v.tags), str(v.source)))
+    return out
+
+
+def summary_tags(values: dict[str, Any]) -> dict[str, str]:
+    """MLflow tags are strings; drop empty values rather than storing 'None'."""
+    return {k: str(v) for k, v in values.items() if v is not None and v != ""}

@@ -1,0 +1,130 @@
+"""The release report: tables and pictures a reviewer reads in the Prefect UI and MLflow."""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, never a window
+import matplotlib.pyplot as plt  # noqa: E402
+
+from shipyard.gates import Measurement, Verdict  # noqa: E402
+
+
+def variant_rows(measurements: list[Measurement], verdict: Verdict) -> list[dict[str, Any]]:
+    """One row per variant: measurements, gate verdicts, and whether it was chosen."""
+    rows = []
+    for m in measurements:
+        results = [r for r in verdict.results if r.variant == m.variant]
+        failed = [r.gate for r in results if not r.passed]
+        rows.append({
+            "variant": m.variant.value,
+            "chosen": "yes" if m.variant == verdict.chosen else "",
+            "size_kb": round(m.size_bytes / 1024, 1),
+            "accuracy": round(m.accuracy, 4),
+            "max_dprob": f"{m.max_prob_delta:.1e}",
+            "p50_b1_ms": m.batch1.p50_ms,
+            "p99_b1_ms": m.batch1.p99_ms,
+            "p50_b32_ms": m.batch32.p50_ms,
+            "p99_b32_ms": m.batch32.p99_ms,
+            "gates": "pass" if not failed else "FAIL: " + ", ".join(failed),
+        })
+    return rows
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return ""
+    head = list(rows[0])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(str(r[h]) for h in head) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def tradeoff_plot(measurements: list[Measurement], chosen: str | None, out: Path) -> Path:
+    """Size against batch-1 p50 latency, one point per variant, annotated with accuracy."""
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    for m in measurements:
+        ax.scatter(m.size_bytes / 1024, m.batch1.p50_ms, s=120 if m.variant == chosen else 60,
+                   marker="*" if m.variant == chosen else "o")
+        ax.annotate(f"{m.variant} ({m.accuracy:.2%})", (m.size_bytes / 1024, m.batch1.p50_ms),
+                    textcoords="offset points", xytext=(6, 6), fontsize=9)
+    ax.set_xlabel("size (KiB)")
+    ax.set_ylabel("p50 latency at batch 1 (ms)")
+    ax.set_title("Variants: size, latency, accuracy (★ chosen)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, metadata={"Software": None})
+    plt.close(fig)
+    return out
+
+
+def confusion_plot(confusion: list[list[int]], labels: list[str], title: str, out: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(5, 4.5), dpi=100)
+    ax.imshow(confusion, cmap="Blues")
+    ticks = range(len(labels))
+    ax.set_xticks(ticks, labels)
+    ax.set_yticks(ticks, labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i, row in enumerate(confusion):
+        for j, count in enumerate(row):
+            if count:
+                ax.text(j, i, str(count), ha="center", va="center", fontsize=7,
+                        color="white" if count > max(map(max, confusion)) / 2 else "black")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(out, metadata={"Software": None})
+    plt.close(fig)
+    return out
+
+
+def inline_png(path: Path, alt: str) -> str:
+    """A markdown image that needs no server: the PNG as a data URI."""
+    return f"![{alt}](data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()})"
+
+
+def write_json(data: Any, out: Path) -> Path:
+    out.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
+    return out
+
+
+def verdict_json(measurements: list[Measurement], verdict: Verdict) -> dict[str, Any]:
+    return {
+        "chosen": verdict.chosen,
+        "failures": verdict.failures,
+        "gates": [asdict(r) for r in verdict.results],
+        "variants": [{**asdict(m), "path": m.path.name} for m in measurements],
+    }
+
+
+def release_markdown(
+    summary: dict[str, Any], rows: list[dict[str, Any]], gates: list[str], pictures: list[Path]
+) -> str:
+    """The release report shown in the Prefect UI."""
+    links = []
+    if summary.get("mlflow_run_url"):
+        links.append(f"[MLflow run]({summary['mlflow_run_url']})")
+    if summary.get("mlflow_version_url"):
+        links.append(f"[model version]({summary['mlflow_version_url']})")
+    lines = [
+        f"# Release {summary['model']} v{summary.get('version') or '-'}: {summary['status']}",
+        "",
+        f"- **source**: `{summary['source']}` at `{summary.get('git_sha') or 'working tree'}`"
+        + (" (uncommitted changes)" if summary.get("git_dirty") else ""),
+        f"- **fingerprint**: `{summary['fingerprint']}`",
+        f"- **variant**: `{summary.get('variant')}`, onnx sha256 `{summary.get('onnx_sha256')}`",
+        f"- **MLflow run**: `{summary['mlflow_run_id']}`" + (f" ({', '.join(links)})" if links else ""),
+    ]
+    if summary.get("reused"):
+        lines.append("- this fingerprint was registered before: its version was reused")
+    lines += ["", "## Variants", "", markdown_table(rows), "", "## Gates", ""]
+    lines += [f"- {g}" for g in gates]
+    for picture in pictures:
+        lines += ["", inline_png(picture, picture.stem)]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,88 @@
+"""The one settings object: built once (environment, `.env`, `shipyard.toml`) and passed down."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+
+class Settings(BaseSettings):
+    """Shipyard's settings. Environment variables are `SHIPYARD_<FIELD>`.
+
+    Precedence: constructor arguments, environment, `.env`, `shipyard.toml`, defaults.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="SHIPYARD_",
+        env_file=".env",
+        extra="ignore",
+        toml_file="shipyard.toml",
+    )
+
+    state_dir: Path = Field(
+        default=Path(".shipyard"),
+        description="Where builds, the embedded MLflow store and the task cache live.",
+    )
+    mlflow_tracking_uri: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("SHIPYARD_MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_URI"),
+        description="MLflow tracking server; default: SQLite under state_dir.",
+    )
+    mlflow_ui_url: str | None = Field(
+        default=None,
+        description="Base URL of an MLflow UI, for links; default: the tracking URI if HTTP.",
+    )
+    prefect_ui_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("SHIPYARD_PREFECT_UI_URL", "PREFECT_UI_URL"),
+        description="Base URL of the Prefect UI, for links.",
+    )
+    latency_runs: int = Field(
+        default=200, ge=10, description="Timed inferences per variant and batch size."
+    )
+    ort_threads: int = Field(
+        default=1, ge=1, description="ONNX Runtime intra-op threads when measuring variants."
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml = TomlConfigSettingsSource(settings_cls)
+        return init_settings, env_settings, dotenv_settings, toml, file_secret_settings
+
+    @property
+    def tracking_uri(self) -> str:
+        """The MLflow tracking URI in force: the configured one or the embedded SQLite store."""
+        if self.mlflow_tracking_uri:
+            return self.mlflow_tracking_uri
+        return f"sqlite:///{self.state_dir.resolve() / 'mlflow.db'}"
+
+    @property
+    def artifact_root(self) -> Path:
+        """Where the embedded store keeps artifacts."""
+        return self.state_dir.resolve() / "mlartifacts"
+
+    @property
+    def builds_dir(self) -> Path:
+        return self.state_dir.resolve() / "builds"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.state_dir.resolve() / "cache"
+
+    @property
+    def checkouts_dir(self) -> Path:
+        return self.state_dir.resolve() / "checkouts"

@@ -1,0 +1,48 @@
+"""Stage `export`: the trained model, preprocessing included, as one checked ONNX graph."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+from prefect import task
+
+from shipyard.errors import ExportError
+from shipyard.frameworks import OUTPUTS, adapter_for
+from shipyard.manifest import Manifest
+from shipyard.settings import Settings
+from tasks.train import TrainedModel
+
+OPSET = 18
+
+
+def check_contract(path: Path, manifest: Manifest) -> None:
+    """The served contract: one float input named as in the manifest; `label` and `probabilities`."""
+    model = onnx.load(str(path))
+    inputs = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
+    outputs = [o.name for o in model.graph.output]
+    problems = []
+    if inputs != [manifest.input.name]:
+        problems.append(f"inputs {inputs}, expected [{manifest.input.name!r}] (manifest input.name)")
+    if list(OUTPUTS) != outputs[:2]:
+        problems.append(f"outputs {outputs}, expected {list(OUTPUTS)}")
+    if problems:
+        raise ExportError(f"{path.name} breaks the served contract: " + "; ".join(problems))
+
+
+def export_onnx(trained: TrainedModel, manifest: Manifest, out_dir: Path, opset: int = OPSET) -> Path:
+    """Export to `out_dir/fp32.onnx`, run the full ONNX checker, and return the path."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = adapter_for(manifest.framework).export(trained.load(), manifest, out_dir / "fp32.onnx", opset)
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except onnx.checker.ValidationError as e:
+        raise ExportError(f"The exported graph fails onnx.checker: {e}") from e
+    check_contract(path, manifest)
+    return path
+
+
+@task(name="export", persist_result=True)
+def export(trained: TrainedModel, manifest: Manifest, fingerprint: str, settings: Settings) -> Path:
+    """The fp32 ONNX graph every other variant derives from."""
+    return export_onnx(trained, manifest, settings.builds_dir / fingerprint / "onnx")
