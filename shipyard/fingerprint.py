@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from functools import cache
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
 import shipyard
 
@@ -12,9 +14,20 @@ import shipyard
 CORE_PACKAGES = ("onnx", "onnxruntime", "numpy")
 
 
+@cache
+def code_digest() -> str:
+    """sha256 of Shipyard's own stage code: a changed exporter is a changed build, version or not."""
+    root = Path(shipyard.__file__).parent.parent
+    digest = hashlib.sha256()
+    for package in ("shipyard", "tasks"):
+        for path in sorted((root / package).rglob("*.py")):
+            digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def package_versions(names: tuple[str, ...]) -> dict[str, str]:
     """Installed versions of `names` (plus the core ones); missing ones are recorded as such."""
-    versions = {"shipyard": shipyard.__version__}
+    versions = {"shipyard": f"{shipyard.__version__}+{code_digest()}"}
     for name in sorted({*CORE_PACKAGES, *names}):
         try:
             versions[name] = version(name)

@@ -30,10 +30,24 @@ def check_contract(path: Path, manifest: Manifest) -> None:
         raise ExportError(f"{path.name} breaks the served contract: " + "; ".join(problems))
 
 
+def strip_debug_info(path: Path) -> Path:
+    """Drop what serving never reads: doc strings and per-node metadata (exporter stack
+    traces that hold the checkout's file paths, so two checkouts would differ byte-wise)."""
+    model = onnx.load(str(path))
+    model.doc_string = ""
+    model.graph.doc_string = ""
+    for node in model.graph.node:
+        node.doc_string = ""
+        del node.metadata_props[:]
+    onnx.save(model, str(path))
+    return path
+
+
 def export_onnx(trained: TrainedModel, manifest: Manifest, out_dir: Path, opset: int = OPSET) -> Path:
     """Export to `out_dir/fp32.onnx`, run the full ONNX checker, and return the path."""
     out_dir.mkdir(parents=True, exist_ok=True)
     path = adapter_for(manifest.framework).export(trained.load(), manifest, out_dir / "fp32.onnx", opset)
+    strip_debug_info(path)
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except onnx.checker.ValidationError as e:

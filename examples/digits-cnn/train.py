@@ -15,7 +15,7 @@ class DigitsCNN(nn.Module):
             nn.MaxPool2d(2),
         )
         self.head = nn.Sequential(
-            nn.Flatten(), nn.Dropout(0.2), nn.Linear(32 * 4 * 4, 64), nn.ReLU(), nn.Linear(64, 10),
+            nn.Flatten(), nn.Dropout(0.2), nn.Linear(32 * 4 * 4, 128), nn.ReLU(), nn.Linear(128, 10),
         )
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:

@@ -3,8 +3,10 @@ dynamic batch axis, wrapped so the graph ends in the served `label` and `probabi
 
 from __future__ import annotations
 
+import logging
 import os
 import random
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager, redirect_stdout
 from io import StringIO
@@ -56,8 +58,12 @@ class PytorchAdapter:
     def export(self, model: Any, manifest: Manifest, out: Path, opset: int) -> Path:
         served = _Served(model).eval()
         sample = torch.zeros((2, *manifest.input.feature_shape), dtype=torch.float32)
+        quiet = logging.getLogger("torch.onnx")
+        level = quiet.level
+        quiet.setLevel(logging.ERROR)  # it warns about every absent optional op library
         try:
-            with redirect_stdout(StringIO()):  # the exporter prints its progress
+            with redirect_stdout(StringIO()), warnings.catch_warnings():  # it prints progress
+                warnings.simplefilter("ignore")
                 torch.onnx.export(
                     served,
                     (sample,),
@@ -74,6 +80,8 @@ class PytorchAdapter:
                 f"torch.onnx cannot export {type(model).__name__}: {type(e).__name__}: {e}. "
                 "Keep forward free of data-dependent Python control flow and of ops ONNX lacks."
             ) from e
+        finally:
+            quiet.setLevel(level)
         return out
 
     @contextmanager

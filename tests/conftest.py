@@ -1,0 +1,81 @@
+"""Shared fixtures: one real Prefect server per run, a fresh MLflow SQLite store per test,
+and real git repositories holding the reference projects."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
+
+from prefect.settings import PREFECT_API_URL  # noqa: E402
+from prefect.testing.utilities import prefect_test_harness  # noqa: E402
+
+from shipyard import registry  # noqa: E402
+from shipyard.settings import Settings  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def prefect_server() -> Iterator[str]:
+    """A real Prefect server (SQLite) for the whole run; yields its API URL."""
+    with prefect_test_harness(server_startup_timeout=120):
+        yield str(PREFECT_API_URL.value())
+
+
+@pytest.fixture(scope="session")
+def _mlflow_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An MLflow SQLite store with its schema migrated once (about 4 s), copied per test."""
+    state = tmp_path_factory.mktemp("mlflow-template")
+    registry.client(Settings(state_dir=state)).search_experiments()
+    return state / "mlflow.db"
+
+
+@pytest.fixture
+def settings(tmp_path: Path, _mlflow_template: Path) -> Settings:
+    """Settings on a fresh state directory: empty task cache, empty MLflow store."""
+    state = tmp_path / "state"
+    state.mkdir()
+    shutil.copy(_mlflow_template, state / "mlflow.db")
+    return Settings(state_dir=state, latency_runs=50)
+
+
+def git(repo: Path, *args: str) -> str:
+    done = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True)
+    return done.stdout.strip()
+
+
+def commit_all(repo: Path, message: str) -> str:
+    git(repo, "add", "-A")
+    git(repo, "-c", "user.name=Test", "-c", "user.email=test@example.invalid",
+        "commit", "-q", "-m", message)
+    return git(repo, "rev-parse", "HEAD")
+
+
+def make_repo(root: Path, example: str) -> Path:
+    """A real git repository whose root is a copy of `examples/<example>`, one commit on main."""
+    repo = root / f"{example}-repo"
+    shutil.copytree(EXAMPLES / example, repo, ignore=shutil.ignore_patterns("__pycache__"))
+    git(repo, "init", "-q", "-b", "main")
+    commit_all(repo, f"Add {example}")
+    return repo
+
+
+@pytest.fixture
+def sklearn_repo(tmp_path: Path) -> Path:
+    return make_repo(tmp_path, "digits-sklearn")
+
+
+def edit_manifest(project: Path, old: str, new: str) -> None:
+    path = project / "shipyard.yaml"
+    text = path.read_text()
+    assert old in text, f"{old!r} not in {path}"
+    path.write_text(text.replace(old, new))

@@ -1,0 +1,64 @@
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from shipyard.errors import ExportError
+from shipyard.inference import predict, session
+from tasks.export import export_onnx
+from tasks.train import train_model
+from tests.tasks.conftest import EXAMPLES
+
+
+def test_sklearn_export_is_the_whole_pipeline_with_a_dynamic_batch(sklearn_trained, tmp_path: Path) -> None:
+    manifest, data, model = sklearn_trained
+    path = export_onnx(model, manifest, tmp_path)
+    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert "Scaler" in ops  # the StandardScaler travels with the model
+    sess = session(path)
+    for rows in (1, 7, 360):
+        labels, probabilities = predict(sess, data.x_test[:rows])
+        assert labels.shape == (rows,) and probabilities.shape == (rows, 10)
+    _, probabilities = predict(sess, data.x_test)
+    assert np.abs(probabilities - model.reference()).max() <= 1e-4
+
+
+def test_pytorch_export_drops_training_only_nodes(cnn_trained, tmp_path: Path) -> None:
+    manifest, data, model = cnn_trained
+    path = export_onnx(model, manifest, tmp_path)
+    graph = onnx.load(str(path)).graph
+    ops = {n.op_type for n in graph.node}
+    assert not ops & {"Dropout", "BatchNormalization"}  # folded or removed in eval mode
+    assert graph.input[0].type.tensor_type.shape.dim[0].dim_param  # a symbolic batch axis
+    labels, probabilities = predict(session(path), data.x_test)
+    assert np.array_equal(labels, model.reference().argmax(1))
+    assert np.abs(probabilities - model.reference()).max() <= 1e-4
+
+
+def test_two_trainings_export_byte_identical_onnx(sklearn_trained, tmp_path: Path) -> None:
+    manifest, data, model = sklearn_trained
+    again = train_model(EXAMPLES / "digits-sklearn", manifest, data, tmp_path / "again")
+    first = export_onnx(model, manifest, tmp_path / "a").read_bytes()
+    second = export_onnx(again, manifest, tmp_path / "b").read_bytes()
+    assert first == second
+
+
+def test_a_model_skl2onnx_cannot_convert_is_an_export_error(sklearn_trained, tmp_path: Path) -> None:
+    manifest, data, _ = sklearn_trained
+    project = tmp_path / "p"
+    project.mkdir()
+    for name in ("shipyard.yaml", "data.py"):
+        (project / name).write_text((EXAMPLES / "digits-sklearn" / name).read_text())
+    (project / "train.py").write_text(
+        "from sklearn.pipeline import make_pipeline\n"
+        "from sklearn.preprocessing import FunctionTransformer\n"
+        "from sklearn.linear_model import LogisticRegression\n"
+        "def train(x, y, *, seed, params):\n"
+        "    return make_pipeline(FunctionTransformer(lambda v: v / 16), "
+        "LogisticRegression(max_iter=200)).fit(x, y)\n"
+    )
+    model = train_model(project, manifest, data, tmp_path / "out")
+    with pytest.raises(ExportError, match="skl2onnx cannot convert Pipeline") as e:
+        export_onnx(model, manifest, tmp_path / "onnx")
+    assert "register a converter" in str(e.value)

@@ -1,0 +1,72 @@
+"""Gate decisions are pure: these tests build measurements by hand and check the verdict."""
+
+from dataclasses import replace
+from pathlib import Path
+
+from shipyard.gates import Champion, Measurement, decide
+from shipyard.inference import Latency
+from shipyard.manifest import Gates, Variant
+
+GATES = Gates(min_accuracy=0.95, max_accuracy_drop=0.01, max_latency_p99_ms=5.0, max_size_mb=1.0)
+
+
+def measured(variant: Variant, size: int, accuracy: float = 0.97, p99: float = 0.5,
+             delta: float = 1e-6) -> Measurement:
+    return Measurement(variant, Path(f"{variant}.onnx"), size, "0" * 64, accuracy, 1.0, delta,
+                       Latency(p99 / 2, p99), Latency(p99, p99 * 2), [[1]])
+
+
+ALL = [measured(Variant.FP32, 200_000), measured(Variant.OPTIMIZED, 190_000),
+       measured(Variant.INT8, 55_000, accuracy=0.968, delta=0.1)]
+
+
+def test_the_smallest_passing_variant_wins_by_default() -> None:
+    verdict = decide(ALL, GATES, None, "size")
+    assert verdict.passed and verdict.chosen == Variant.INT8
+
+
+def test_a_failing_variant_is_skipped_and_its_failure_recorded() -> None:
+    int8 = replace(ALL[2], accuracy=0.94)
+    verdict = decide([*ALL[:2], int8], GATES, None, "size")
+    assert verdict.chosen == Variant.OPTIMIZED
+    failed = [r for r in verdict.results if not r.passed]
+    assert [(r.gate, r.variant) for r in failed] == [("min_accuracy", Variant.INT8)]
+    assert failed[0].message == (
+        "Gate 'min_accuracy' failed for int8: 0.9400 < minimum 0.9500 (manifest gates.min_accuracy)"
+    )
+
+
+def test_quantized_variants_are_not_held_to_parity() -> None:
+    verdict = decide(ALL, GATES, None, "size")
+    assert not any(r.gate == "parity" and r.variant == Variant.INT8 for r in verdict.results)
+
+
+def test_no_passing_variant_reports_every_failure() -> None:
+    slow_big = [replace(m, size_bytes=2_000_000, batch1=Latency(3.0, 9.0)) for m in ALL]
+    verdict = decide(slow_big, GATES, None, "size")
+    assert not verdict.passed and verdict.chosen is None
+    assert len(verdict.failures) == 6
+    assert any("p99 at batch 1 9.000 ms > budget 5.0 ms" in f for f in verdict.failures)
+    assert any("2.000 MB > budget 1.0 MB" in f for f in verdict.failures)
+
+
+def test_an_unfaithful_fp32_export_fails_the_release_even_if_int8_passes() -> None:
+    fp32 = replace(ALL[0], label_agreement=0.99, max_prob_delta=0.2)
+    verdict = decide([fp32, ALL[2]], GATES, None, "size")
+    assert not verdict.passed
+    assert any(f.startswith("Gate 'parity' failed for fp32: label agreement 99.00%") for f in verdict.failures)
+
+
+def test_accuracy_drop_against_the_champion() -> None:
+    champion = Champion(version="3", accuracy=0.985)
+    verdict = decide(ALL, GATES, champion, "size")
+    assert not verdict.passed  # 0.968 and 0.97 are both below 0.985 - 0.01
+    message = next(f for f in verdict.failures if "max_accuracy_drop" in f and "int8" in f)
+    assert "champion v3 at 0.9850; floor 0.9750" in message
+    assert decide(ALL, GATES, Champion("3", 0.975), "size").chosen == Variant.INT8
+
+
+def test_prefer_accuracy_and_latency() -> None:
+    assert decide(ALL, GATES, None, "accuracy").chosen == Variant.OPTIMIZED  # tie with fp32, smaller
+    fast = replace(ALL[0], batch1=Latency(0.01, 0.02))
+    assert decide([fast, *ALL[1:]], GATES, None, "latency").chosen == Variant.FP32

@@ -1,0 +1,75 @@
+from pathlib import Path
+
+import pytest
+
+from shipyard.errors import SourceError
+from shipyard.source import checkout, tree_hash
+from tests.conftest import commit_all, edit_manifest, git
+
+
+def test_git_source_checks_out_the_exact_commit_of_a_ref(sklearn_repo: Path, tmp_path: Path) -> None:
+    first = git(sklearn_repo, "rev-parse", "HEAD")
+    edit_manifest(sklearn_repo, "max_iter: 300", "max_iter: 200")
+    second = commit_all(sklearn_repo, "Fewer iterations")
+    url = sklearn_repo.as_uri()
+
+    head = checkout(url, "main", None, tmp_path / "co")
+    old = checkout(url, first, None, tmp_path / "co")
+
+    assert head.commit == second and old.commit == first
+    assert "max_iter: 200" in (head.project_dir / "shipyard.yaml").read_text()
+    assert "max_iter: 300" in (old.project_dir / "shipyard.yaml").read_text()
+    assert head.tree_hash != old.tree_hash
+    assert not head.dirty and head.commit_time is not None
+    assert not (head.project_dir / ".git").exists()
+
+
+def test_a_new_commit_on_the_branch_is_fetched(sklearn_repo: Path, tmp_path: Path) -> None:
+    url = sklearn_repo.as_uri()
+    before = checkout(url, "main", None, tmp_path / "co")
+    edit_manifest(sklearn_repo, "seed: 0", "seed: 1")
+    after_sha = commit_all(sklearn_repo, "Reseed")
+    after = checkout(url, "main", None, tmp_path / "co")
+    assert after.commit == after_sha != before.commit
+
+
+def test_unknown_ref_names_the_ref_and_the_known_ones(sklearn_repo: Path, tmp_path: Path) -> None:
+    with pytest.raises(SourceError) as e:
+        checkout(sklearn_repo.as_uri(), "no-such-branch", None, tmp_path / "co")
+    assert "'no-such-branch' does not exist" in str(e.value)
+    assert "main" in str(e.value)
+
+
+def test_unreachable_repository_is_a_source_error(tmp_path: Path) -> None:
+    with pytest.raises(SourceError, match="Cannot clone"):
+        checkout((tmp_path / "nowhere.git").as_uri(), "main", None, tmp_path / "co")
+
+
+def test_working_tree_records_commit_and_dirtiness(sklearn_repo: Path, tmp_path: Path) -> None:
+    clean = checkout(str(sklearn_repo), None, None, tmp_path / "co")
+    assert clean.commit == git(sklearn_repo, "rev-parse", "HEAD") and not clean.dirty
+    (sklearn_repo / "notes.txt").write_text("uncommitted\n")
+    dirty = checkout(str(sklearn_repo), None, None, tmp_path / "co")
+    assert dirty.dirty and dirty.tree_hash != clean.tree_hash
+
+
+def test_subdir_must_stay_inside_the_source(sklearn_repo: Path, tmp_path: Path) -> None:
+    with pytest.raises(SourceError, match="leaves the source tree"):
+        checkout(sklearn_repo.as_uri(), "main", "../..", tmp_path / "co")
+    with pytest.raises(SourceError, match="does not exist"):
+        checkout(sklearn_repo.as_uri(), "main", "models/none", tmp_path / "co")
+
+
+def test_a_path_that_is_not_a_directory_is_explained(tmp_path: Path) -> None:
+    with pytest.raises(SourceError, match="neither a directory nor a git URL"):
+        checkout(str(tmp_path / "missing"), None, None, tmp_path / "co")
+
+
+def test_tree_hash_ignores_caches_but_not_content(tmp_path: Path) -> None:
+    (tmp_path / "train.py").write_text("x = 1\n")
+    base = tree_hash(tmp_path)
+    (tmp_path / "__pycache__").mkdir()
+    (tmp_path / "__pycache__" / "train.cpython-311.pyc").write_bytes(b"\0")
+    assert tree_hash(tmp_path) == base
+    (tmp_path / "train.py").write_text("x = 2\n")
+    assert tree_hash(tmp_path) != base
