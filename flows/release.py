@@ -13,6 +13,7 @@ from typing import Any, Literal, ParamSpec, TypeVar, get_args
 from prefect import Task, flow, get_run_logger
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.runtime import flow_run
+from prefect.utilities.urls import url_for
 
 from shipyard import registry, report
 from shipyard.fingerprint import fingerprint as compute_fingerprint
@@ -58,8 +59,9 @@ def _urls(settings: Settings, experiment: str, run_id: str, model: str, version:
         urls["mlflow_run_url"] = f"{base}/#/experiments/{experiment}/runs/{run_id}"
         if version:
             urls["mlflow_version_url"] = f"{base}/#/models/{model}/versions/{version}"
-    if flow_run.ui_url:
-        urls["flow_run_url"] = flow_run.ui_url
+    # Not `prefect.runtime.flow_run.ui_url`: it builds a route the UI no longer serves.
+    if flow_url := url_for("flow-run", obj_id=flow_run.get_id()):
+        urls["flow_run_url"] = flow_url
     return urls
 
 

@@ -79,3 +79,16 @@ def edit_manifest(project: Path, old: str, new: str) -> None:
     text = path.read_text()
     assert old in text, f"{old!r} not in {path}"
     path.write_text(text.replace(old, new))
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path, _mlflow_template: Path):
+    """A factory of settings on separate fresh state directories."""
+
+    def make(name: str) -> Settings:
+        state = tmp_path / name
+        state.mkdir()
+        shutil.copy(_mlflow_template, state / "mlflow.db")
+        return Settings(state_dir=state, latency_runs=50)
+
+    return make
