@@ -43,13 +43,15 @@ def run_stage(stage: Task[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
     """Run a stage task, report its state and duration, and return its result (or raise)."""
     progress.info("started", extra={"stage": stage.name, "state": "Running", "seconds": 0.0})
     start = time.perf_counter()
-    state = stage(*args, return_state=True, **kwargs)  # type: ignore[call-arg]
+    state = stage(*args, return_state=True, **kwargs)
     seconds = round(time.perf_counter() - start, 2)
     progress.info("finished", extra={"stage": stage.name, "state": state.name, "seconds": seconds})
-    return state.result()  # type: ignore[no-any-return]
+    return state.result()
 
 
-def _urls(settings: Settings, experiment: str, run_id: str, model: str, version: str | None) -> dict[str, str]:
+def _urls(
+    settings: Settings, experiment: str, run_id: str, model: str, version: str | None
+) -> dict[str, str]:
     base = settings.mlflow_ui_url or (
         settings.tracking_uri if settings.tracking_uri.startswith("http") else None
     )
@@ -81,73 +83,123 @@ def release(
     settings = settings or Settings()
     logger = get_run_logger()
     tree, manifest = run_stage(checkout, source, ref, subdir, settings)
-    summary: dict[str, Any] = {"model": manifest.name, "source": source, "ref": ref,
-                               "git_sha": tree.commit, "git_dirty": tree.dirty,
-                               "flow_run_id": flow_run.get_id()}
+    summary: dict[str, Any] = {
+        "model": manifest.name,
+        "source": source,
+        "ref": ref,
+        "git_sha": tree.commit,
+        "git_dirty": tree.dirty,
+        "flow_run_id": flow_run.get_id(),
+    }
     data, data_hash = run_stage(load_data, tree, manifest)
     packages = package_versions(adapter_for(manifest.framework).packages)
     fp = compute_fingerprint(tree.tree_hash, data_hash, manifest.canonical_json(), packages)
     summary["fingerprint"] = fp
-    logger.info("Release %s at %s: fingerprint %s", manifest.name, tree.commit or "working tree", fp)
+    logger.info(
+        "Release %s at %s: fingerprint %s", manifest.name, tree.commit or "working tree", fp
+    )
 
     mlflow = registry.client(settings)
     experiment = registry.experiment_id(mlflow, settings, manifest.name)
-    run_id = registry.release_run(mlflow, experiment, fp, registry.summary_tags({
-        "git_sha": tree.commit, "source": source, "data_sha256": data_hash,
-        "prefect_flow_run_id": summary["flow_run_id"]}))
+    run_id = registry.release_run(
+        mlflow,
+        experiment,
+        fp,
+        registry.summary_tags(
+            {
+                "git_sha": tree.commit,
+                "source": source,
+                "data_sha256": data_hash,
+                "prefect_flow_run_id": summary["flow_run_id"],
+            }
+        ),
+    )
     summary["mlflow_run_id"] = run_id
     cache = by_fingerprint(settings)
     try:
-        result = _stages(summary, until, tree, manifest, data, data_hash, fp, run_id, cache, settings)
+        result = _stages(
+            summary, until, tree, manifest, data, data_hash, fp, run_id, cache, settings
+        )
     except BaseException:
         mlflow.set_terminated(run_id, "FAILED")
         raise
     mlflow.set_terminated(run_id, "FINISHED")
     result.update(_urls(settings, experiment, run_id, manifest.name, result.get("version")))
     if "rows" in result:
-        markdown = report.release_markdown(result, result.pop("rows"), result.pop("gates"),
-                                           result.pop("pictures"))
-        create_markdown_artifact(markdown, key=artifact_key(manifest.name, "release-report"),
-                                 description=f"Release report of {manifest.name}")
+        markdown = report.release_markdown(
+            result, result.pop("rows"), result.pop("gates"), result.pop("pictures")
+        )
+        create_markdown_artifact(
+            markdown,
+            key=artifact_key(manifest.name, "release-report"),
+            description=f"Release report of {manifest.name}",
+        )
         if "mlflow_run_url" in result:
-            create_link_artifact(result["mlflow_run_url"], link_text="MLflow run",
-                                 key=artifact_key(manifest.name, "mlflow-run"))
+            create_link_artifact(
+                result["mlflow_run_url"],
+                link_text="MLflow run",
+                key=artifact_key(manifest.name, "mlflow-run"),
+            )
     return result
 
 
-def _stages(summary: dict[str, Any], until: Stage, tree: Any, manifest: Any, data: Any,
-            data_hash: str, fp: str, run_id: str, cache: Any, settings: Settings) -> dict[str, Any]:
+def _stages(
+    summary: dict[str, Any],
+    until: Stage,
+    tree: Any,
+    manifest: Any,
+    data: Any,
+    data_hash: str,
+    fp: str,
+    run_id: str,
+    cache: Any,
+    settings: Settings,
+) -> dict[str, Any]:
     def stop_after(stage: Stage) -> bool:
         return STAGES.index(stage) >= STAGES.index(until)
 
     if stop_after("data"):
         return {**summary, "status": "stopped after data"}
-    trained = run_stage(train.with_options(cache_policy=cache), tree, manifest, data, fp, run_id, settings)
+    trained = run_stage(
+        train.with_options(cache_policy=cache), tree, manifest, data, fp, run_id, settings
+    )
     summary["metrics"] = dict(trained.metrics)
     if stop_after("train"):
         return {**summary, "status": "stopped after train"}
     fp32 = run_stage(export.with_options(cache_policy=cache), trained, manifest, fp, settings)
     if stop_after("export"):
         return {**summary, "status": "stopped after export"}
-    measurements = run_stage(optimize.with_options(cache_policy=cache), fp32, trained, manifest,
-                             data, fp, settings)
+    measurements = run_stage(
+        optimize.with_options(cache_policy=cache), fp32, trained, manifest, data, fp, settings
+    )
     if stop_after("optimize"):
         return {**summary, "status": "stopped after optimize"}
     verdict = run_stage(validate, measurements, manifest, fp, run_id, settings)
     chosen = next(m for m in measurements if m.variant == verdict.chosen)
-    summary.update({
-        "variant": chosen.variant.value, "onnx_sha256": chosen.sha256,
-        "metrics": {**summary["metrics"], "accuracy": chosen.accuracy,
-                    "size_bytes": chosen.size_bytes, "p50_b1_ms": chosen.batch1.p50_ms,
-                    "p99_b1_ms": chosen.batch1.p99_ms, "p50_b32_ms": chosen.batch32.p50_ms,
-                    "p99_b32_ms": chosen.batch32.p99_ms},
-        "rows": report.variant_rows(measurements, verdict),
-        "gates": [r.message for r in verdict.results if r.variant == verdict.chosen],
-        "pictures": [settings.builds_dir / fp / "report" / name
-                     for name in ("variants.png", "confusion.png")],
-    })
+    summary.update(
+        {
+            "variant": chosen.variant.value,
+            "onnx_sha256": chosen.sha256,
+            "metrics": {
+                **summary["metrics"],
+                "accuracy": chosen.accuracy,
+                "size_bytes": chosen.size_bytes,
+                "p50_b1_ms": chosen.batch1.p50_ms,
+                "p99_b1_ms": chosen.batch1.p99_ms,
+                "p50_b32_ms": chosen.batch32.p50_ms,
+                "p99_b32_ms": chosen.batch32.p99_ms,
+            },
+            "rows": report.variant_rows(measurements, verdict),
+            "gates": [r.message for r in verdict.results if r.variant == verdict.chosen],
+            "pictures": [
+                settings.builds_dir / fp / "report" / name
+                for name in ("variants.png", "confusion.png")
+            ],
+        }
+    )
     if stop_after("validate"):
         return {**summary, "status": "validated"}
-    version = run_stage(register, manifest, tree, data, data_hash, measurements, verdict, fp,
-                        run_id, settings)
+    version = run_stage(
+        register, manifest, tree, data, data_hash, measurements, verdict, fp, run_id, settings
+    )
     return {**summary, "version": version.version, "reused": version.reused, "status": "registered"}

@@ -17,8 +17,11 @@ import typer
 from shipyard.errors import ShipyardError
 from shipyard.settings import Settings
 
-app = typer.Typer(no_args_is_help=True, add_completion=False,
-                  help="Turn every model commit into a reproducible, gated release.")
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    help="Turn every model commit into a reproducible, gated release.",
+)
 
 
 class Until(StrEnum):
@@ -61,24 +64,29 @@ def release(
     ref: Annotated[str | None, typer.Option(help="Branch, tag or commit (git sources).")] = None,
     subdir: Annotated[str | None, typer.Option(help="Project directory inside the source.")] = None,
     until: Annotated[Until, typer.Option(help="Stop after this stage.")] = Until.register,
-    as_json: Annotated[bool, typer.Option("--json", help="End with one JSON summary line.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="End with one JSON summary line.")
+    ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect's logs.")] = False,
 ) -> None:
     """Run the release flow on SOURCE: train, export, optimize, validate, register."""
     _quiet_prefect(verbose)
     settings = Settings()
-    from flows.release import release as release_flow
     from flows.release import progress
+    from flows.release import release as release_flow
 
     handler = _StageLines()
     progress.addHandler(handler)
     progress.setLevel(logging.INFO)
     progress.propagate = False
-    print(f"Releasing {source}{f' at {ref}' if ref else ''} (state: {settings.state_dir})",
-          file=sys.stderr)
+    print(
+        f"Releasing {source}{f' at {ref}' if ref else ''} (state: {settings.state_dir})",
+        file=sys.stderr,
+    )
     try:
-        summary = release_flow(source=source, ref=ref, subdir=subdir, until=until.value,
-                               settings=settings)
+        summary = release_flow(
+            source=source, ref=ref, subdir=subdir, until=until.value, settings=settings
+        )
     except ShipyardError as e:
         _fail(str(e), as_json)
     except Exception as e:  # unexpected: still one clear line and a non-zero exit
@@ -86,12 +94,21 @@ def release(
     finally:
         progress.removeHandler(handler)
     version = summary.get("version")
-    print(f"{summary['model']}: {summary['status']}"
-          + (f" as version {version}" + (" (reused)" if summary.get("reused") else "") if version else "")
-          + (f", variant {summary['variant']}" if summary.get("variant") else ""), file=sys.stderr)
+    print(
+        f"{summary['model']}: {summary['status']}"
+        + (
+            f" as version {version}" + (" (reused)" if summary.get("reused") else "")
+            if version
+            else ""
+        )
+        + (f", variant {summary['variant']}" if summary.get("variant") else ""),
+        file=sys.stderr,
+    )
     for key in ("flow_run_url", "mlflow_run_url", "mlflow_version_url"):
         if summary.get(key):
-            print(f"  {key.removesuffix('_url').replace('_', ' ')}: {summary[key]}", file=sys.stderr)
+            print(
+                f"  {key.removesuffix('_url').replace('_', ' ')}: {summary[key]}", file=sys.stderr
+            )
     if as_json:
         print(json.dumps(summary, default=str))
 
@@ -110,13 +127,24 @@ def status(
     except ShipyardError as e:
         _fail(str(e), as_json)
     if as_json:
-        print(json.dumps({"model": model, "aliases": {
-            a.alias: {"version": a.version, "source": a.source, "tags": a.tags} for a in aliases}}))
+        print(
+            json.dumps(
+                {
+                    "model": model,
+                    "aliases": {
+                        a.alias: {"version": a.version, "source": a.source, "tags": a.tags}
+                        for a in aliases
+                    },
+                }
+            )
+        )
         return
     if not aliases:
         print(f"{model}: no aliases yet")
     for a in aliases:
         tags = a.tags
-        print(f"{a.alias:<10} v{a.version:<4} {tags.get('variant', '-'):<10} "
-              f"acc {tags.get('accuracy', '-'):<9} git {tags.get('git_sha', '-')[:12]:<13} "
-              f"fp {tags.get('fingerprint', '-')[:12]}")
+        print(
+            f"{a.alias:<10} v{a.version:<4} {tags.get('variant', '-'):<10} "
+            f"acc {tags.get('accuracy', '-'):<9} git {tags.get('git_sha', '-')[:12]:<13} "
+            f"fp {tags.get('fingerprint', '-')[:12]}"
+        )

@@ -36,7 +36,9 @@ def package_versions(names: tuple[str, ...]) -> dict[str, str]:
     return versions
 
 
-def fingerprint(tree_hash: str, data_hash: str, manifest_json: str, packages: dict[str, str]) -> str:
+def fingerprint(
+    tree_hash: str, data_hash: str, manifest_json: str, packages: dict[str, str]
+) -> str:
     """sha256 over the project tree, the data, the manifest and the resolved package versions.
 
     The commit sha is recorded on the release but is not part of the fingerprint: a commit

@@ -68,9 +68,13 @@ class Verdict:
         return self.chosen is not None and not self.failures
 
 
-def _gate(gate: str, m: Measurement, ok: bool, value: float, threshold: float, detail: str) -> GateResult:
+def _gate(
+    gate: str, m: Measurement, ok: bool, value: float, threshold: float, detail: str
+) -> GateResult:
     verdict = "passed" if ok else "failed"
-    return GateResult(gate, m.variant, ok, value, threshold, f"Gate '{gate}' {verdict} for {m.variant}: {detail}")
+    return GateResult(
+        gate, m.variant, ok, value, threshold, f"Gate '{gate}' {verdict} for {m.variant}: {detail}"
+    )
 
 
 def evaluate(m: Measurement, gates: Gates, champion: Champion | None) -> list[GateResult]:
@@ -78,35 +82,65 @@ def evaluate(m: Measurement, gates: Gates, champion: Champion | None) -> list[Ga
     results = []
     if m.variant in EXACT_VARIANTS:
         ok = m.label_agreement == 1.0 and m.max_prob_delta <= PARITY_MAX_PROB_DELTA
-        results.append(_gate(
-            "parity", m, ok, m.max_prob_delta, PARITY_MAX_PROB_DELTA,
-            f"label agreement {m.label_agreement:.2%} (need 100%), max |Δprob| "
-            f"{m.max_prob_delta:.2e} (limit {PARITY_MAX_PROB_DELTA:.0e}) against the framework model",
-        ))
+        results.append(
+            _gate(
+                "parity",
+                m,
+                ok,
+                m.max_prob_delta,
+                PARITY_MAX_PROB_DELTA,
+                f"label agreement {m.label_agreement:.2%} (need 100%), max |Δprob| "
+                f"{m.max_prob_delta:.2e} (limit {PARITY_MAX_PROB_DELTA:.0e}) against the framework model",
+            )
+        )
     ok = m.accuracy >= gates.min_accuracy
-    results.append(_gate(
-        "min_accuracy", m, ok, m.accuracy, gates.min_accuracy,
-        f"{m.accuracy:.4f} {'>=' if ok else '<'} minimum {gates.min_accuracy:.4f} (manifest gates.min_accuracy)",
-    ))
+    results.append(
+        _gate(
+            "min_accuracy",
+            m,
+            ok,
+            m.accuracy,
+            gates.min_accuracy,
+            f"{m.accuracy:.4f} {'>=' if ok else '<'} minimum {gates.min_accuracy:.4f} (manifest gates.min_accuracy)",
+        )
+    )
     if champion is not None:
         floor = champion.accuracy - gates.max_accuracy_drop
         ok = m.accuracy >= floor
-        results.append(_gate(
-            "max_accuracy_drop", m, ok, m.accuracy, floor,
-            f"{m.accuracy:.4f} against champion v{champion.version} at {champion.accuracy:.4f}; "
-            f"floor {floor:.4f} with allowed drop {gates.max_accuracy_drop} (manifest gates.max_accuracy_drop)",
-        ))
+        results.append(
+            _gate(
+                "max_accuracy_drop",
+                m,
+                ok,
+                m.accuracy,
+                floor,
+                f"{m.accuracy:.4f} against champion v{champion.version} at {champion.accuracy:.4f}; "
+                f"floor {floor:.4f} with allowed drop {gates.max_accuracy_drop} (manifest gates.max_accuracy_drop)",
+            )
+        )
     ok = m.batch1.p99_ms <= gates.max_latency_p99_ms
-    results.append(_gate(
-        "max_latency_p99_ms", m, ok, m.batch1.p99_ms, gates.max_latency_p99_ms,
-        f"p99 at batch 1 {m.batch1.p99_ms:.3f} ms {'<=' if ok else '>'} budget "
-        f"{gates.max_latency_p99_ms} ms (manifest gates.max_latency_p99_ms)",
-    ))
+    results.append(
+        _gate(
+            "max_latency_p99_ms",
+            m,
+            ok,
+            m.batch1.p99_ms,
+            gates.max_latency_p99_ms,
+            f"p99 at batch 1 {m.batch1.p99_ms:.3f} ms {'<=' if ok else '>'} budget "
+            f"{gates.max_latency_p99_ms} ms (manifest gates.max_latency_p99_ms)",
+        )
+    )
     ok = m.size_mb <= gates.max_size_mb
-    results.append(_gate(
-        "max_size_mb", m, ok, m.size_mb, gates.max_size_mb,
-        f"{m.size_mb:.3f} MB {'<=' if ok else '>'} budget {gates.max_size_mb} MB (manifest gates.max_size_mb)",
-    ))
+    results.append(
+        _gate(
+            "max_size_mb",
+            m,
+            ok,
+            m.size_mb,
+            gates.max_size_mb,
+            f"{m.size_mb:.3f} MB {'<=' if ok else '>'} budget {gates.max_size_mb} MB (manifest gates.max_size_mb)",
+        )
+    )
     return results
 
 

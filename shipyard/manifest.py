@@ -94,7 +94,9 @@ class Optimize(_Strict):
     @classmethod
     def _fp32_first(cls, variants: list[Variant]) -> list[Variant]:
         if Variant.FP32 not in variants:
-            raise ValueError("must include 'fp32': it is the reference the others are checked against")
+            raise ValueError(
+                "must include 'fp32': it is the reference the others are checked against"
+            )
         if len(set(variants)) != len(variants):
             raise ValueError(f"lists a variant twice: {[v.value for v in variants]}")
         return variants

@@ -123,7 +123,9 @@ def check_dataset(raw: Mapping[str, Any], manifest: Manifest) -> Dataset:
             problems.append(f"x_{split}: {bad} NaN or infinite value(s); clean or impute them")
         if y.ndim != 1 or len(y) != len(x):
             problems.append(f"y_{split}: shape {y.shape}, expected ({len(x)},) to match x_{split}")
-        elif not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() >= len(manifest.labels):
+        elif (
+            not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() >= len(manifest.labels)
+        ):
             problems.append(
                 f"y_{split}: labels must be integers in [0, {len(manifest.labels)}) indexing "
                 f"`labels`, got dtype {y.dtype} and values {sorted(set(y.tolist()))[:12]}"
@@ -133,7 +135,9 @@ def check_dataset(raw: Mapping[str, Any], manifest: Manifest) -> Dataset:
         arrays[f"x_{split}"] = x
         arrays[f"y_{split}"] = y
     if problems:
-        raise DataError("Data does not match the manifest:\n" + "\n".join(f"  - {p}" for p in problems))
+        raise DataError(
+            "Data does not match the manifest:\n" + "\n".join(f"  - {p}" for p in problems)
+        )
     return Dataset(
         x_train=arrays["x_train"].astype(np.float32),
         y_train=arrays["y_train"].astype(np.int64),

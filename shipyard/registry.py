@@ -38,22 +38,31 @@ def experiment_id(mlflow: MlflowClient, settings: Settings, model: str) -> str:
     return str(mlflow.create_experiment(model, artifact_location=location))
 
 
-def release_run(mlflow: MlflowClient, experiment: str, fingerprint: str, tags: dict[str, str]) -> str:
+def release_run(
+    mlflow: MlflowClient, experiment: str, fingerprint: str, tags: dict[str, str]
+) -> str:
     """The MLflow run of this fingerprint: reused when a release of it was started before."""
     runs = mlflow.search_runs(
-        [experiment], f"tags.`{FINGERPRINT_TAG}` = '{fingerprint}'", max_results=1,
+        [experiment],
+        f"tags.`{FINGERPRINT_TAG}` = '{fingerprint}'",
+        max_results=1,
         order_by=["attributes.start_time ASC"],
     )
     if runs:
         run_id = str(runs[0].info.run_id)
         mlflow.update_run(run_id, status="RUNNING")
         return run_id
-    run = mlflow.create_run(experiment, tags={FINGERPRINT_TAG: fingerprint, **tags},
-                            run_name=f"release-{fingerprint[:12]}")
+    run = mlflow.create_run(
+        experiment,
+        tags={FINGERPRINT_TAG: fingerprint, **tags},
+        run_name=f"release-{fingerprint[:12]}",
+    )
     return str(run.info.run_id)
 
 
-def version_by_fingerprint(mlflow: MlflowClient, model: str, fingerprint: str) -> ModelVersion | None:
+def version_by_fingerprint(
+    mlflow: MlflowClient, model: str, fingerprint: str
+) -> ModelVersion | None:
     versions = mlflow.search_model_versions(
         f"name = '{model}' and tags.fingerprint = '{fingerprint}'"
     )

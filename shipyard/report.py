@@ -11,9 +11,9 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")  # files only, never a window
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from shipyard.gates import Measurement, Verdict  # noqa: E402
+from shipyard.gates import Measurement, Verdict
 
 
 def variant_rows(measurements: list[Measurement], verdict: Verdict) -> list[dict[str, Any]]:
@@ -22,18 +22,20 @@ def variant_rows(measurements: list[Measurement], verdict: Verdict) -> list[dict
     for m in measurements:
         results = [r for r in verdict.results if r.variant == m.variant]
         failed = [r.gate for r in results if not r.passed]
-        rows.append({
-            "variant": m.variant.value,
-            "chosen": "yes" if m.variant == verdict.chosen else "",
-            "size_kb": round(m.size_bytes / 1024, 1),
-            "accuracy": round(m.accuracy, 4),
-            "max_dprob": f"{m.max_prob_delta:.1e}",
-            "p50_b1_ms": m.batch1.p50_ms,
-            "p99_b1_ms": m.batch1.p99_ms,
-            "p50_b32_ms": m.batch32.p50_ms,
-            "p99_b32_ms": m.batch32.p99_ms,
-            "gates": "pass" if not failed else "FAIL: " + ", ".join(failed),
-        })
+        rows.append(
+            {
+                "variant": m.variant.value,
+                "chosen": "yes" if m.variant == verdict.chosen else "",
+                "size_kb": round(m.size_bytes / 1024, 1),
+                "accuracy": round(m.accuracy, 4),
+                "max_dprob": f"{m.max_prob_delta:.1e}",
+                "p50_b1_ms": m.batch1.p50_ms,
+                "p99_b1_ms": m.batch1.p99_ms,
+                "p50_b32_ms": m.batch32.p50_ms,
+                "p99_b32_ms": m.batch32.p99_ms,
+                "gates": "pass" if not failed else "FAIL: " + ", ".join(failed),
+            }
+        )
     return rows
 
 
@@ -50,10 +52,19 @@ def tradeoff_plot(measurements: list[Measurement], chosen: str | None, out: Path
     """Size against batch-1 p50 latency, one point per variant, annotated with accuracy."""
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     for m in measurements:
-        ax.scatter(m.size_bytes / 1024, m.batch1.p50_ms, s=120 if m.variant == chosen else 60,
-                   marker="*" if m.variant == chosen else "o")
-        ax.annotate(f"{m.variant} ({m.accuracy:.2%})", (m.size_bytes / 1024, m.batch1.p50_ms),
-                    textcoords="offset points", xytext=(6, 6), fontsize=9)
+        ax.scatter(
+            m.size_bytes / 1024,
+            m.batch1.p50_ms,
+            s=120 if m.variant == chosen else 60,
+            marker="*" if m.variant == chosen else "o",
+        )
+        ax.annotate(
+            f"{m.variant} ({m.accuracy:.2%})",
+            (m.size_bytes / 1024, m.batch1.p50_ms),
+            textcoords="offset points",
+            xytext=(6, 6),
+            fontsize=9,
+        )
     ax.set_xlabel("size (KiB)")
     ax.set_ylabel("p50 latency at batch 1 (ms)")
     ax.set_title("Variants: size, latency, accuracy (★ chosen)")
@@ -75,8 +86,15 @@ def confusion_plot(confusion: list[list[int]], labels: list[str], title: str, ou
     for i, row in enumerate(confusion):
         for j, count in enumerate(row):
             if count:
-                ax.text(j, i, str(count), ha="center", va="center", fontsize=7,
-                        color="white" if count > max(map(max, confusion)) / 2 else "black")
+                ax.text(
+                    j,
+                    i,
+                    str(count),
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if count > max(map(max, confusion)) / 2 else "black",
+                )
     ax.set_title(title)
     fig.tight_layout()
     fig.savefig(out, metadata={"Software": None})
@@ -119,7 +137,8 @@ def release_markdown(
         + (" (uncommitted changes)" if summary.get("git_dirty") else ""),
         f"- **fingerprint**: `{summary['fingerprint']}`",
         f"- **variant**: `{summary.get('variant')}`, onnx sha256 `{summary.get('onnx_sha256')}`",
-        f"- **MLflow run**: `{summary['mlflow_run_id']}`" + (f" ({', '.join(links)})" if links else ""),
+        f"- **MLflow run**: `{summary['mlflow_run_id']}`"
+        + (f" ({', '.join(links)})" if links else ""),
     ]
     if summary.get("reused"):
         lines.append("- this fingerprint was registered before: its version was reused")

@@ -19,11 +19,15 @@ OPSET = 18
 def check_contract(path: Path, manifest: Manifest) -> None:
     """The served contract: one float input named as in the manifest; `label` and `probabilities`."""
     model = onnx.load(str(path))
-    inputs = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
+    inputs = [
+        i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}
+    ]
     outputs = [o.name for o in model.graph.output]
     problems = []
     if inputs != [manifest.input.name]:
-        problems.append(f"inputs {inputs}, expected [{manifest.input.name!r}] (manifest input.name)")
+        problems.append(
+            f"inputs {inputs}, expected [{manifest.input.name!r}] (manifest input.name)"
+        )
     if list(OUTPUTS) != outputs[:2]:
         problems.append(f"outputs {outputs}, expected {list(OUTPUTS)}")
     if problems:
@@ -43,10 +47,14 @@ def strip_debug_info(path: Path) -> Path:
     return path
 
 
-def export_onnx(trained: TrainedModel, manifest: Manifest, out_dir: Path, opset: int = OPSET) -> Path:
+def export_onnx(
+    trained: TrainedModel, manifest: Manifest, out_dir: Path, opset: int = OPSET
+) -> Path:
     """Export to `out_dir/fp32.onnx`, run the full ONNX checker, and return the path."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = adapter_for(manifest.framework).export(trained.load(), manifest, out_dir / "fp32.onnx", opset)
+    path = adapter_for(manifest.framework).export(
+        trained.load(), manifest, out_dir / "fp32.onnx", opset
+    )
     strip_debug_info(path)
     try:
         onnx.checker.check_model(str(path), full_check=True)

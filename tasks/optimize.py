@@ -45,7 +45,7 @@ def optimize_graph(fp32: Path, out: Path) -> Path:
     return out
 
 
-class _Calibration(CalibrationDataReader):
+class _Calibration(CalibrationDataReader):  # type: ignore[misc]
     def __init__(self, input_name: str, x: np.ndarray, batch: int = 32) -> None:
         self._batches = iter([{input_name: x[i : i + batch]} for i in range(0, len(x), batch)])
 
@@ -60,19 +60,29 @@ def quantize(fp32: Path, out: Path, manifest: Manifest, calibration: np.ndarray)
         quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
         if manifest.optimize.quantization == "dynamic":
             # skl2onnx graphs hold ai.onnx.ml ops that shape inference cannot type.
-            quantize_dynamic(prepared, out, weight_type=QuantType.QInt8,
-                             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+            quantize_dynamic(
+                prepared,
+                out,
+                weight_type=QuantType.QInt8,
+                extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+            )
         else:
             quantize_static(
-                prepared, out, _Calibration(manifest.input.name, calibration),
-                quant_format=QuantFormat.QDQ, per_channel=True,
-                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                prepared,
+                out,
+                _Calibration(manifest.input.name, calibration),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
                 extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
             )
     return out
 
 
-def build_variants(fp32: Path, manifest: Manifest, data: Dataset, out_dir: Path) -> dict[Variant, Path]:
+def build_variants(
+    fp32: Path, manifest: Manifest, data: Dataset, out_dir: Path
+) -> dict[Variant, Path]:
     """Every variant the manifest asks for, written into `out_dir`."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {Variant.FP32: fp32}
@@ -109,7 +119,11 @@ def measure(
 
 @task(name="optimize", persist_result=True)
 def optimize(
-    fp32: Path, trained: TrainedModel, manifest: Manifest, data: Dataset, fingerprint: str,
+    fp32: Path,
+    trained: TrainedModel,
+    manifest: Manifest,
+    data: Dataset,
+    fingerprint: str,
     settings: Settings,
 ) -> list[Measurement]:
     """Build and measure every variant (fp32 included)."""

@@ -36,24 +36,36 @@ def mlflow_model(chosen: Measurement, data: Dataset, out_dir: Path) -> Path:
     if out_dir.exists():
         shutil.rmtree(out_dir)
     sample = data.x_test[:2]
-    outputs = {"label": np.zeros(2, dtype=np.int64),
-               "probabilities": np.zeros((2, 2), dtype=np.float32)}
+    outputs = {
+        "label": np.zeros(2, dtype=np.int64),
+        "probabilities": np.zeros((2, 2), dtype=np.float32),
+    }
     mlflow.onnx.save_model(
         onnx.load(str(chosen.path)),
         str(out_dir),
         signature=infer_signature(sample, outputs),
         save_as_external_data=False,
         # Pinned from this environment: inference would import the model in a subprocess.
-        pip_requirements=[f"onnx=={version('onnx')}", f"onnxruntime=={version('onnxruntime')}",
-                          f"numpy=={version('numpy')}"],
+        pip_requirements=[
+            f"onnx=={version('onnx')}",
+            f"onnxruntime=={version('onnxruntime')}",
+            f"numpy=={version('numpy')}",
+        ],
     )
     return out_dir
 
 
 @task(name="register")
 def register(
-    manifest: Manifest, tree: Checkout, data: Dataset, data_hash: str, measurements: list[Measurement],
-    verdict: Verdict, fingerprint: str, run_id: str, settings: Settings,
+    manifest: Manifest,
+    tree: Checkout,
+    data: Dataset,
+    data_hash: str,
+    measurements: list[Measurement],
+    verdict: Verdict,
+    fingerprint: str,
+    run_id: str,
+    settings: Settings,
 ) -> RegisteredVersion:
     """Register the chosen variant with its variants and report; idempotent per fingerprint."""
     client = registry.client(settings)
@@ -65,20 +77,24 @@ def register(
     build = settings.builds_dir / fingerprint
     client.log_artifacts(run_id, str(mlflow_model(chosen, data, build / "mlflow-model")), "model")
     client.log_artifacts(run_id, str(build / "onnx"), "onnx")
-    tags = registry.summary_tags({
-        "fingerprint": fingerprint,
-        "git_sha": tree.commit,
-        "git_dirty": str(tree.dirty).lower(),
-        "source": tree.source,
-        "ref": tree.ref,
-        "commit_time": tree.commit_time,
-        "onnx_sha256": chosen.sha256,
-        "variant": chosen.variant.value,
-        "accuracy": f"{chosen.accuracy:.6f}",
-        "size_bytes": chosen.size_bytes,
-        "data_sha256": data_hash,
-        "prefect_flow_run_id": flow_run.get_id(),
-    })
+    tags = registry.summary_tags(
+        {
+            "fingerprint": fingerprint,
+            "git_sha": tree.commit,
+            "git_dirty": str(tree.dirty).lower(),
+            "source": tree.source,
+            "ref": tree.ref,
+            "commit_time": tree.commit_time,
+            "onnx_sha256": chosen.sha256,
+            "variant": chosen.variant.value,
+            "accuracy": f"{chosen.accuracy:.6f}",
+            "size_bytes": chosen.size_bytes,
+            "data_sha256": data_hash,
+            "prefect_flow_run_id": flow_run.get_id(),
+        }
+    )
     run = client.get_run(run_id)
-    version = registry.register(client, manifest.name, f"{run.info.artifact_uri}/model", run_id, tags)
+    version = registry.register(
+        client, manifest.name, f"{run.info.artifact_uri}/model", run_id, tags
+    )
     return RegisteredVersion(manifest.name, str(version.version), False, tags)

@@ -33,10 +33,12 @@ class TrainedModel:
             return cloudpickle.load(f)
 
     def reference(self) -> np.ndarray:
-        return np.load(self.reference_path)
+        return np.asarray(np.load(self.reference_path))
 
 
-def train_model(project_dir: Path, manifest: Manifest, data: Dataset, out_dir: Path) -> TrainedModel:
+def train_model(
+    project_dir: Path, manifest: Manifest, data: Dataset, out_dir: Path
+) -> TrainedModel:
     """Train with fixed seeds and deterministic algorithms; write the model into `out_dir`."""
     adapter = adapter_for(manifest.framework)
     field = f"entrypoints.train ({manifest.entrypoints.train})"
@@ -44,7 +46,12 @@ def train_model(project_dir: Path, manifest: Manifest, data: Dataset, out_dir: P
     start = time.perf_counter()
     with adapter.deterministic(manifest.seed):
         model = call_entrypoint(
-            func, field, data.x_train, data.y_train, seed=manifest.seed, params=dict(manifest.params)
+            func,
+            field,
+            data.x_train,
+            data.y_train,
+            seed=manifest.seed,
+            params=dict(manifest.params),
         )
     seconds = time.perf_counter() - start
     adapter.check_model(model, manifest)
@@ -66,14 +73,25 @@ def train_model(project_dir: Path, manifest: Manifest, data: Dataset, out_dir: P
 
 @task(name="train", persist_result=True)
 def train(
-    tree: Checkout, manifest: Manifest, data: Dataset, fingerprint: str, run_id: str,
+    tree: Checkout,
+    manifest: Manifest,
+    data: Dataset,
+    fingerprint: str,
+    run_id: str,
     settings: Settings,
 ) -> TrainedModel:
     """Train the model and log its parameters and metrics to the release's MLflow run."""
-    trained = train_model(tree.project_dir, manifest, data, settings.builds_dir / fingerprint / "train")
+    trained = train_model(
+        tree.project_dir, manifest, data, settings.builds_dir / fingerprint / "train"
+    )
     mlflow = registry.client(settings)
-    params = {"framework": manifest.framework.value, "seed": manifest.seed,
-              "n_train": len(data.x_train), "n_test": len(data.x_test), **manifest.params}
+    params = {
+        "framework": manifest.framework.value,
+        "seed": manifest.seed,
+        "n_train": len(data.x_train),
+        "n_test": len(data.x_test),
+        **manifest.params,
+    }
     for key, value in params.items():
         mlflow.log_param(run_id, key, value)
     for key, value in trained.metrics.items():

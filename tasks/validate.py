@@ -29,15 +29,21 @@ def write_report(
     return [
         report.write_json(report.verdict_json(measurements, verdict), out_dir / "validation.json"),
         report.tradeoff_plot(measurements, verdict.chosen, out_dir / "variants.png"),
-        report.confusion_plot(chosen.confusion, manifest.labels,
-                              f"{manifest.name} {chosen.variant} on the test set",
-                              out_dir / "confusion.png"),
+        report.confusion_plot(
+            chosen.confusion,
+            manifest.labels,
+            f"{manifest.name} {chosen.variant} on the test set",
+            out_dir / "confusion.png",
+        ),
     ]
 
 
 @task(name="validate")
 def validate(
-    measurements: list[Measurement], manifest: Manifest, fingerprint: str, run_id: str,
+    measurements: list[Measurement],
+    manifest: Manifest,
+    fingerprint: str,
+    run_id: str,
     settings: Settings,
 ) -> Verdict:
     """Decide the release against the manifest's gates and the current champion.
@@ -51,9 +57,14 @@ def validate(
     for path in write_report(measurements, verdict, manifest, out_dir):
         mlflow.log_artifact(run_id, str(path), "report")
     for m in measurements:
-        for key, value in {"accuracy": m.accuracy, "size_bytes": m.size_bytes,
-                           "p50_b1_ms": m.batch1.p50_ms, "p99_b1_ms": m.batch1.p99_ms,
-                           "p50_b32_ms": m.batch32.p50_ms, "p99_b32_ms": m.batch32.p99_ms}.items():
+        for key, value in {
+            "accuracy": m.accuracy,
+            "size_bytes": m.size_bytes,
+            "p50_b1_ms": m.batch1.p50_ms,
+            "p99_b1_ms": m.batch1.p99_ms,
+            "p50_b32_ms": m.batch32.p50_ms,
+            "p99_b32_ms": m.batch32.p99_ms,
+        }.items():
             mlflow.log_metric(run_id, f"{m.variant}.{key}", value)
     create_table_artifact(
         table=report.variant_rows(measurements, verdict),

@@ -14,23 +14,41 @@ SHIPYARD = str(Path(sys.executable).parent / "shipyard")
 
 
 def run(args: list[str], state: Path, api_url: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "SHIPYARD_STATE_DIR": str(state), "SHIPYARD_LATENCY_RUNS": "50",
-           "PREFECT_API_URL": api_url, "PREFECT_UI_URL": api_url.removesuffix("/api")}
+    env = {
+        **os.environ,
+        "SHIPYARD_STATE_DIR": str(state),
+        "SHIPYARD_LATENCY_RUNS": "50",
+        "PREFECT_API_URL": api_url,
+        "PREFECT_UI_URL": api_url.removesuffix("/api"),
+    }
     return subprocess.run([SHIPYARD, *args], capture_output=True, text=True, env=env, timeout=600)
 
 
-def test_release_json_summary_and_status(sklearn_repo: Path, tmp_path: Path, prefect_server: str) -> None:
+def test_release_json_summary_and_status(
+    sklearn_repo: Path, tmp_path: Path, prefect_server: str
+) -> None:
     state = tmp_path / "state"
     done = run(["release", sklearn_repo.as_uri(), "--ref", "main", "--json"], state, prefect_server)
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout.strip().splitlines()[-1])
-    assert {"model", "version", "fingerprint", "onnx_sha256", "variant", "metrics",
-            "mlflow_run_id", "status"} <= set(summary)
+    assert {
+        "model",
+        "version",
+        "fingerprint",
+        "onnx_sha256",
+        "variant",
+        "metrics",
+        "mlflow_run_id",
+        "status",
+    } <= set(summary)
     assert summary["status"] == "registered" and summary["version"] == "1"
     assert summary["git_sha"] == git(sklearn_repo, "rev-parse", "HEAD")
     for stage in ("source", "data", "train", "export", "optimize", "validate", "register"):
         assert f"✓ {stage}" in done.stderr
-    assert f"flow run: {prefect_server.removesuffix('/api')}/runs/flow-run/{summary['flow_run_id']}" in done.stderr
+    assert (
+        f"flow run: {prefect_server.removesuffix('/api')}/runs/flow-run/{summary['flow_run_id']}"
+        in done.stderr
+    )
 
     status = run(["status", "digits-sklearn", "--json"], state, prefect_server)
     assert status.returncode == 0, status.stderr
@@ -39,10 +57,16 @@ def test_release_json_summary_and_status(sklearn_repo: Path, tmp_path: Path, pre
     assert candidate["tags"]["fingerprint"] == summary["fingerprint"]
 
 
-def test_a_bad_manifest_exits_non_zero_naming_the_field(sklearn_repo: Path, tmp_path: Path, prefect_server: str) -> None:
+def test_a_bad_manifest_exits_non_zero_naming_the_field(
+    sklearn_repo: Path, tmp_path: Path, prefect_server: str
+) -> None:
     edit_manifest(sklearn_repo, "framework: sklearn", "framework: xgboost")
     commit_all(sklearn_repo, "Unsupported framework")
-    done = run(["release", sklearn_repo.as_uri(), "--ref", "main", "--json"], tmp_path / "s", prefect_server)
+    done = run(
+        ["release", sklearn_repo.as_uri(), "--ref", "main", "--json"],
+        tmp_path / "s",
+        prefect_server,
+    )
     assert done.returncode == 1
     assert "error:" in done.stderr and "framework" in done.stderr and "xgboost" in done.stderr
     last = json.loads(done.stdout.strip().splitlines()[-1])

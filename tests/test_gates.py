@@ -10,14 +10,28 @@ from shipyard.manifest import Gates, Variant
 GATES = Gates(min_accuracy=0.95, max_accuracy_drop=0.01, max_latency_p99_ms=5.0, max_size_mb=1.0)
 
 
-def measured(variant: Variant, size: int, accuracy: float = 0.97, p99: float = 0.5,
-             delta: float = 1e-6) -> Measurement:
-    return Measurement(variant, Path(f"{variant}.onnx"), size, "0" * 64, accuracy, 1.0, delta,
-                       Latency(p99 / 2, p99), Latency(p99, p99 * 2), [[1]])
+def measured(
+    variant: Variant, size: int, accuracy: float = 0.97, p99: float = 0.5, delta: float = 1e-6
+) -> Measurement:
+    return Measurement(
+        variant,
+        Path(f"{variant}.onnx"),
+        size,
+        "0" * 64,
+        accuracy,
+        1.0,
+        delta,
+        Latency(p99 / 2, p99),
+        Latency(p99, p99 * 2),
+        [[1]],
+    )
 
 
-ALL = [measured(Variant.FP32, 200_000), measured(Variant.OPTIMIZED, 190_000),
-       measured(Variant.INT8, 55_000, accuracy=0.968, delta=0.1)]
+ALL = [
+    measured(Variant.FP32, 200_000),
+    measured(Variant.OPTIMIZED, 190_000),
+    measured(Variant.INT8, 55_000, accuracy=0.968, delta=0.1),
+]
 
 
 def test_the_smallest_passing_variant_wins_by_default() -> None:
@@ -54,7 +68,10 @@ def test_an_unfaithful_fp32_export_fails_the_release_even_if_int8_passes() -> No
     fp32 = replace(ALL[0], label_agreement=0.99, max_prob_delta=0.2)
     verdict = decide([fp32, ALL[2]], GATES, None, "size")
     assert not verdict.passed
-    assert any(f.startswith("Gate 'parity' failed for fp32: label agreement 99.00%") for f in verdict.failures)
+    assert any(
+        f.startswith("Gate 'parity' failed for fp32: label agreement 99.00%")
+        for f in verdict.failures
+    )
 
 
 def test_accuracy_drop_against_the_champion() -> None:
@@ -67,6 +84,8 @@ def test_accuracy_drop_against_the_champion() -> None:
 
 
 def test_prefer_accuracy_and_latency() -> None:
-    assert decide(ALL, GATES, None, "accuracy").chosen == Variant.OPTIMIZED  # tie with fp32, smaller
+    assert (
+        decide(ALL, GATES, None, "accuracy").chosen == Variant.OPTIMIZED
+    )  # tie with fp32, smaller
     fast = replace(ALL[0], batch1=Latency(0.01, 0.02))
     assert decide([fast, *ALL[1:]], GATES, None, "latency").chosen == Variant.FP32

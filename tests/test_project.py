@@ -14,8 +14,12 @@ EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "digits-sklearn"
 
 def arrays(n: int = 20, features: int = 64) -> dict:
     rng = np.random.default_rng(0)
-    return {"x_train": rng.random((n, features)), "y_train": np.arange(n) % 10,
-            "x_test": rng.random((n, features)), "y_test": np.arange(n) % 10}
+    return {
+        "x_train": rng.random((n, features)),
+        "y_train": np.arange(n) % 10,
+        "x_test": rng.random((n, features)),
+        "y_test": np.arange(n) % 10,
+    }
 
 
 def test_reference_data_loads_as_float32_and_int64() -> None:
@@ -48,7 +52,9 @@ def test_data_entrypoint_that_raises_is_named(tmp_path: Path) -> None:
     project.mkdir()
     (project / "shipyard.yaml").write_text((EXAMPLE / "shipyard.yaml").read_text())
     (project / "data.py").write_text("def load():\n    raise OSError('bucket gone')\n")
-    with pytest.raises(ProjectError, match=r"entrypoints.data \(data:load\) raised OSError: bucket gone"):
+    with pytest.raises(
+        ProjectError, match=r"entrypoints.data \(data:load\) raised OSError: bucket gone"
+    ):
         load_dataset(project, load_manifest(project))
 
 

@@ -7,7 +7,9 @@ from shipyard.source import checkout, tree_hash
 from tests.conftest import commit_all, edit_manifest, git
 
 
-def test_git_source_checks_out_the_exact_commit_of_a_ref(sklearn_repo: Path, tmp_path: Path) -> None:
+def test_git_source_checks_out_the_exact_commit_of_a_ref(
+    sklearn_repo: Path, tmp_path: Path
+) -> None:
     first = git(sklearn_repo, "rev-parse", "HEAD")
     edit_manifest(sklearn_repo, "max_iter: 300", "max_iter: 200")
     second = commit_all(sklearn_repo, "Fewer iterations")

@@ -33,7 +33,7 @@ class _Served(torch.nn.Module):
 
 
 class PytorchAdapter:
-    packages = ("numpy", "torch", "onnx", "onnxscript")
+    packages: tuple[str, ...] = ("numpy", "torch", "onnx", "onnxscript")
 
     def check_model(self, model: Any, manifest: Manifest) -> None:
         if not isinstance(model, torch.nn.Module):
@@ -53,7 +53,7 @@ class PytorchAdapter:
     def predict_proba(self, model: Any, x: np.ndarray) -> np.ndarray:
         with torch.no_grad():
             _, probabilities = _Served(model).eval()(torch.from_numpy(x))
-        return probabilities.numpy().astype(np.float32)
+        return np.asarray(probabilities.numpy(), dtype=np.float32)
 
     def export(self, model: Any, manifest: Manifest, out: Path, opset: int) -> Path:
         served = _Served(model).eval()

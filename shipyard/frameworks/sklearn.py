@@ -15,7 +15,7 @@ from shipyard.manifest import Manifest
 
 
 class SklearnAdapter:
-    packages = ("numpy", "scipy", "scikit-learn", "skl2onnx", "onnx")
+    packages: tuple[str, ...] = ("numpy", "scipy", "scikit-learn", "skl2onnx", "onnx")
 
     def check_model(self, model: Any, manifest: Manifest) -> None:
         if not hasattr(model, "predict_proba"):

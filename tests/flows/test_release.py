@@ -40,7 +40,9 @@ def flow_artifacts(flow_run_id: str) -> dict[str, str]:
     return {a.key: a.type for a in artifacts if a.key}
 
 
-def test_release_from_git_registers_a_traceable_candidate(sklearn_repo: Path, settings: Settings) -> None:
+def test_release_from_git_registers_a_traceable_candidate(
+    sklearn_repo: Path, settings: Settings
+) -> None:
     head = git(sklearn_repo, "rev-parse", "HEAD")
     summary = release(source=sklearn_repo.as_uri(), ref="main", settings=settings)
 
@@ -54,8 +56,16 @@ def test_release_from_git_registers_a_traceable_candidate(sklearn_repo: Path, se
     assert tags["fingerprint"] == summary["fingerprint"]
     assert tags["prefect_flow_run_id"] == summary["flow_run_id"]
     assert tags["variant"] == summary["variant"] == "int8"
-    served = Path(mlflow.download_artifacts(version.run_id, "model/model.onnx", str(Path(settings.state_dir) / "dl")))
-    assert hashlib.sha256(served.read_bytes()).hexdigest() == tags["onnx_sha256"] == summary["onnx_sha256"]
+    served = Path(
+        mlflow.download_artifacts(
+            version.run_id, "model/model.onnx", str(Path(settings.state_dir) / "dl")
+        )
+    )
+    assert (
+        hashlib.sha256(served.read_bytes()).hexdigest()
+        == tags["onnx_sha256"]
+        == summary["onnx_sha256"]
+    )
     logged = {a.path for a in mlflow.list_artifacts(version.run_id, "onnx")}
     assert logged == {"onnx/fp32.onnx", "onnx/optimized.onnx", "onnx/int8.onnx"}
     report = {a.path for a in mlflow.list_artifacts(version.run_id, "report")}
@@ -66,10 +76,18 @@ def test_release_from_git_registers_a_traceable_candidate(sklearn_repo: Path, se
     assert run.data.metrics["int8.accuracy"] == pytest.approx(summary["metrics"]["accuracy"])
 
     assert task_states(summary["flow_run_id"]) == {
-        "source": "Completed", "data": "Completed", "train": "Completed", "export": "Completed",
-        "optimize": "Completed", "validate": "Completed", "register": "Completed"}
+        "source": "Completed",
+        "data": "Completed",
+        "train": "Completed",
+        "export": "Completed",
+        "optimize": "Completed",
+        "validate": "Completed",
+        "register": "Completed",
+    }
     assert flow_artifacts(summary["flow_run_id"]) == {
-        "digits-sklearn-variants": "table", "digits-sklearn-release-report": "markdown"}
+        "digits-sklearn-variants": "table",
+        "digits-sklearn-release-report": "markdown",
+    }
 
 
 def test_a_second_release_of_unchanged_inputs_is_cached_and_reuses_the_version(
@@ -86,7 +104,9 @@ def test_a_second_release_of_unchanged_inputs_is_cached_and_reuses_the_version(
     assert versions(registry.client(settings)) == ["1"]
 
 
-def test_a_new_commit_that_changes_the_model_is_a_new_version(sklearn_repo: Path, settings: Settings) -> None:
+def test_a_new_commit_that_changes_the_model_is_a_new_version(
+    sklearn_repo: Path, settings: Settings
+) -> None:
     first = release(source=sklearn_repo.as_uri(), ref="main", settings=settings)
     edit_manifest(sklearn_repo, "hidden_layer_sizes: [256, 128]", "hidden_layer_sizes: [128]")
     sha = commit_all(sklearn_repo, "Smaller MLP")
@@ -100,13 +120,18 @@ def test_a_new_commit_that_changes_the_model_is_a_new_version(sklearn_repo: Path
     assert task_states(second["flow_run_id"])["train"] == "Completed"
 
 
-def test_two_clean_releases_of_a_commit_are_byte_identical(sklearn_repo: Path, make_settings) -> None:
+def test_two_clean_releases_of_a_commit_are_byte_identical(
+    sklearn_repo: Path, make_settings
+) -> None:
     states = [make_settings("clean-a"), make_settings("clean-b")]
     runs = [release(source=sklearn_repo.as_uri(), ref="main", settings=s) for s in states]
     assert runs[0]["fingerprint"] == runs[1]["fingerprint"]
     assert runs[0]["onnx_sha256"] == runs[1]["onnx_sha256"]
     for variant in ("fp32.onnx", "optimized.onnx", "int8.onnx"):
-        a, b = (s.builds_dir / r["fingerprint"] / "onnx" / variant for s, r in zip(states, runs, strict=True))
+        a, b = (
+            s.builds_dir / r["fingerprint"] / "onnx" / variant
+            for s, r in zip(states, runs, strict=True)
+        )
         assert a.read_bytes() == b.read_bytes()
 
 
@@ -131,31 +156,42 @@ def test_a_failed_gate_names_gate_value_and_threshold_and_registers_nothing(
     with pytest.raises(GateError) as e:
         release(source=sklearn_repo.as_uri(), ref="main", settings=settings)
     message = str(e.value)
-    assert "Gate 'min_accuracy' failed for fp32: 0.9750 < minimum 0.9990 (manifest gates.min_accuracy)" in message
+    assert (
+        "Gate 'min_accuracy' failed for fp32: 0.9750 < minimum 0.9990 (manifest gates.min_accuracy)"
+        in message
+    )
     assert "for int8" in message and "for optimized" in message  # every failure, at once
     _no_candidate(settings)
     assert _failed_run(settings) == "FAILED"
 
 
-def test_a_candidate_worse_than_the_champion_is_refused(sklearn_repo: Path, settings: Settings) -> None:
+def test_a_candidate_worse_than_the_champion_is_refused(
+    sklearn_repo: Path, settings: Settings
+) -> None:
     first = release(source=sklearn_repo.as_uri(), ref="main", settings=settings)
     mlflow = registry.client(settings)
     mlflow.set_registered_model_alias(MODEL, "champion", first["version"])
     edit_manifest(sklearn_repo, "hidden_layer_sizes: [256, 128]", "hidden_layer_sizes: [2]")
     edit_manifest(sklearn_repo, "min_accuracy: 0.95", "min_accuracy: 0.3")
     commit_all(sklearn_repo, "A much weaker model that still clears the absolute floor")
-    with pytest.raises(GateError, match=r"Gate 'max_accuracy_drop' failed for fp32: .* champion v1 at 0\.97"):
+    with pytest.raises(
+        GateError, match=r"Gate 'max_accuracy_drop' failed for fp32: .* champion v1 at 0\.97"
+    ):
         release(source=sklearn_repo.as_uri(), ref="main", settings=settings)
     assert mlflow.get_model_version_by_alias(MODEL, "candidate").version == 1
     assert versions(mlflow) == ["1"]
 
 
-def test_a_training_entrypoint_that_raises_fails_the_run(sklearn_repo: Path, settings: Settings) -> None:
+def test_a_training_entrypoint_that_raises_fails_the_run(
+    sklearn_repo: Path, settings: Settings
+) -> None:
     (sklearn_repo / "train.py").write_text(
         "def train(x, y, *, seed, params):\n    raise ValueError('learning rate is negative')\n"
     )
     commit_all(sklearn_repo, "Break training")
-    with pytest.raises(ProjectError, match="entrypoints.train .* raised ValueError: learning rate is negative"):
+    with pytest.raises(
+        ProjectError, match="entrypoints.train .* raised ValueError: learning rate is negative"
+    ):
         release(source=sklearn_repo.as_uri(), ref="main", settings=settings)
     _no_candidate(settings)
     assert _failed_run(settings) == "FAILED"

@@ -21,7 +21,9 @@ def trained(name: str, out: Path) -> tuple[Manifest, Dataset, TrainedModel]:
 
 
 @pytest.fixture(scope="module")
-def sklearn_trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Manifest, Dataset, TrainedModel]:
+def sklearn_trained(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Manifest, Dataset, TrainedModel]:
     return trained("digits-sklearn", tmp_path_factory.mktemp("sk"))
 
 

@@ -11,7 +11,9 @@ from tasks.train import train_model
 from tests.tasks.conftest import EXAMPLES
 
 
-def test_sklearn_export_is_the_whole_pipeline_with_a_dynamic_batch(sklearn_trained, tmp_path: Path) -> None:
+def test_sklearn_export_is_the_whole_pipeline_with_a_dynamic_batch(
+    sklearn_trained, tmp_path: Path
+) -> None:
     manifest, data, model = sklearn_trained
     path = export_onnx(model, manifest, tmp_path)
     ops = {n.op_type for n in onnx.load(str(path)).graph.node}
@@ -44,7 +46,9 @@ def test_two_trainings_export_byte_identical_onnx(sklearn_trained, tmp_path: Pat
     assert first == second
 
 
-def test_a_model_skl2onnx_cannot_convert_is_an_export_error(sklearn_trained, tmp_path: Path) -> None:
+def test_a_model_skl2onnx_cannot_convert_is_an_export_error(
+    sklearn_trained, tmp_path: Path
+) -> None:
     manifest, data, _ = sklearn_trained
     project = tmp_path / "p"
     project.mkdir()

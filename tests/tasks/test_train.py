@@ -39,7 +39,9 @@ def _project(tmp_path: Path, train_source: str) -> Path:
 
 def test_a_training_entrypoint_that_raises_is_named(sklearn_trained, tmp_path: Path) -> None:
     manifest, data, _ = sklearn_trained
-    project = _project(tmp_path, "def train(x, y, *, seed, params):\n    raise MemoryError('GPU gone')\n")
+    project = _project(
+        tmp_path, "def train(x, y, *, seed, params):\n    raise MemoryError('GPU gone')\n"
+    )
     with pytest.raises(ProjectError) as e:
         train_model(project, manifest, data, tmp_path / "out")
     assert "entrypoints.train (train:train) raised MemoryError: GPU gone" in str(e.value)

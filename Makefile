@@ -1,0 +1,40 @@
+# The two commands: `make demo` (install, then release the reference model) and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+
+.PHONY: install demo test lint bench clean
+
+# Everything is pinned by constraints.txt (regenerate: make lock). torch 2.13.0 is the CPU
+# wheel pip finds on this machine's disk; an unpinned torch would pull a multi-GB CUDA build.
+$(STAMP): pyproject.toml constraints.txt
+	@command -v git >/dev/null || { echo "installing git"; apt-get update -qq && apt-get install -y -qq git; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/shipyard release examples/digits-sklearn
+	$(BIN)/shipyard status digits-sklearn
+
+test: install lint
+	$(BIN)/pytest
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+bench: install
+	$(BIN)/python benchmarks/release.py
+
+lock: install
+	$(BIN)/pip freeze --exclude-editable | grep -v '^shipyard' > constraints.txt
+
+clean:
+	rm -rf .shipyard
