@@ -14,7 +14,7 @@ from flows.release import release
 
 def main() -> None:
     serve(
-        release.to_deployment(
+        release.to_deployment(  # type: ignore[arg-type]  # sync call: not a coroutine
             name="release",
             tags=["shipyard", "release"],
             description="Release a model project (directory or git URL) up to registration.",

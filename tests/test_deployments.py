@@ -18,10 +18,19 @@ from tests.conftest import ROOT, git
 def test_served_deployment_runs_a_release_triggered_through_the_api(
     sklearn_repo: Path, settings: Settings, prefect_server: str
 ) -> None:
-    env = {**os.environ, "PREFECT_API_URL": prefect_server,
-           "SHIPYARD_STATE_DIR": str(settings.state_dir), "SHIPYARD_LATENCY_RUNS": "50"}
-    server = subprocess.Popen([sys.executable, "-m", "deployments.serve"], cwd=ROOT, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": prefect_server,
+        "SHIPYARD_STATE_DIR": str(settings.state_dir),
+        "SHIPYARD_LATENCY_RUNS": "50",
+    }
+    server = subprocess.Popen(
+        [sys.executable, "-m", "deployments.serve"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         with get_client(sync_client=True) as client:
             deployment = None
@@ -34,7 +43,8 @@ def test_served_deployment_runs_a_release_triggered_through_the_api(
                     time.sleep(1)
             assert deployment is not None, "the deployment was not registered within 120 s"
             run = client.create_flow_run_from_deployment(
-                deployment.id, parameters={"source": sklearn_repo.as_uri(), "ref": "main"})
+                deployment.id, parameters={"source": sklearn_repo.as_uri(), "ref": "main"}
+            )
             while time.monotonic() < deadline + 240:
                 run = client.read_flow_run(run.id)
                 if run.state and run.state.is_final():
