@@ -148,3 +148,41 @@ def status(
             f"acc {tags.get('accuracy', '-'):<9} git {tags.get('git_sha', '-')[:12]:<13} "
             f"fp {tags.get('fingerprint', '-')[:12]}"
         )
+
+
+@app.command()
+def serve(
+    target: Annotated[str, typer.Argument(help="Bundle directory, or models:/NAME@ALIAS.")],
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    workers: Annotated[int | None, typer.Option(help="Server processes (default: CPUs).")] = None,
+    batching: Annotated[
+        bool | None, typer.Option("--batching/--no-batching", help="Adaptive micro-batching.")
+    ] = None,
+) -> None:
+    """Serve a model over the Open Inference Protocol (V2) and MLflow's /invocations.
+
+    Other server settings (API keys, limits, timeouts) come from SHIPYARD_SERVE_* variables.
+    """
+    from shipyard.bundle import materialize
+
+    try:
+        model_dir = materialize(target, Settings())
+    except ShipyardError as e:
+        _fail(str(e), False)
+    env = {
+        "SHIPYARD_SERVE_MODEL_DIR": str(model_dir.resolve()),
+        "SHIPYARD_SERVE_PORT": str(port),
+        "SHIPYARD_SERVE_HOST": host,
+    }
+    if workers is not None:
+        env["SHIPYARD_SERVE_WORKERS"] = str(workers)
+    if batching is not None:
+        env["SHIPYARD_SERVE_BATCHING"] = str(batching).lower()
+    print(
+        f"Serving {model_dir} on http://{host}:{port} (V2: /v2/models/…; MLflow: /invocations)",
+        file=sys.stderr,
+        flush=True,
+    )
+    # A fresh interpreter: the server carries neither MLflow nor Prefect in its heap.
+    os.execve(sys.executable, [sys.executable, "-m", "serving"], {**os.environ, **env})

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
 import mlflow.onnx
 import numpy as np
@@ -31,14 +33,17 @@ class RegisteredVersion:
     tags: dict[str, str]
 
 
-def mlflow_model(chosen: Measurement, data: Dataset, out_dir: Path) -> Path:
-    """The chosen variant as an MLflow ONNX model (so `mlflow models serve` can serve it too)."""
+def mlflow_model(
+    chosen: Measurement, manifest: Manifest, data: Dataset, serving: dict[str, Any], out_dir: Path
+) -> Path:
+    """The chosen variant as an MLflow ONNX model (so `mlflow models serve` can serve it too),
+    with `shipyard.json`: what Shipyard's server reports about the model it serves."""
     if out_dir.exists():
         shutil.rmtree(out_dir)
     sample = data.x_test[:2]
     outputs = {
         "label": np.zeros(2, dtype=np.int64),
-        "probabilities": np.zeros((2, 2), dtype=np.float32),
+        "probabilities": np.zeros((2, len(manifest.labels)), dtype=np.float32),
     }
     mlflow.onnx.save_model(
         onnx.load(str(chosen.path)),
@@ -52,6 +57,7 @@ def mlflow_model(chosen: Measurement, data: Dataset, out_dir: Path) -> Path:
             f"numpy=={version('numpy')}",
         ],
     )
+    (out_dir / "shipyard.json").write_text(json.dumps(serving, indent=2, sort_keys=True))
     return out_dir
 
 
@@ -75,7 +81,16 @@ def register(
         return RegisteredVersion(manifest.name, str(existing.version), True, dict(existing.tags))
     chosen = next(m for m in measurements if m.variant == verdict.chosen)
     build = settings.builds_dir / fingerprint
-    client.log_artifacts(run_id, str(mlflow_model(chosen, data, build / "mlflow-model")), "model")
+    serving = {
+        "name": manifest.name,
+        "labels": manifest.labels,
+        "fingerprint": fingerprint,
+        "git_sha": tree.commit,
+        "variant": chosen.variant.value,
+        "onnx_sha256": chosen.sha256,
+    }
+    model_dir = mlflow_model(chosen, manifest, data, serving, build / "mlflow-model")
+    client.log_artifacts(run_id, str(model_dir), "model")
     client.log_artifacts(run_id, str(build / "onnx"), "onnx")
     tags = registry.summary_tags(
         {

@@ -1,0 +1,55 @@
+"""`python -m serving [--model_dir DIR] [--port P] [--workers N] …`: run the server with uvicorn.
+
+Every `SHIPYARD_SERVE_*` setting is also a command-line flag (pydantic-settings' CLI). With
+several workers, each process builds its settings from the environment this sets.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+from serving.config import ServeSettings
+
+
+def _export(settings: ServeSettings) -> None:
+    """Hand the settings to worker processes through their environment."""
+    for name, value in settings.model_dump(mode="json").items():
+        if value is None:
+            continue
+        text = ",".join(value) if isinstance(value, list) else str(value)
+        os.environ[f"SHIPYARD_SERVE_{name.upper()}"] = text
+
+
+def run(settings: ServeSettings) -> None:
+    # Before anything imports prometheus_client: it picks its storage at import time.
+    metrics_dir = None
+    if settings.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        metrics_dir = tempfile.mkdtemp(prefix="shipyard-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    _export(settings)
+    import uvicorn
+
+    try:
+        uvicorn.run(
+            "serving.app:create_app",
+            factory=True,
+            workers=settings.workers,
+            host=settings.host,
+            port=settings.port,
+            loop="uvloop",
+            http="httptools",
+            lifespan="on",
+            access_log=False,
+            log_level="warning",
+            # On SIGTERM uvicorn stops accepting and lets in-flight requests finish.
+            timeout_graceful_shutdown=int(settings.request_timeout_s) + 5,
+        )
+    finally:
+        if metrics_dir:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    run(ServeSettings(_cli_parse_args=True))  # type: ignore[call-arg]

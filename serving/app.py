@@ -1,0 +1,330 @@
+"""The ASGI app: routing, limits, auth, metrics and errors around the served model.
+
+A plain `(scope, receive, send)` callable; the model and the batcher open in `lifespan`.
+Client errors are JSON with `error`, `field` and `expected`; a 500 means a bug, never bad input.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from prometheus_client import CONTENT_TYPE_LATEST, disable_created_metrics
+
+from serving import __version__, protocol
+from serving.auth import KeyCheck
+from serving.batching import MicroBatcher
+from serving.config import ServeSettings
+from serving.metrics import Metrics
+from serving.model import ServedModel
+from serving.protocol import RequestError
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+Reply = tuple[int, bytes, bytes]  # status, body, content type
+
+JSON = b"application/json"
+log = logging.getLogger("serving")
+
+
+def _json(status: int, body: Any) -> Reply:
+    return status, orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), JSON
+
+
+class InferenceApp:
+    def __init__(self, settings: ServeSettings, model: ServedModel | None = None) -> None:
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # no `_created` series: half the scrape for nothing we use
+        self.settings = settings
+        self.model = model
+        self.keys = KeyCheck(settings.keys())
+        self.metrics: Metrics | None = None
+        self.batcher: MicroBatcher | None = None
+        self.inflight = 0
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def load(self) -> None:
+        if self.model is None:
+            self.model = ServedModel(self.settings.model_dir, self.settings.threads)
+        self.metrics = Metrics(self.model.info)
+        # What startup allocated (ONNX Runtime, numpy, settings) never becomes garbage: keep it
+        # out of the collector's scans. https://docs.python.org/3/library/gc.html#gc.freeze
+        gc.freeze()
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    self.load()
+                    if self.settings.batching:
+                        self._start_batcher()
+                except Exception as e:
+                    await send({"type": "lifespan.startup.failed", "message": str(e)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                if self.batcher is not None:
+                    await self.batcher.stop()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    def _start_batcher(self) -> None:
+        assert self.model is not None and self.metrics is not None
+        self.batcher = MicroBatcher(
+            self.model.predict,
+            self.settings.max_batch_size,
+            self.settings.max_batch_delay_ms / 1000,
+            lambda: self.inflight,
+            self.metrics.batch_rows.observe,
+        )
+        self.batcher.start()
+
+    # -- requests --------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        start = time.perf_counter()
+        metrics = self.metrics
+        assert metrics is not None, "the app serves only after lifespan startup"
+        self.inflight += 1
+        metrics.inflight.inc()
+        route = "other"
+        try:
+            route, handler, params = self._route(scope["method"], scope["path"])
+            headers = dict(scope["headers"])
+            if not (self.keys.allows(headers) or self._is_open(route)):
+                raise RequestError(
+                    401,
+                    "missing or invalid API key: send `Authorization: Bearer "
+                    "<key>` or `X-API-Key: <key>`",
+                    "authorization",
+                    "a valid API key",
+                )
+            status, body, content_type = await handler(scope, receive, headers, params)
+        except RequestError as e:
+            status, body, content_type = _json(e.status, e.body())
+        except TimeoutError:
+            status, body, content_type = _json(
+                504, {"error": f"request took longer than {self.settings.request_timeout_s} s"}
+            )
+        except Exception:
+            log.exception("unhandled error on %s %s", scope["method"], scope["path"])
+            status, body, content_type = _json(500, {"error": "internal server error"})
+        finally:
+            self.inflight -= 1
+            metrics.inflight.dec()
+        response_headers = [
+            (b"content-type", content_type),
+            (b"content-length", str(len(body)).encode()),
+        ]
+        if status == 401:
+            response_headers.append((b"www-authenticate", b"Bearer"))
+        await send({"type": "http.response.start", "status": status, "headers": response_headers})
+        await send({"type": "http.response.body", "body": body})
+        metrics.observe(route, status, time.perf_counter() - start)
+
+    def _is_open(self, route: str) -> bool:
+        if not self.keys.enabled:
+            return True
+        return self.settings.open_health and route in OPEN_ROUTES
+
+    Handler = Callable[[Scope, Receive, dict[bytes, bytes], dict[str, str]], Awaitable[Reply]]
+
+    def _route(self, method: str, path: str) -> tuple[str, Handler, dict[str, str]]:
+        static = STATIC_ROUTES.get(path)
+        if static is not None:
+            route, verb, name = static, *STATIC_HANDLERS[static]
+            return self._check_method(route, method, verb), getattr(self, name), {}
+        parts = path.strip("/").split("/")
+        if len(parts) >= 3 and parts[:2] == ["v2", "models"]:
+            params = {"name": parts[2]}
+            rest = parts[3:]
+            template = "/v2/models/{name}"
+            if len(rest) >= 2 and rest[0] == "versions":
+                params["version"] = rest[1]
+                rest = rest[2:]
+                template += "/versions/{version}"
+            action = rest[0] if len(rest) == 1 else "" if not rest else None
+            if action in MODEL_ACTIONS:
+                verb, name = MODEL_ACTIONS[action]
+                route = template + (f"/{action}" if action else "")
+                return self._check_method(route, method, verb), getattr(self, name), params
+        raise RequestError(
+            404,
+            f"no route {path}; see GET /v2/models/{{name}}, POST "
+            "/v2/models/{name}/infer, POST /invocations",
+            "path",
+            "a known route",
+        )
+
+    @staticmethod
+    def _check_method(route: str, method: str, expected: str) -> str:
+        if method != expected:
+            raise RequestError(405, f"{method} is not allowed on {route}", "method", expected)
+        return route
+
+    def _model_for(self, params: dict[str, str]) -> ServedModel:
+        model = self.model
+        assert model is not None
+        if params.get("name") != model.info.name:
+            raise RequestError(
+                404,
+                f"unknown model {params.get('name')!r}; this server serves {model.info.name!r}",
+                "model name",
+                repr(model.info.name),
+            )
+        version = params.get("version")
+        if version is not None and version != model.info.version:
+            raise RequestError(
+                404,
+                f"unknown version {version!r} of {model.info.name!r}; this "
+                f"server serves version {model.info.version!r}",
+                "model version",
+                repr(model.info.version),
+            )
+        return model
+
+    async def _read_json(self, receive: Receive, headers: dict[bytes, bytes]) -> Any:
+        content_type = headers.get(b"content-type", JSON).split(b";")[0].strip().lower()
+        if content_type != JSON:
+            raise RequestError(
+                415,
+                f"content type {content_type.decode(errors='replace')!r} is not supported",
+                "content-type",
+                "application/json",
+            )
+        limit = self.settings.max_body_bytes
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise RequestError(
+                413,
+                f"body of {int(declared)} bytes exceeds the limit of {limit}",
+                "body",
+                f"at most {limit} bytes",
+            )
+        chunks, size = [], 0
+        while True:
+            async with asyncio.timeout(self.settings.request_timeout_s):
+                message = await receive()
+            if message["type"] == "http.disconnect":
+                raise RequestError(400, "client disconnected before sending the body")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise RequestError(
+                    413,
+                    f"body exceeds the limit of {limit} bytes",
+                    "body",
+                    f"at most {limit} bytes",
+                )
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        try:
+            return orjson.loads(b"".join(chunks))
+        except orjson.JSONDecodeError as e:
+            raise RequestError(400, f"malformed JSON: {e}", "body", "a JSON document") from None
+
+    async def _predict(self, model: ServedModel, x: Any) -> tuple[Any, Any]:
+        if self.batcher is not None:
+            async with asyncio.timeout(self.settings.request_timeout_s):
+                return await self.batcher.predict(x)
+        assert self.metrics is not None
+        self.metrics.batch_rows.observe(len(x))
+        return model.predict(x)
+
+    # -- handlers --------------------------------------------------------------------------
+
+    async def live(self, *_: Any) -> Reply:
+        return _json(200, {"live": True})
+
+    async def ready(self, *_: Any) -> Reply:
+        return _json(200 if self.model is not None else 503, {"ready": self.model is not None})
+
+    async def ping(self, *_: Any) -> Reply:
+        return 200, b"\n", b"text/plain"
+
+    async def server_metadata(self, *_: Any) -> Reply:
+        return _json(200, {"name": "shipyard", "version": __version__, "extensions": []})
+
+    async def prometheus(self, *_: Any) -> Reply:
+        assert self.metrics is not None
+        return 200, self.metrics.render(), CONTENT_TYPE_LATEST.encode()
+
+    async def model_metadata(
+        self, _s: Scope, _r: Receive, _h: Any, params: dict[str, str]
+    ) -> Reply:
+        model = self._model_for(params)
+        return _json(200, protocol.model_metadata(model.info, model.n_classes))
+
+    async def model_ready(self, _s: Scope, _r: Receive, _h: Any, params: dict[str, str]) -> Reply:
+        self._model_for(params)
+        return _json(200, {"name": params["name"], "ready": True})
+
+    async def infer(
+        self, _s: Scope, receive: Receive, headers: dict[bytes, bytes], params: dict[str, str]
+    ) -> Reply:
+        model = self._model_for(params)
+        body = await self._read_json(receive, headers)
+        x, wanted, request_id = protocol.parse_v2(body, model.info, self.settings.max_batch_rows)
+        labels, probabilities = await self._predict(model, x)
+        return _json(
+            200,
+            protocol.v2_response(
+                model.info, labels, probabilities, model.label_names(labels), wanted, request_id
+            ),
+        )
+
+    async def invocations(
+        self, _s: Scope, receive: Receive, headers: dict[bytes, bytes], _p: dict[str, str]
+    ) -> Reply:
+        model = self.model
+        assert model is not None
+        body = await self._read_json(receive, headers)
+        x = protocol.parse_mlflow(body, model.info, self.settings.max_batch_rows)
+        labels, probabilities = await self._predict(model, x)
+        return _json(
+            200, protocol.mlflow_response(labels, probabilities, model.label_names(labels))
+        )
+
+
+STATIC_ROUTES = {
+    "/v2/health/live": "/v2/health/live",
+    "/v2/health/ready": "/v2/health/ready",
+    "/v2": "/v2",
+    "/ping": "/ping",
+    "/health": "/ping",
+    "/metrics": "/metrics",
+    "/invocations": "/invocations",
+}
+STATIC_HANDLERS = {
+    "/v2/health/live": ("GET", "live"),
+    "/v2/health/ready": ("GET", "ready"),
+    "/v2": ("GET", "server_metadata"),
+    "/ping": ("GET", "ping"),
+    "/metrics": ("GET", "prometheus"),
+    "/invocations": ("POST", "invocations"),
+}
+MODEL_ACTIONS = {
+    "": ("GET", "model_metadata"),
+    "ready": ("GET", "model_ready"),
+    "infer": ("POST", "infer"),
+}
+OPEN_ROUTES = {"/v2/health/live", "/v2/health/ready", "/ping", "/metrics"}
+
+
+def create_app(
+    settings: ServeSettings | None = None, model: ServedModel | None = None
+) -> InferenceApp:
+    return InferenceApp(settings or ServeSettings(), model)
