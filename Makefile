@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench bench-serving lock clean
 
 # Everything is pinned by constraints.txt (regenerate: make lock). torch 2.13.0 is the CPU
 # wheel pip finds on this machine's disk; an unpinned torch would pull a multi-GB CUDA build.
@@ -32,6 +32,10 @@ lint: install
 
 bench: install
 	$(BIN)/python benchmarks/release.py
+
+bench-serving: install
+	@command -v wrk >/dev/null || { echo "installing wrk"; apt-get update -qq && apt-get install -y -qq wrk; }
+	$(BIN)/python benchmarks/serving.py
 
 lock: install
 	$(BIN)/pip freeze --exclude-editable | grep -v '^shipyard' > constraints.txt

@@ -34,9 +34,18 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("bundle")
     trained = train_model(project, manifest, data, out / "train")
     export_onnx(trained, manifest, out).rename(out / "model.onnx")
-    (out / "shipyard.json").write_text(json.dumps({
-        "name": manifest.name, "version": "7", "labels": manifest.labels,
-        "git_sha": "a" * 40, "fingerprint": "f" * 64, "variant": "fp32"}))
+    (out / "shipyard.json").write_text(
+        json.dumps(
+            {
+                "name": manifest.name,
+                "version": "7",
+                "labels": manifest.labels,
+                "git_sha": "a" * 40,
+                "fingerprint": "f" * 64,
+                "variant": "fp32",
+            }
+        )
+    )
     return out
 
 
@@ -64,20 +73,35 @@ class Server:
 
 def start_server(bundle: Path, **settings: object) -> Server:
     port = free_port()
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("SHIPYARD_SERVE_") and k != "PROMETHEUS_MULTIPROC_DIR"}
-    env.update({"SHIPYARD_SERVE_MODEL_DIR": str(bundle), "SHIPYARD_SERVE_PORT": str(port),
-                "SHIPYARD_SERVE_WORKERS": "1"})
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("SHIPYARD_SERVE_") and k != "PROMETHEUS_MULTIPROC_DIR"
+    }
+    env.update(
+        {
+            "SHIPYARD_SERVE_MODEL_DIR": str(bundle),
+            "SHIPYARD_SERVE_PORT": str(port),
+            "SHIPYARD_SERVE_WORKERS": "1",
+        }
+    )
     env.update({f"SHIPYARD_SERVE_{k.upper()}": str(v) for k, v in settings.items()})
-    process = subprocess.Popen([sys.executable, "-m", "serving"], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "serving"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"server exited: {process.stderr.read().decode() if process.stderr else ''}")
+            raise RuntimeError(
+                f"server exited: {process.stderr.read().decode() if process.stderr else ''}"
+            )
         try:
-            if httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
+            # 401: up, with health behind a key
+            if httpx.get(f"{url}/v2/health/ready", timeout=1).status_code in (200, 401):
                 return Server(process, url)
         except httpx.HTTPError:
             time.sleep(0.2)

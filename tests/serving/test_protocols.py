@@ -22,36 +22,50 @@ def expected(bundle: Path, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def v2_request(data: list[list[float]]) -> dict:
     flat = [v for row in data for v in row]
-    return {"id": "req-1", "inputs": [{"name": "pixels", "shape": [len(data), 64],
-                                       "datatype": "FP32", "data": flat}]}
+    return {
+        "id": "req-1",
+        "inputs": [{"name": "pixels", "shape": [len(data), 64], "datatype": "FP32", "data": flat}],
+    }
 
 
 def test_v2_infer_matches_the_onnx_model(server: Server, bundle: Path, digits: Dataset) -> None:
     x = digits.x_test[:5]
-    answer = httpx.post(f"{server.url}/v2/models/digits-sklearn/infer", json=v2_request(rows(digits, 5)),
-                        headers=AUTH)
+    answer = httpx.post(
+        f"{server.url}/v2/models/digits-sklearn/infer",
+        json=v2_request(rows(digits, 5)),
+        headers=AUTH,
+    )
     assert answer.status_code == 200, answer.text
     body = answer.json()
     assert body["model_name"] == "digits-sklearn" and body["model_version"] == "7"
     assert body["id"] == "req-1"
     outputs = {o["name"]: o for o in body["outputs"]}
     label, probabilities = expected(bundle, x)
-    assert outputs["label"] == {"name": "label", "datatype": "INT64", "shape": [5], "data": label.tolist()}
+    assert outputs["label"] == {
+        "name": "label",
+        "datatype": "INT64",
+        "shape": [5],
+        "data": label.tolist(),
+    }
     assert outputs["probabilities"]["shape"] == [5, 10]
     assert np.allclose(outputs["probabilities"]["data"], probabilities.reshape(-1), atol=1e-6)
     assert outputs["label_name"]["data"] == [str(v) for v in label.tolist()]
 
 
-def test_v2_nested_data_versioned_route_and_output_selection(server: Server, digits: Dataset) -> None:
+def test_v2_nested_data_versioned_route_and_output_selection(
+    server: Server, digits: Dataset
+) -> None:
     request = v2_request(rows(digits, 2))
     request["inputs"][0]["data"] = rows(digits, 2)  # nested rows are accepted too
     request["outputs"] = [{"name": "label"}]
-    answer = httpx.post(f"{server.url}/v2/models/digits-sklearn/versions/7/infer", json=request,
-                        headers=AUTH)
+    answer = httpx.post(
+        f"{server.url}/v2/models/digits-sklearn/versions/7/infer", json=request, headers=AUTH
+    )
     assert answer.status_code == 200, answer.text
     assert [o["name"] for o in answer.json()["outputs"]] == ["label"]
-    wrong = httpx.post(f"{server.url}/v2/models/digits-sklearn/versions/6/infer", json=request,
-                       headers=AUTH)
+    wrong = httpx.post(
+        f"{server.url}/v2/models/digits-sklearn/versions/6/infer", json=request, headers=AUTH
+    )
     assert wrong.status_code == 404 and "version '7'" in wrong.json()["error"]
 
 
@@ -64,7 +78,9 @@ def test_v2_metadata_health_and_server(server: Server) -> None:
     assert len(meta["parameters"]["onnx_sha256"]) == 64
     assert httpx.get(f"{server.url}/v2/health/live").json() == {"live": True}
     assert httpx.get(f"{server.url}/v2/health/ready").json() == {"ready": True}
-    assert httpx.get(f"{server.url}/v2/models/digits-sklearn/ready", headers=AUTH).status_code == 200
+    assert (
+        httpx.get(f"{server.url}/v2/models/digits-sklearn/ready", headers=AUTH).status_code == 200
+    )
     assert httpx.get(f"{server.url}/v2", headers=AUTH).json()["name"] == "shipyard"
 
 
