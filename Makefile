@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: install demo test lint bench bench-serving lock clean
+.PHONY: install stack demo test lint bench bench-serving bench-image lock clean
 
 # Everything is pinned by constraints.txt (regenerate: make lock). torch 2.13.0 is the CPU
 # wheel pip finds on this machine's disk; an unpinned torch would pull a multi-GB CUDA build.
@@ -19,11 +19,15 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
-demo: install
+# Starts what is missing (dockerd, a local registry, the base image) and says what it did.
+stack: install
+	$(BIN)/shipyard stack up
+
+demo: stack
 	$(BIN)/shipyard release examples/digits-sklearn
 	$(BIN)/shipyard status digits-sklearn
 
-test: install lint
+test: lint stack
 	$(BIN)/pytest
 
 lint: install
@@ -31,14 +35,19 @@ lint: install
 	$(BIN)/mypy
 
 bench: install
-	$(BIN)/python benchmarks/release.py
+	$(BIN)/python benchmarks/release_variants.py
+
+bench-image: stack
+	$(BIN)/python benchmarks/image_build.py
 
 bench-serving: install
 	@command -v wrk >/dev/null || { echo "installing wrk"; apt-get update -qq && apt-get install -y -qq wrk; }
-	$(BIN)/python benchmarks/serving.py
+	$(BIN)/python benchmarks/serving_vs_mlflow.py
 
 lock: install
 	$(BIN)/pip freeze --exclude-editable | grep -v '^shipyard' > constraints.txt
+	cd serving && ../$(BIN)/pip-compile --quiet --generate-hashes --allow-unsafe --no-header \
+	  --output-file requirements.lock requirements.in
 
 clean:
 	rm -rf .shipyard

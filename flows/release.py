@@ -1,7 +1,8 @@
-"""The `release` flow: source → data → train → export → optimize → validate → register.
+"""The `release` flow: source → data → train → export → optimize → validate → register →
+build → push.
 
 Each stage is one Prefect task, visible in the UI; the expensive ones are cached by the
-release fingerprint. Image build, push and deploy slot in after `register`.
+release fingerprint. Deploy slots in after `push`.
 """
 
 from __future__ import annotations
@@ -20,16 +21,20 @@ from shipyard.fingerprint import fingerprint as compute_fingerprint
 from shipyard.fingerprint import package_versions
 from shipyard.frameworks import adapter_for
 from shipyard.settings import Settings
+from tasks.build_image import build_image
 from tasks.caching import by_fingerprint
 from tasks.data import load_data
 from tasks.export import export
 from tasks.optimize import optimize
+from tasks.push_image import push_image
 from tasks.register import register
 from tasks.source import checkout
 from tasks.train import train
 from tasks.validate import artifact_key, validate
 
-Stage = Literal["source", "data", "train", "export", "optimize", "validate", "register"]
+Stage = Literal[
+    "source", "data", "train", "export", "optimize", "validate", "register", "build", "push"
+]
 STAGES: tuple[Stage, ...] = get_args(Stage)
 
 P = ParamSpec("P")
@@ -72,7 +77,7 @@ def release(
     source: str,
     ref: str | None = None,
     subdir: str | None = None,
-    until: Stage = "register",
+    until: Stage = "push",
     settings: Settings | None = None,
 ) -> dict[str, Any]:
     """Release the model project at SOURCE (a directory, or a git URL at `ref`).
@@ -202,4 +207,12 @@ def _stages(
     version = run_stage(
         register, manifest, tree, data, data_hash, measurements, verdict, fp, run_id, settings
     )
-    return {**summary, "version": version.version, "reused": version.reused, "status": "registered"}
+    summary.update({"version": version.version, "reused": version.reused, "status": "registered"})
+    if stop_after("register"):
+        return summary
+    image = run_stage(build_image, manifest, tree, chosen, data, fp, settings)
+    summary.update({"image_size_bytes": image.size_bytes, "status": "built"})
+    if stop_after("build"):
+        return {**summary, "image": image.reference}
+    pushed = run_stage(push_image, image, manifest.name, version.version, run_id, settings)
+    return {**summary, "image": pushed.reference, "image_digest": pushed.digest, "status": "pushed"}

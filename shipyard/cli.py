@@ -32,6 +32,8 @@ class Until(StrEnum):
     optimize = "optimize"
     validate = "validate"
     register = "register"
+    build = "build"
+    push = "push"
 
 
 class _StageLines(logging.Handler):
@@ -63,13 +65,13 @@ def release(
     source: Annotated[str, typer.Argument(help="Model project directory, or git URL.")],
     ref: Annotated[str | None, typer.Option(help="Branch, tag or commit (git sources).")] = None,
     subdir: Annotated[str | None, typer.Option(help="Project directory inside the source.")] = None,
-    until: Annotated[Until, typer.Option(help="Stop after this stage.")] = Until.register,
+    until: Annotated[Until, typer.Option(help="Stop after this stage.")] = Until.push,
     as_json: Annotated[
         bool, typer.Option("--json", help="End with one JSON summary line.")
     ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect's logs.")] = False,
 ) -> None:
-    """Run the release flow on SOURCE: train, export, optimize, validate, register."""
+    """Run the release flow on SOURCE: train, export, optimize, validate, register, build, push."""
     _quiet_prefect(verbose)
     settings = Settings()
     from flows.release import progress
@@ -186,3 +188,44 @@ def serve(
     )
     # A fresh interpreter: the server carries neither MLflow nor Prefect in its heap.
     os.execve(sys.executable, [sys.executable, "-m", "serving"], {**os.environ, **env})
+
+
+stack_app = typer.Typer(
+    no_args_is_help=True, help="The local Docker engine, registry and base image."
+)
+app.add_typer(stack_app, name="stack")
+
+
+def _say(line: str) -> None:
+    print(f"  {line}", file=sys.stderr, flush=True)
+
+
+@stack_app.command("up")
+def stack_up(
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Start what is missing: dockerd, a local registry with htpasswd auth, the base image."""
+    from shipyard import stack
+
+    print("Bringing up the stack", file=sys.stderr)
+    try:
+        result = stack.up(Settings(), _say)
+    except ShipyardError as e:
+        _fail(str(e), as_json)
+    print(json.dumps(result) if as_json else "\n".join(f"{k}: {v}" for k, v in result.items()))
+
+
+@stack_app.command("status")
+def stack_status() -> None:
+    """Show the engine, the registry and the base image."""
+    from shipyard import stack
+
+    print(json.dumps(stack.status(Settings()), indent=2))
+
+
+@stack_app.command("down")
+def stack_down() -> None:
+    """Stop what `stack up` started, and nothing else."""
+    from shipyard import stack
+
+    stack.down(Settings(), _say)

@@ -39,3 +39,11 @@ class GateError(ShipyardError):
 
 class RegistryError(ShipyardError):
     """The model registry (MLflow) refused an operation."""
+
+
+class StackError(ShipyardError):
+    """The local stack (Docker engine, registry, base image) is missing or cannot start."""
+
+
+class ImageError(ShipyardError):
+    """The release image cannot be built, smoke-tested or pushed."""

@@ -140,6 +140,8 @@ def release_markdown(
         f"- **MLflow run**: `{summary['mlflow_run_id']}`"
         + (f" ({', '.join(links)})" if links else ""),
     ]
+    if summary.get("image_digest"):
+        lines.append(f"- **image**: `{summary['image']}` digest `{summary['image_digest']}`")
     if summary.get("reused"):
         lines.append("- this fingerprint was registered before: its version was reused")
     lines += ["", "## Variants", "", markdown_table(rows), "", "## Gates", ""]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -50,6 +50,27 @@ class Settings(BaseSettings):
     ort_threads: int = Field(
         default=1, ge=1, description="ONNX Runtime intra-op threads when measuring variants."
     )
+    stack_dir: Path = Field(
+        default=Path.home() / ".local" / "share" / "shipyard" / "stack",
+        description="What `shipyard stack up` starts and keeps: engine log, registry storage, base.",
+    )
+    registry: str = Field(
+        default="127.0.0.1:5000", description="Registry (host:port) release images are pushed to."
+    )
+    registry_username: str = "shipyard"
+    registry_password: SecretStr | None = Field(
+        default=None,
+        description="Registry password; default: the local stack's generated one.",
+    )
+    registry_password_block: str | None = Field(
+        default=None, description="Name of a Prefect Secret block holding the registry password."
+    )
+    base_image: str = Field(
+        default="python:3.11-slim@sha256:9c900dea9e8fb7e16277c179b555cc72d29a352dbc33cff48ad5a0412fd5bfc7",
+        description="Base of release images, pinned by digest. When it cannot be pulled, the "
+        "stack's Debian-built equivalent is used.",
+    )
+    push_attempts: int = Field(default=4, ge=1, description="Push attempts on transient errors.")
 
     @classmethod
     def settings_customise_sources(

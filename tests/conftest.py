@@ -101,3 +101,30 @@ def make_settings(tmp_path: Path, _mlflow_template: Path):
         return Settings(state_dir=state, latency_runs=50)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def docker_stack() -> dict[str, str]:
+    """The engine, registry and base image that `make test` brings up (`shipyard stack up`).
+
+    A test that needs them fails when they are missing; it never skips.
+    """
+    from shipyard import stack
+
+    settings = Settings()
+    try:
+        client = stack.engine(settings)
+        credentials = stack.registry_credentials(settings)
+    except Exception as e:
+        pytest.fail(f"The Docker stack is not up ({e}); run `shipyard stack up` (make test does).")
+    base = stack.base_image(settings)
+    client.images.pull(
+        base, auth_config=credentials.auth()
+    ) if ":5000/" in base else client.images.get(base)
+    return {"registry": credentials.address, "base_image": base}
+
+
+@pytest.fixture
+def image_settings(settings: Settings, docker_stack: dict[str, str]) -> Settings:
+    """Fresh release state on the shared stack."""
+    return settings

@@ -28,7 +28,11 @@ def test_release_json_summary_and_status(
     sklearn_repo: Path, tmp_path: Path, prefect_server: str
 ) -> None:
     state = tmp_path / "state"
-    done = run(["release", sklearn_repo.as_uri(), "--ref", "main", "--json"], state, prefect_server)
+    done = run(
+        ["release", sklearn_repo.as_uri(), "--ref", "main", "--until", "register", "--json"],
+        state,
+        prefect_server,
+    )
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout.strip().splitlines()[-1])
     assert {
@@ -63,7 +67,7 @@ def test_a_bad_manifest_exits_non_zero_naming_the_field(
     edit_manifest(sklearn_repo, "framework: sklearn", "framework: xgboost")
     commit_all(sklearn_repo, "Unsupported framework")
     done = run(
-        ["release", sklearn_repo.as_uri(), "--ref", "main", "--json"],
+        ["release", sklearn_repo.as_uri(), "--ref", "main", "--until", "register", "--json"],
         tmp_path / "s",
         prefect_server,
     )

@@ -43,7 +43,8 @@ def test_served_deployment_runs_a_release_triggered_through_the_api(
                     time.sleep(1)
             assert deployment is not None, "the deployment was not registered within 120 s"
             run = client.create_flow_run_from_deployment(
-                deployment.id, parameters={"source": sklearn_repo.as_uri(), "ref": "main"}
+                deployment.id,
+                parameters={"source": sklearn_repo.as_uri(), "ref": "main", "until": "register"},
             )
             while time.monotonic() < deadline + 240:
                 run = client.read_flow_run(run.id)

@@ -44,7 +44,7 @@ def test_release_from_git_registers_a_traceable_candidate(
     sklearn_repo: Path, settings: Settings
 ) -> None:
     head = git(sklearn_repo, "rev-parse", "HEAD")
-    summary = release(source=sklearn_repo.as_uri(), ref="main", settings=settings)
+    summary = release(source=sklearn_repo.as_uri(), ref="main", until="register", settings=settings)
 
     assert summary["status"] == "registered" and summary["version"] == "1"
     assert summary["git_sha"] == head and not summary["reused"]
@@ -93,8 +93,8 @@ def test_release_from_git_registers_a_traceable_candidate(
 def test_a_second_release_of_unchanged_inputs_is_cached_and_reuses_the_version(
     sklearn_repo: Path, settings: Settings
 ) -> None:
-    first = release(source=sklearn_repo.as_uri(), ref="main", settings=settings)
-    second = release(source=sklearn_repo.as_uri(), ref="main", settings=settings)
+    first = release(source=sklearn_repo.as_uri(), ref="main", until="register", settings=settings)
+    second = release(source=sklearn_repo.as_uri(), ref="main", until="register", settings=settings)
 
     assert second["fingerprint"] == first["fingerprint"]
     assert second["version"] == first["version"] and second["reused"]
@@ -107,10 +107,10 @@ def test_a_second_release_of_unchanged_inputs_is_cached_and_reuses_the_version(
 def test_a_new_commit_that_changes_the_model_is_a_new_version(
     sklearn_repo: Path, settings: Settings
 ) -> None:
-    first = release(source=sklearn_repo.as_uri(), ref="main", settings=settings)
+    first = release(source=sklearn_repo.as_uri(), ref="main", until="register", settings=settings)
     edit_manifest(sklearn_repo, "hidden_layer_sizes: [256, 128]", "hidden_layer_sizes: [128]")
     sha = commit_all(sklearn_repo, "Smaller MLP")
-    second = release(source=sklearn_repo.as_uri(), ref="main", settings=settings)
+    second = release(source=sklearn_repo.as_uri(), ref="main", until="register", settings=settings)
 
     assert second["fingerprint"] != first["fingerprint"]
     assert second["version"] == "2" and second["git_sha"] == sha
@@ -124,7 +124,10 @@ def test_two_clean_releases_of_a_commit_are_byte_identical(
     sklearn_repo: Path, make_settings
 ) -> None:
     states = [make_settings("clean-a"), make_settings("clean-b")]
-    runs = [release(source=sklearn_repo.as_uri(), ref="main", settings=s) for s in states]
+    runs = [
+        release(source=sklearn_repo.as_uri(), ref="main", until="register", settings=s)
+        for s in states
+    ]
     assert runs[0]["fingerprint"] == runs[1]["fingerprint"]
     assert runs[0]["onnx_sha256"] == runs[1]["onnx_sha256"]
     for variant in ("fp32.onnx", "optimized.onnx", "int8.onnx"):
@@ -154,7 +157,7 @@ def test_a_failed_gate_names_gate_value_and_threshold_and_registers_nothing(
     edit_manifest(sklearn_repo, "min_accuracy: 0.95", "min_accuracy: 0.999")
     commit_all(sklearn_repo, "Demand the impossible")
     with pytest.raises(GateError) as e:
-        release(source=sklearn_repo.as_uri(), ref="main", settings=settings)
+        release(source=sklearn_repo.as_uri(), ref="main", until="register", settings=settings)
     message = str(e.value)
     assert (
         "Gate 'min_accuracy' failed for fp32: 0.9750 < minimum 0.9990 (manifest gates.min_accuracy)"
@@ -168,7 +171,7 @@ def test_a_failed_gate_names_gate_value_and_threshold_and_registers_nothing(
 def test_a_candidate_worse_than_the_champion_is_refused(
     sklearn_repo: Path, settings: Settings
 ) -> None:
-    first = release(source=sklearn_repo.as_uri(), ref="main", settings=settings)
+    first = release(source=sklearn_repo.as_uri(), ref="main", until="register", settings=settings)
     mlflow = registry.client(settings)
     mlflow.set_registered_model_alias(MODEL, "champion", first["version"])
     edit_manifest(sklearn_repo, "hidden_layer_sizes: [256, 128]", "hidden_layer_sizes: [2]")
@@ -177,7 +180,7 @@ def test_a_candidate_worse_than_the_champion_is_refused(
     with pytest.raises(
         GateError, match=r"Gate 'max_accuracy_drop' failed for fp32: .* champion v1 at 0\.97"
     ):
-        release(source=sklearn_repo.as_uri(), ref="main", settings=settings)
+        release(source=sklearn_repo.as_uri(), ref="main", until="register", settings=settings)
     assert mlflow.get_model_version_by_alias(MODEL, "candidate").version == 1
     assert versions(mlflow) == ["1"]
 
@@ -192,14 +195,14 @@ def test_a_training_entrypoint_that_raises_fails_the_run(
     with pytest.raises(
         ProjectError, match="entrypoints.train .* raised ValueError: learning rate is negative"
     ):
-        release(source=sklearn_repo.as_uri(), ref="main", settings=settings)
+        release(source=sklearn_repo.as_uri(), ref="main", until="register", settings=settings)
     _no_candidate(settings)
     assert _failed_run(settings) == "FAILED"
 
 
 def test_a_ref_that_does_not_exist(sklearn_repo: Path, settings: Settings) -> None:
     with pytest.raises(SourceError, match="'v9' does not exist"):
-        release(source=sklearn_repo.as_uri(), ref="v9", settings=settings)
+        release(source=sklearn_repo.as_uri(), ref="v9", until="register", settings=settings)
 
 
 def test_until_stops_after_the_named_stage(sklearn_repo: Path, settings: Settings) -> None:
@@ -211,7 +214,7 @@ def test_until_stops_after_the_named_stage(sklearn_repo: Path, settings: Setting
 
 def test_pytorch_cnn_release_with_static_int8(tmp_path: Path, settings: Settings) -> None:
     repo = make_repo(tmp_path, "digits-cnn")
-    summary = release(source=repo.as_uri(), ref="main", settings=settings)
+    summary = release(source=repo.as_uri(), ref="main", until="register", settings=settings)
     assert summary["status"] == "registered" and summary["variant"] == "int8"
     assert summary["metrics"]["accuracy"] >= 0.95
     tags = registry.client(settings).get_model_version_by_alias("digits-cnn", "candidate").tags

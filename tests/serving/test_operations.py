@@ -148,7 +148,7 @@ def test_a_directory_without_a_model_is_refused_at_startup(tmp_path: Path) -> No
 
 
 def test_shipyard_serve_a_registered_version(sklearn_repo: Path, settings: Settings) -> None:
-    summary = release(source=sklearn_repo.as_uri(), ref="main", settings=settings)
+    summary = release(source=sklearn_repo.as_uri(), ref="main", until="register", settings=settings)
     port = free_port()
     env = {**os.environ, "SHIPYARD_STATE_DIR": str(settings.state_dir)}
     process = subprocess.Popen(

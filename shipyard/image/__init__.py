@@ -1,0 +1,1 @@
+"""The release image: build context and Dockerfile, deterministic build, smoke test, push."""

@@ -1,0 +1,112 @@
+"""Build, normalize and smoke-test the release image on the Docker engine."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import docker
+import httpx
+import numpy as np
+from docker.errors import APIError, BuildError, DockerException
+
+from shipyard.errors import ImageError
+from shipyard.image.normalize import normalize
+
+
+@dataclass(frozen=True)
+class BuiltImage:
+    reference: str
+    """repository:tag, pointing at the normalized image."""
+    image_id: str
+    size_bytes: int
+
+
+def build(client: docker.DockerClient, context: Path, reference: str, epoch: int) -> BuiltImage:
+    """`docker build` the context, then normalize the result into `reference`."""
+    try:
+        image, _ = client.images.build(path=str(context), rm=True, forcerm=True, pull=False)
+    except BuildError as e:
+        log = "".join(str(line.get("stream", line.get("error", ""))) for line in e.build_log)[
+            -1500:
+        ]
+        hint = (
+            " The engine's disk is full: free space (docker system prune) and retry."
+            if "no space left on device" in log + str(e)
+            else ""
+        )
+        raise ImageError(f"docker build failed: {e.msg}.{hint}\n{log}") from e
+    except APIError as e:
+        raise ImageError(f"The Docker engine refused the build: {e.explanation}") from e
+    image_id = normalize(client, str(image.id), epoch, reference)
+    with contextlib.suppress(APIError):  # shares layers with the normalized one, or already gone
+        client.images.remove(str(image.id), noprune=False)
+    size = int(client.images.get(image_id).attrs["Size"])
+    return BuiltImage(reference, image_id, size)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def smoke_test(
+    client: docker.DockerClient,
+    image: str,
+    x: np.ndarray,
+    labels: np.ndarray,
+    probabilities: np.ndarray,
+    timeout_s: float = 60,
+) -> None:
+    """Run the image on 127.0.0.1, wait for readiness, and require the validated predictions.
+
+    The container is removed whatever happens.
+    """
+    port = _free_port()
+    container = None
+    try:
+        container = client.containers.run(
+            image,
+            detach=True,
+            ports={"8080/tcp": ("127.0.0.1", port)},
+            environment={"SHIPYARD_SERVE_WORKERS": "1"},
+            labels={"ai.shipyard.role": "smoke-test"},
+        )
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                if httpx.get(f"{url}/v2/health/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            container.reload()
+            if container.status == "exited" or time.monotonic() > deadline:
+                logs = container.logs(tail=30).decode(errors="replace")
+                raise ImageError(
+                    f"Smoke test: the container did not become ready within {timeout_s:.0f} s "
+                    f"(status {container.status}). Last log lines:\n{logs}"
+                )
+            time.sleep(0.3)
+        answer = httpx.post(f"{url}/invocations", json={"inputs": x.tolist()}, timeout=30)
+        if answer.status_code != 200:
+            raise ImageError(
+                f"Smoke test: /invocations answered {answer.status_code}: {answer.text[:300]}"
+            )
+        got = answer.json()["predictions"]
+        mismatched = int((np.asarray(got["label"]) != labels).sum())
+        delta = float(np.abs(np.asarray(got["probabilities"]) - probabilities).max())
+        if mismatched or delta > 1e-5:
+            raise ImageError(
+                f"Smoke test: the image's predictions differ from the validated model: "
+                f"{mismatched} of {len(labels)} labels, max |Δprob| {delta:.2e} (limit 1e-05)"
+            )
+    except DockerException as e:
+        raise ImageError(f"Smoke test: the engine could not run {image}: {e}") from e
+    finally:
+        if container is not None:
+            container.remove(force=True)

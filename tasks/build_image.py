@@ -1,0 +1,124 @@
+"""Stage `build_image`: the serving image of the chosen variant, built reproducibly, smoke-tested."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from prefect import task
+
+from shipyard import stack
+from shipyard.errors import ImageError
+from shipyard.gates import Measurement
+from shipyard.image.build import build, smoke_test
+from shipyard.image.context import LOCK, NO_COMMIT_EPOCH, ImageSpec, build_context, wheelhouse
+from shipyard.inference import predict, session
+from shipyard.manifest import Manifest
+from shipyard.project import Dataset
+from shipyard.settings import Settings
+from shipyard.source import Checkout
+
+
+@dataclass(frozen=True)
+class ReleaseImage:
+    reference: str
+    image_id: str
+    size_bytes: int
+    sbom: Path
+
+
+def image_spec(
+    manifest: Manifest, tree: Checkout, chosen: Measurement, fingerprint: str, base: str
+) -> ImageSpec:
+    return ImageSpec(
+        model=manifest.name,
+        fingerprint=fingerprint,
+        onnx_sha256=chosen.sha256,
+        base=base,
+        revision=tree.commit or "",
+        source=tree.source,
+        epoch=tree.commit_time if tree.commit_time is not None else NO_COMMIT_EPOCH,
+    )
+
+
+def sbom(out: Path, lock: Path = LOCK) -> Path:
+    """A CycloneDX SBOM of the image's Python environment: the hash-locked requirements it installs."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cyclonedx_py",
+            "requirements",
+            "--of",
+            "JSON",
+            "--output-reproducible",
+            "-o",
+            str(out),
+            str(lock),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode:
+        raise ImageError(f"SBOM generation failed: {done.stderr.strip()[-500:]}")
+    return out
+
+
+@task(name="build_image")
+def build_image(
+    manifest: Manifest,
+    tree: Checkout,
+    chosen: Measurement,
+    data: Dataset,
+    fingerprint: str,
+    settings: Settings,
+) -> ReleaseImage:
+    """Build the image, normalize it, and smoke-test it against the validated ONNX model."""
+    client = stack.engine(settings)
+    registry = stack.registry_credentials(settings)
+    base = stack.base_image(settings)
+    try:
+        client.images.get(base)
+    except Exception:
+        try:
+            client.images.pull(base, auth_config=registry.auth())
+        except Exception as e:
+            raise ImageError(
+                f"Base image {base} is missing and cannot be pulled ({e}). "
+                "Run `shipyard stack up`, or set SHIPYARD_BASE_IMAGE to one you can pull."
+            ) from e
+    build_dir = settings.builds_dir / fingerprint / "image"
+    bundle = build_dir / "bundle"
+    bundle.mkdir(parents=True, exist_ok=True)
+    (bundle / "model.onnx").write_bytes(chosen.path.read_bytes())
+    (bundle / "shipyard.json").write_text(
+        json.dumps(
+            {
+                "name": manifest.name,
+                "labels": manifest.labels,
+                "fingerprint": fingerprint,
+                "git_sha": tree.commit,
+                "variant": chosen.variant.value,
+                "onnx_sha256": chosen.sha256,
+            },
+            indent=2,
+            sort_keys=True,
+        )
+    )
+    spec = image_spec(manifest, tree, chosen, fingerprint, base)
+    context = build_context(
+        spec,
+        [bundle / "model.onnx", bundle / "shipyard.json"],
+        wheelhouse(settings.stack_dir / "wheelhouse"),
+        build_dir / "context",
+    )
+    reference = f"{settings.registry}/shipyard/{manifest.name}:{fingerprint[:16]}"
+    built = build(client, context, reference, spec.epoch)
+    labels, probabilities = predict(session(chosen.path), data.x_test)
+    smoke_test(client, built.image_id, data.x_test, labels, probabilities)
+    return ReleaseImage(
+        built.reference, built.image_id, built.size_bytes, sbom(build_dir / "sbom.cdx.json")
+    )

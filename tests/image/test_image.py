@@ -1,0 +1,205 @@
+"""Release images on the real engine and registry: build, smoke test, push, reproducibility."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import docker
+import httpx
+import numpy as np
+import pytest
+from pydantic import SecretStr
+
+from flows.release import release
+from shipyard import registry, stack
+from shipyard.errors import ImageError, StackError
+from shipyard.image.build import smoke_test
+from shipyard.image.context import ImageSpec, dockerfile
+from shipyard.settings import Settings
+from tests.conftest import git
+
+MODEL = "digits-sklearn"
+
+
+def manifest_exists(reference: str, digest: str, settings: Settings) -> bool:
+    repository = reference.split("/", 1)[1].rpartition(":")[0]
+    credentials = stack.registry_credentials(settings)
+    answer = httpx.get(
+        f"http://{credentials.address}/v2/{repository}/manifests/{digest}",
+        auth=(credentials.username, credentials.password),
+        headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"},
+    )
+    return answer.status_code == 200
+
+
+def forget_local_images(client: docker.DockerClient, repository: str) -> None:
+    """A clean engine for this model: its images and the classic builder's cache gone."""
+    for image in client.images.list(name=repository):
+        client.images.remove(image.id, force=True)
+    client.images.prune(filters={"dangling": True})
+
+
+def test_release_builds_smoke_tests_and_pushes_a_labelled_image(
+    sklearn_repo: Path, image_settings: Settings
+) -> None:
+    summary = release(source=sklearn_repo.as_uri(), ref="main", settings=image_settings)
+    head = git(sklearn_repo, "rev-parse", "HEAD")
+    assert summary["status"] == "pushed"
+    assert summary["image"].startswith(f"{image_settings.registry}/shipyard/{MODEL}:")
+    assert summary["image_digest"].startswith("sha256:")
+    assert manifest_exists(summary["image"], summary["image_digest"], image_settings)
+
+    tags = registry.client(image_settings).get_model_version_by_alias(MODEL, "candidate").tags
+    assert tags["image"] == summary["image"] and tags["image_digest"] == summary["image_digest"]
+
+    client = stack.engine(image_settings)
+    config = client.images.get(summary["image"]).attrs["Config"]
+    labels = config["Labels"]
+    assert labels["org.opencontainers.image.revision"] == head
+    assert labels["org.opencontainers.image.version"] == summary["fingerprint"]
+    assert labels["ai.shipyard.onnx.sha256"] == summary["onnx_sha256"]
+    created = int(git(sklearn_repo, "log", "-1", "--format=%ct"))
+    assert labels["org.opencontainers.image.created"] == (
+        __import__("datetime")
+        .datetime.fromtimestamp(created, __import__("datetime").UTC)
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+    )
+    assert config["User"] == "10001:10001"
+    assert "/v2/health/ready" in " ".join(config["Healthcheck"]["Test"])
+
+    run = registry.client(image_settings).get_run(summary["mlflow_run_id"])
+    sbom_path = registry.client(image_settings).download_artifacts(
+        run.info.run_id, "image/sbom.cdx.json", str(image_settings.state_dir)
+    )
+    components = {
+        c["name"]: c["version"] for c in json.loads(Path(sbom_path).read_text())["components"]
+    }
+    assert components["onnxruntime"] and components["numpy"]
+    assert "password" not in json.dumps(run.data.params).lower()
+
+
+def test_the_pushed_image_pulls_and_serves_anywhere(
+    sklearn_repo: Path, image_settings: Settings
+) -> None:
+    summary = release(source=sklearn_repo.as_uri(), ref="main", settings=image_settings)
+    client = stack.engine(image_settings)
+    pinned = f"{summary['image'].rpartition(':')[0]}@{summary['image_digest']}"
+    forget_local_images(client, summary["image"].rpartition(":")[0])
+    credentials = stack.registry_credentials(image_settings)
+    client.images.pull(pinned, auth_config=credentials.auth())
+    data = json.loads((Path(__file__).parents[2] / "benchmarks" / "digits_rows.json").read_text())
+    x = np.asarray(data, dtype=np.float32)
+    from shipyard.inference import predict, session
+
+    build = (
+        image_settings.builds_dir / summary["fingerprint"] / "onnx" / f"{summary['variant']}.onnx"
+    )
+    labels, probabilities = predict(session(build), x)
+    smoke_test(client, pinned, x, labels, probabilities)  # raises if anything differs
+
+
+def test_same_commit_from_clean_state_gives_the_same_digest(
+    sklearn_repo: Path, make_settings, docker_stack: dict[str, str]
+) -> None:
+    client = stack.engine(Settings())
+    digests = []
+    for name in ("clean-a", "clean-b"):
+        summary = release(source=sklearn_repo.as_uri(), ref="main", settings=make_settings(name))
+        digests.append(summary["image_digest"])
+        forget_local_images(client, summary["image"].rpartition(":")[0])
+    assert digests[0] == digests[1]
+
+
+def test_a_refused_password_fails_the_push_and_tags_nothing(
+    sklearn_repo: Path, image_settings: Settings
+) -> None:
+    wrong = image_settings.model_copy(
+        update={"registry_password": SecretStr("not-the-password"), "push_attempts": 2}
+    )
+    with pytest.raises(ImageError, match="refused the credentials of user 'shipyard'"):
+        release(source=sklearn_repo.as_uri(), ref="main", settings=wrong)
+    tags = registry.client(image_settings).get_model_version_by_alias(MODEL, "candidate").tags
+    assert "image" not in tags and "image_digest" not in tags
+
+
+def test_a_failing_smoke_test_names_the_difference_and_leaves_no_container(
+    sklearn_repo: Path, image_settings: Settings
+) -> None:
+    summary = release(
+        source=sklearn_repo.as_uri(), ref="main", until="build", settings=image_settings
+    )
+    client = stack.engine(image_settings)
+    x = np.zeros((4, 64), dtype=np.float32)
+    with pytest.raises(ImageError, match=r"differ from the validated model: \d+ of 4 labels"):
+        smoke_test(client, summary["image"], x, np.array([11, 11, 11, 11]), np.zeros((4, 10)))
+    left = client.containers.list(all=True, filters={"label": "ai.shipyard.role=smoke-test"})
+    assert left == []
+
+
+def test_a_broken_image_never_becomes_ready_and_is_removed(
+    image_settings: Settings, tmp_path: Path
+) -> None:
+    client = stack.engine(image_settings)
+    base = stack.base_image(image_settings)
+    (tmp_path / "Dockerfile").write_text(
+        f'FROM {base}\nENTRYPOINT ["python3", "-c", "raise SystemExit(3)"]\n'
+    )
+    broken, _ = client.images.build(path=str(tmp_path), tag="shipyard-test/broken:1", rm=True)
+    with pytest.raises(ImageError, match=r"did not become ready .* \(status exited\)"):
+        smoke_test(
+            client,
+            "shipyard-test/broken:1",
+            np.zeros((1, 64), np.float32),
+            np.zeros(1),
+            np.zeros((1, 10)),
+        )
+    assert client.containers.list(all=True, filters={"label": "ai.shipyard.role=smoke-test"}) == []
+    client.images.remove(broken.id, force=True)
+
+
+def test_unreachable_engine_is_named_with_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+    with pytest.raises(
+        StackError,
+        match=r"No Docker engine answers at unix:///nonexistent/docker.sock .*shipyard stack up",
+    ):
+        stack.engine()
+
+
+def test_a_missing_base_image_says_how_to_get_one(
+    sklearn_repo: Path, image_settings: Settings, tmp_path: Path
+) -> None:
+    missing = image_settings.model_copy(
+        update={
+            "stack_dir": tmp_path / "empty-stack",
+            "registry_password": SecretStr(stack.registry_credentials(image_settings).password),
+            "base_image": f"{image_settings.registry}/shipyard/no-such-base@sha256:{'0' * 64}",
+        }
+    )
+    with pytest.raises(
+        ImageError,
+        match="Base image .*no-such-base.* is missing and cannot be pulled .*shipyard stack up",
+    ):
+        release(source=sklearn_repo.as_uri(), ref="main", settings=missing)
+
+
+def test_dockerfile_is_multi_stage_hermetic_non_root() -> None:
+    text = dockerfile(
+        ImageSpec(
+            model="m",
+            fingerprint="f" * 64,
+            onnx_sha256="a" * 64,
+            base="base@sha256:1",
+            revision="r" * 40,
+            source="file:///repo",
+            epoch=1_700_000_000,
+        )
+    )
+    assert text.count("FROM base@sha256:1") == 2
+    assert "--no-index --no-deps --require-hashes" in text
+    assert "USER 10001:10001" in text and "HEALTHCHECK" in text
+    assert 'org.opencontainers.image.created="2023-11-14T22:13:20Z"' in text
+    assert "SOURCE_DATE_EPOCH=1700000000" in text
+    assert os.environ.get("SHIPYARD_REGISTRY_PASSWORD", "\0") not in text
