@@ -66,7 +66,7 @@ def release(project: str, state: Path, api_url: str | None) -> tuple[float, dict
         env["PREFECT_API_URL"] = api_url
     start = time.perf_counter()
     done = subprocess.run(
-        [SHIPYARD, "release", str(ROOT / "examples" / project), "--json"],
+        [SHIPYARD, "release", str(ROOT / "examples" / project), "--until", "register", "--json"],
         capture_output=True,
         text=True,
         env=env,

@@ -92,7 +92,14 @@ def main() -> None:
     try:
         print("releasing examples/digits-sklearn ...", flush=True)
         done = subprocess.run(
-            [str(BIN / "shipyard"), "release", str(ROOT / "examples" / "digits-sklearn"), "--json"],
+            [
+                str(BIN / "shipyard"),
+                "release",
+                str(ROOT / "examples" / "digits-sklearn"),
+                "--until",
+                "register",
+                "--json",
+            ],
             env=env,
             capture_output=True,
             text=True,

@@ -115,7 +115,8 @@ def build_image(
         wheelhouse(settings.stack_dir / "wheelhouse"),
         build_dir / "context",
     )
-    reference = f"{settings.registry}/shipyard/{manifest.name}:{fingerprint[:16]}"
+    # Content names the tag: the same fingerprint at another commit is another image (labels).
+    reference = f"{settings.registry}/shipyard/{manifest.name}:{fingerprint[:12]}-{(tree.commit or 'worktree')[:12]}"
     built = build(client, context, reference, spec.epoch)
     labels, probabilities = predict(session(chosen.path), data.x_test)
     smoke_test(client, built.image_id, data.x_test, labels, probabilities)

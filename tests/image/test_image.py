@@ -203,3 +203,17 @@ def test_dockerfile_is_multi_stage_hermetic_non_root() -> None:
     assert 'org.opencontainers.image.created="2023-11-14T22:13:20Z"' in text
     assert "SOURCE_DATE_EPOCH=1700000000" in text
     assert os.environ.get("SHIPYARD_REGISTRY_PASSWORD", "\0") not in text
+
+
+def test_registry_password_from_a_prefect_secret_block(tmp_path: Path) -> None:
+    from prefect.blocks.system import Secret
+
+    Secret(value="from-the-block").save("shipyard-test-registry", overwrite=True)
+    settings = Settings(
+        state_dir=tmp_path,
+        stack_dir=tmp_path / "no-stack",
+        registry_password_block="shipyard-test-registry",
+    )
+    credentials = stack.registry_credentials(settings)
+    assert credentials.password == "from-the-block" and credentials.username == "shipyard"
+    assert "from-the-block" not in repr(settings)
