@@ -15,9 +15,34 @@ from mlflow.exceptions import MlflowException
 
 from shipyard import registry
 from shipyard.errors import RegistryError, ShipyardError
+from shipyard.gates import Measurement
+from shipyard.manifest import Manifest
 from shipyard.settings import Settings
+from shipyard.source import Checkout
 
 _MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[\w-]+)|/(?P<version>\d+))$")
+
+
+def write_metadata(
+    out_dir: Path, manifest: Manifest, tree: Checkout, chosen: Measurement, fingerprint: str
+) -> Path:
+    """`shipyard.json` beside a model: what the server reports about the model it serves."""
+    path = out_dir / "shipyard.json"
+    path.write_text(
+        json.dumps(
+            {
+                "name": manifest.name,
+                "labels": manifest.labels,
+                "fingerprint": fingerprint,
+                "git_sha": tree.commit,
+                "variant": chosen.variant.value,
+                "onnx_sha256": chosen.sha256,
+            },
+            indent=2,
+            sort_keys=True,
+        )
+    )
+    return path
 
 
 def _version(mlflow: MlflowClient, uri: str) -> ModelVersion:

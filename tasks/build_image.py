@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -11,6 +10,7 @@ from pathlib import Path
 from prefect import task
 
 from shipyard import stack
+from shipyard.bundle import write_metadata
 from shipyard.errors import ImageError
 from shipyard.gates import Measurement
 from shipyard.image.build import build, smoke_test
@@ -94,20 +94,7 @@ def build_image(
     bundle = build_dir / "bundle"
     bundle.mkdir(parents=True, exist_ok=True)
     (bundle / "model.onnx").write_bytes(chosen.path.read_bytes())
-    (bundle / "shipyard.json").write_text(
-        json.dumps(
-            {
-                "name": manifest.name,
-                "labels": manifest.labels,
-                "fingerprint": fingerprint,
-                "git_sha": tree.commit,
-                "variant": chosen.variant.value,
-                "onnx_sha256": chosen.sha256,
-            },
-            indent=2,
-            sort_keys=True,
-        )
-    )
+    write_metadata(bundle, manifest, tree, chosen, fingerprint)
     spec = image_spec(manifest, tree, chosen, fingerprint, base)
     context = build_context(
         spec,

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
 
 import mlflow.onnx
 import numpy as np
@@ -17,6 +15,7 @@ from prefect import task
 from prefect.runtime import flow_run
 
 from shipyard import registry
+from shipyard.bundle import write_metadata
 from shipyard.gates import Measurement, Verdict
 from shipyard.manifest import Manifest
 from shipyard.project import Dataset
@@ -33,11 +32,8 @@ class RegisteredVersion:
     tags: dict[str, str]
 
 
-def mlflow_model(
-    chosen: Measurement, manifest: Manifest, data: Dataset, serving: dict[str, Any], out_dir: Path
-) -> Path:
-    """The chosen variant as an MLflow ONNX model (so `mlflow models serve` can serve it too),
-    with `shipyard.json`: what Shipyard's server reports about the model it serves."""
+def mlflow_model(chosen: Measurement, manifest: Manifest, data: Dataset, out_dir: Path) -> Path:
+    """The chosen variant as an MLflow ONNX model (so `mlflow models serve` can serve it too)."""
     if out_dir.exists():
         shutil.rmtree(out_dir)
     sample = data.x_test[:2]
@@ -57,7 +53,6 @@ def mlflow_model(
             f"numpy=={version('numpy')}",
         ],
     )
-    (out_dir / "shipyard.json").write_text(json.dumps(serving, indent=2, sort_keys=True))
     return out_dir
 
 
@@ -81,15 +76,8 @@ def register(
         return RegisteredVersion(manifest.name, str(existing.version), True, dict(existing.tags))
     chosen = next(m for m in measurements if m.variant == verdict.chosen)
     build = settings.builds_dir / fingerprint
-    serving = {
-        "name": manifest.name,
-        "labels": manifest.labels,
-        "fingerprint": fingerprint,
-        "git_sha": tree.commit,
-        "variant": chosen.variant.value,
-        "onnx_sha256": chosen.sha256,
-    }
-    model_dir = mlflow_model(chosen, manifest, data, serving, build / "mlflow-model")
+    model_dir = mlflow_model(chosen, manifest, data, build / "mlflow-model")
+    write_metadata(model_dir, manifest, tree, chosen, fingerprint)
     client.log_artifacts(run_id, str(model_dir), "model")
     client.log_artifacts(run_id, str(build / "onnx"), "onnx")
     tags = registry.summary_tags(
