@@ -21,6 +21,7 @@ from shipyard.fingerprint import fingerprint as compute_fingerprint
 from shipyard.fingerprint import package_versions
 from shipyard.frameworks import adapter_for
 from shipyard.settings import Settings
+from shipyard.source import redact
 from tasks.build_image import build_image
 from tasks.caching import by_fingerprint
 from tasks.data import load_data
@@ -72,7 +73,11 @@ def _urls(
     return urls
 
 
-@flow(name="release", flow_run_name="release-{source}", validate_parameters=True)
+def _run_name() -> str:
+    return f"release-{redact(str(flow_run.parameters['source']))}"
+
+
+@flow(name="release", flow_run_name=_run_name, validate_parameters=True)
 def release(
     source: str,
     ref: str | None = None,
@@ -90,12 +95,14 @@ def release(
     tree, manifest = run_stage(checkout, source, ref, subdir, settings)
     summary: dict[str, Any] = {
         "model": manifest.name,
-        "source": source,
+        "source": tree.source,
         "ref": ref,
         "git_sha": tree.commit,
         "git_dirty": tree.dirty,
         "flow_run_id": flow_run.get_id(),
     }
+    if until == "source":
+        return {**summary, "status": "stopped after source"}
     data, data_hash = run_stage(load_data, tree, manifest)
     packages = package_versions(adapter_for(manifest.framework).packages)
     fp = compute_fingerprint(tree.tree_hash, data_hash, manifest.canonical_json(), packages)
@@ -113,7 +120,7 @@ def release(
         registry.summary_tags(
             {
                 "git_sha": tree.commit,
-                "source": source,
+                "source": tree.source,
                 "data_sha256": data_hash,
                 "prefect_flow_run_id": summary["flow_run_id"],
             }
@@ -210,7 +217,7 @@ def _stages(
     summary.update({"version": version.version, "reused": version.reused, "status": "registered"})
     if stop_after("register"):
         return summary
-    image = run_stage(build_image, manifest, tree, chosen, data, fp, settings)
+    image = run_stage(build_image, manifest, tree, chosen, data, fp, version.version, settings)
     summary.update({"image_size_bytes": image.size_bytes, "status": "built"})
     if stop_after("build"):
         return {**summary, "image": image.reference}

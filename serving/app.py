@@ -214,23 +214,31 @@ class InferenceApp:
                 f"at most {limit} bytes",
             )
         chunks, size = [], 0
-        while True:
-            async with asyncio.timeout(self.settings.request_timeout_s):
-                message = await receive()
-            if message["type"] == "http.disconnect":
-                raise RequestError(400, "client disconnected before sending the body")
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                raise RequestError(
-                    413,
-                    f"body exceeds the limit of {limit} bytes",
-                    "body",
-                    f"at most {limit} bytes",
-                )
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
+        try:
+            async with asyncio.timeout(self.settings.request_timeout_s):  # the whole body
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        raise RequestError(400, "client disconnected before sending the body")
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > limit:
+                        raise RequestError(
+                            413,
+                            f"body exceeds the limit of {limit} bytes",
+                            "body",
+                            f"at most {limit} bytes",
+                        )
+                    chunks.append(chunk)
+                    if not message.get("more_body", False):
+                        break
+        except TimeoutError:
+            raise RequestError(
+                408,
+                f"the body did not arrive within {self.settings.request_timeout_s} s",
+                "body",
+                "the whole body within the request timeout",
+            ) from None
         try:
             return orjson.loads(b"".join(chunks))
         except orjson.JSONDecodeError as e:

@@ -57,11 +57,15 @@ class MicroBatcher:
             while rows < self._max_rows:
                 if self._queue.empty():
                     # Others in flight may join soon; a lone request is not held back.
-                    if self._inflight() <= len(batch) or loop.time() >= deadline:
+                    remaining = deadline - loop.time()
+                    if self._inflight() <= len(batch) or remaining <= 0:
                         break
-                    await asyncio.sleep(0)
-                    continue
-                item = self._queue.get_nowait()
+                    try:
+                        item = await asyncio.wait_for(self._queue.get(), remaining)
+                    except TimeoutError:
+                        break
+                else:
+                    item = self._queue.get_nowait()
                 if rows + len(item[0]) > self._max_rows:
                     self._carry = item  # it starts the next batch
                     break

@@ -58,6 +58,11 @@ class ServedModel:
             )
         meta = _metadata(model_dir)
         shape = inputs[0].shape
+        if not all(isinstance(d, int) for d in shape[1:]):
+            raise ModelLoadError(
+                f"{path} input {inputs[0].name!r} has shape {shape}; only the first (batch) axis may "
+                "be symbolic."
+            )
         self.info = ModelInfo(
             name=str(meta.get("name") or model_dir.resolve().name),
             version=str(meta.get("version") or "1"),

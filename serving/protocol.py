@@ -44,8 +44,8 @@ def _numbers(data: Any, field: str, expected: str) -> np.ndarray:
         array = np.asarray(data)
     except (ValueError, TypeError):
         raise _bad("rows of different lengths", field, expected) from None
-    if array.size == 0:
-        raise _bad("no values", field, f"non-empty {expected}")
+    if array.size == 0 or array.ndim == 0:
+        raise _bad("no list of values", field, f"non-empty {expected}")
     if array.dtype.kind not in "iuf":
         raise _bad(f"non-numeric values ({_sample(data)})", field, expected)
     return array
@@ -134,7 +134,9 @@ def parse_v2(body: Any, info: ModelInfo, max_rows: int) -> tuple[np.ndarray, set
     requested = body.get("outputs")
     names: set[str] | None = None
     if requested is not None:
-        if not isinstance(requested, list) or not all(isinstance(o, dict) for o in requested):
+        if not isinstance(requested, list) or not all(
+            isinstance(o, dict) and isinstance(o.get("name"), str) for o in requested
+        ):
             raise _bad(f"{_sample(requested)}", "outputs", 'a list of {"name": ...} objects')
         names = {o.get("name") for o in requested}
         unknown = names - set(OUTPUT_NAMES)

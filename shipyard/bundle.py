@@ -24,24 +24,29 @@ _MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[\w-]+)|/(?P<v
 
 
 def write_metadata(
-    out_dir: Path, manifest: Manifest, tree: Checkout, chosen: Measurement, fingerprint: str
+    out_dir: Path,
+    manifest: Manifest,
+    tree: Checkout,
+    chosen: Measurement,
+    fingerprint: str,
+    version: str | None = None,
 ) -> Path:
-    """`shipyard.json` beside a model: what the server reports about the model it serves."""
+    """`shipyard.json` beside a model: what the server reports about the model it serves.
+
+    The MLflow model is written before its version exists; `materialize` adds it there.
+    """
+    metadata = {
+        "name": manifest.name,
+        "labels": manifest.labels,
+        "fingerprint": fingerprint,
+        "git_sha": tree.commit,
+        "variant": chosen.variant.value,
+        "onnx_sha256": chosen.sha256,
+    }
+    if version is not None:
+        metadata["version"] = version
     path = out_dir / "shipyard.json"
-    path.write_text(
-        json.dumps(
-            {
-                "name": manifest.name,
-                "labels": manifest.labels,
-                "fingerprint": fingerprint,
-                "git_sha": tree.commit,
-                "variant": chosen.variant.value,
-                "onnx_sha256": chosen.sha256,
-            },
-            indent=2,
-            sort_keys=True,
-        )
-    )
+    path.write_text(json.dumps(metadata, indent=2, sort_keys=True))
     return path
 
 

@@ -48,7 +48,10 @@ def _module(project_dir: Path, module_name: str, field: str) -> ModuleType:
             "Entrypoints are `module:function` with the module relative to the project directory."
         )
     # A name unique to this tree, so two projects (or two commits) never share a module.
-    unique = f"_shipyard_project_{hashlib.sha256(str(path).encode()).hexdigest()[:12]}_{path.stem}"
+    # Named by path and content: two projects, two commits or an edited working tree in one
+    # long-lived process (a served deployment) never share a module.
+    key = hashlib.sha256(str(path).encode() + b"\0" + path.read_bytes()).hexdigest()[:12]
+    unique = f"_shipyard_project_{key}_{path.stem}"
     if unique in sys.modules:
         return sys.modules[unique]
     spec = importlib.util.spec_from_file_location(unique, path)
@@ -109,8 +112,12 @@ def check_dataset(raw: Mapping[str, Any], manifest: Manifest) -> Dataset:
     features = manifest.input.feature_shape
     arrays: dict[str, np.ndarray] = {}
     for split in ("train", "test"):
-        x = np.asarray(raw[f"x_{split}"])
-        y = np.asarray(raw[f"y_{split}"])
+        try:
+            x = np.asarray(raw[f"x_{split}"])
+            y = np.asarray(raw[f"y_{split}"])
+        except ValueError as e:  # ragged rows
+            problems.append(f"x_{split}/y_{split}: not a rectangular array ({e})")
+            continue
         if x.ndim < 1 or x.shape[1:] != features:
             problems.append(
                 f"x_{split}: shape {x.shape}, expected (n, {', '.join(map(str, features))}) "
@@ -123,7 +130,7 @@ def check_dataset(raw: Mapping[str, Any], manifest: Manifest) -> Dataset:
             problems.append(f"x_{split}: {bad} NaN or infinite value(s); clean or impute them")
         if y.ndim != 1 or len(y) != len(x):
             problems.append(f"y_{split}: shape {y.shape}, expected ({len(x)},) to match x_{split}")
-        elif (
+        elif len(y) and (
             not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() >= len(manifest.labels)
         ):
             problems.append(

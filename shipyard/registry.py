@@ -81,6 +81,12 @@ def champion(mlflow: MlflowClient, model: str) -> Champion | None:
     version = version_by_alias(mlflow, model, CHAMPION)
     if version is None:
         return None
+    if "accuracy" not in version.tags:
+        raise RegistryError(
+            f"{model} v{version.version} is aliased {CHAMPION!r} but has no 'accuracy' tag, so the "
+            "accuracy-drop gate cannot compare against it: promote a version Shipyard released, "
+            f"or tag it (MlflowClient.set_model_version_tag({model!r}, {version.version!r}, 'accuracy', ...))."
+        )
     return Champion(str(version.version), float(version.tags["accuracy"]))
 
 

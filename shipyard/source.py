@@ -16,8 +16,10 @@ import re
 import shutil
 import subprocess
 import tarfile
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from shipyard.errors import SourceError
 
@@ -30,6 +32,7 @@ class Checkout:
     """An exact source tree for one release."""
 
     source: str
+    """As given, credentials removed."""
     ref: str | None
     project_dir: Path
     commit: str | None
@@ -60,6 +63,16 @@ def tree_hash(project_dir: Path) -> str:
         digest.update(rel.as_posix().encode() + b"\0")
         digest.update(hashlib.sha256(path.read_bytes()).digest())
     return digest.hexdigest()
+
+
+def redact(source: str) -> str:
+    """`source` without credentials (`https://user:token@host/…` → `https://host/…`): safe to record."""
+    parts = urlsplit(source)
+    if parts.username is None and parts.password is None:
+        return source
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def is_git_url(source: str) -> bool:
@@ -99,7 +112,7 @@ def _working_tree(source: str, local: Path, subdir: str | None) -> Checkout:
         dirty = bool(_git("status", "--porcelain", "--", ".", cwd=project))
     except SourceError:
         pass  # not a git repository: the tree hash alone identifies the source
-    return Checkout(source, None, project, commit, commit_time, dirty, tree_hash(project))
+    return Checkout(redact(source), None, project, commit, commit_time, dirty, tree_hash(project))
 
 
 def _git_checkout(source: str, url: str, ref: str, subdir: str | None, root: Path) -> Checkout:
@@ -112,26 +125,33 @@ def _git_checkout(source: str, url: str, ref: str, subdir: str | None, root: Pat
             _git("clone", "--mirror", "--quiet", url, str(mirror))
         except SourceError as e:
             raise SourceError(
-                f"Cannot clone {source!r}: {e}. Check the URL and that you can read it."
+                f"Cannot clone {redact(source)!r}: {e}. Check the URL and that you can read it."
             ) from e
     try:
         commit = _git("rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}", cwd=mirror)
     except SourceError:
         refs = _git("for-each-ref", "--format=%(refname:short)", cwd=mirror).split()
         raise SourceError(
-            f"Ref {ref!r} does not exist in {source!r}. Known branches and tags: "
+            f"Ref {ref!r} does not exist in {redact(source)!r}. Known branches and tags: "
             f"{', '.join(refs[:20]) or '(none)'}. Pass --ref a branch, tag or commit."
         ) from None
     tree = root / commit
     if not tree.is_dir():
-        archive = subprocess.run(
-            ["git", "archive", "--format=tar", commit], cwd=mirror, capture_output=True, check=True
-        ).stdout
-        partial = root / f".{commit}.partial"
-        shutil.rmtree(partial, ignore_errors=True)  # left by an interrupted checkout
-        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        done = subprocess.run(
+            ["git", "archive", "--format=tar", commit], cwd=mirror, capture_output=True
+        )
+        if done.returncode:
+            raise SourceError(
+                f"git archive {commit} failed: {done.stderr.decode(errors='replace').strip()}"
+            )
+        # A private directory per extraction: concurrent releases of one commit never collide.
+        partial = Path(tempfile.mkdtemp(prefix=f".{commit[:12]}-", dir=root))
+        with tarfile.open(fileobj=io.BytesIO(done.stdout)) as tar:
             tar.extractall(partial, filter="data")
-        partial.rename(tree)
+        try:
+            partial.rename(tree)
+        except OSError:  # another release extracted the same commit first: same content
+            shutil.rmtree(partial, ignore_errors=True)
     commit_time = int(_git("log", "-1", "--format=%ct", commit, cwd=mirror))
-    project = _project_dir(tree, subdir, f"{source}@{commit[:12]}")
-    return Checkout(source, ref, project, commit, commit_time, False, tree_hash(project))
+    project = _project_dir(tree, subdir, f"{redact(source)}@{commit[:12]}")
+    return Checkout(redact(source), ref, project, commit, commit_time, False, tree_hash(project))

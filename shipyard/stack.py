@@ -185,8 +185,11 @@ def ensure_registry(settings: Settings, say: Say) -> Registry:
         password = password_file.read_text().strip()
     else:
         password = secrets.token_urlsafe(24)
-        password_file.write_text(password)
-        password_file.chmod(0o600)
+        fd = os.open(
+            password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600
+        )  # never world-readable
+        with os.fdopen(fd, "w") as out:
+            out.write(password)
     hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt()).decode()
     (stack / "htpasswd").write_text(f"{settings.registry_username}:{hashed}\n")
     config = stack / "registry.yml"
@@ -328,9 +331,14 @@ def up(settings: Settings, say: Say) -> dict[str, str]:
 
 
 def base_image(settings: Settings) -> str:
-    """The base a build uses: the configured image if present locally, else the stack's."""
+    """The base a build uses: the configured image if the engine has it, else the stack's."""
     recorded = _state(settings).get("base_image")
-    return str(recorded) if recorded else settings.base_image
+    if recorded:
+        try:
+            engine(settings).images.get(settings.base_image)
+        except (ImageNotFound, APIError, StackError):
+            return str(recorded)
+    return settings.base_image
 
 
 def status(settings: Settings) -> dict[str, Any]:
@@ -354,6 +362,13 @@ def down(settings: Settings, say: Say) -> None:
     for name in ("registry", "dockerd"):
         pid = state["started"].pop(name, None)
         if pid is None:
+            continue
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            command = ""
+        if ("docker-registry" if name == "registry" else "dockerd") not in command:
+            say(f"{name} (pid {pid}) is no longer running; nothing to stop")
             continue
         try:
             os.kill(pid, signal.SIGTERM)

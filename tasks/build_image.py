@@ -74,6 +74,7 @@ def build_image(
     chosen: Measurement,
     data: Dataset,
     fingerprint: str,
+    version: str,
     settings: Settings,
 ) -> ReleaseImage:
     """Build the image, normalize it, and smoke-test it against the validated ONNX model."""
@@ -94,7 +95,7 @@ def build_image(
     bundle = build_dir / "bundle"
     bundle.mkdir(parents=True, exist_ok=True)
     (bundle / "model.onnx").write_bytes(chosen.path.read_bytes())
-    write_metadata(bundle, manifest, tree, chosen, fingerprint)
+    write_metadata(bundle, manifest, tree, chosen, fingerprint, version)
     spec = image_spec(manifest, tree, chosen, fingerprint, base)
     context = build_context(
         spec,
@@ -105,8 +106,10 @@ def build_image(
     # Content names the tag: the same fingerprint at another commit is another image (labels).
     reference = f"{settings.registry}/shipyard/{manifest.name}:{fingerprint[:12]}-{(tree.commit or 'worktree')[:12]}"
     built = build(client, context, reference, spec.epoch)
-    labels, probabilities = predict(session(chosen.path), data.x_test)
-    smoke_test(client, built.image_id, data.x_test, labels, probabilities)
+    # A sample within the server's default limits (1024 rows, 1 MiB) whatever the test set's size.
+    sample = data.x_test[:64]
+    labels, probabilities = predict(session(chosen.path), sample)
+    smoke_test(client, built.image_id, sample, labels, probabilities)
     return ReleaseImage(
         built.reference, built.image_id, built.size_bytes, sbom(build_dir / "sbom.cdx.json")
     )

@@ -73,3 +73,13 @@ def test_missing_entrypoint_module_says_where_it_looked(tmp_path: Path) -> None:
     (project / "shipyard.yaml").write_text((EXAMPLE / "shipyard.yaml").read_text())
     with pytest.raises(ProjectError, match=r"module 'data' not found \(expected .*data.py\)"):
         load_dataset(project, load_manifest(project))
+
+
+def test_ragged_rows_and_empty_labels_are_reported_not_raised() -> None:
+    raw = arrays()
+    raw["x_train"] = [[0.0] * 64, [0.0] * 63]
+    raw["y_test"] = np.array([], dtype=np.int64)
+    with pytest.raises(DataError) as e:
+        check_dataset(raw, load_manifest(EXAMPLE))
+    assert "x_train/y_train: not a rectangular array" in str(e.value)
+    assert "y_test: shape (0,), expected (20,)" in str(e.value)

@@ -75,3 +75,13 @@ def test_tree_hash_ignores_caches_but_not_content(tmp_path: Path) -> None:
     assert tree_hash(tmp_path) == base
     (tmp_path / "train.py").write_text("x = 2\n")
     assert tree_hash(tmp_path) != base
+
+
+def test_credentials_in_a_url_are_never_recorded() -> None:
+    from shipyard.source import redact
+
+    assert redact("https://bot:s3cret@git.example.com:8443/team/model.git") == (
+        "https://git.example.com:8443/team/model.git"
+    )
+    assert redact("file:///srv/repo") == "file:///srv/repo"
+    assert redact("examples/digits-sklearn") == "examples/digits-sklearn"

@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -86,19 +87,15 @@ def start_server(bundle: Path, **settings: object) -> Server:
         }
     )
     env.update({f"SHIPYARD_SERVE_{k.upper()}": str(v) for k, v in settings.items()})
+    log = tempfile.NamedTemporaryFile(prefix="shipyard-serve-", suffix=".log", delete=False)  # noqa: SIM115
     process = subprocess.Popen(
-        [sys.executable, "-m", "serving"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        [sys.executable, "-m", "serving"], env=env, stdout=subprocess.DEVNULL, stderr=log
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(
-                f"server exited: {process.stderr.read().decode() if process.stderr else ''}"
-            )
+            raise RuntimeError(f"server exited: {Path(log.name).read_text()}")
         try:
             # 401: up, with health behind a key
             if httpx.get(f"{url}/v2/health/ready", timeout=1).status_code in (200, 401):

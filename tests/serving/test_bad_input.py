@@ -37,6 +37,8 @@ CASES = [
     (INFER, {"inputs": []}, AUTH, 400, "inputs"),
     (INFER, [1, 2], AUTH, 400, "body"),
     (INFER, {**tensor(), "outputs": [{"name": "logits"}]}, AUTH, 400, "outputs"),
+    (INFER, {**tensor(), "outputs": [{"name": ["label"]}]}, AUTH, 400, "outputs"),
+    (INFER, tensor(data=5), AUTH, 400, "inputs[0].data"),
     (INFER, tensor(), {"Content-Type": "application/json"}, 401, "authorization"),
     (INFER, tensor(), {**AUTH, "Authorization": "Bearer wrong"}, 401, "authorization"),
     ("/invocations", {"inputs": [[0] * 64, [0] * 63]}, AUTH, 400, "inputs"),
@@ -49,6 +51,8 @@ CASES = [
         "dataframe_split.columns",
     ),
     ("/invocations", {"inputs": [[True] * 64]}, AUTH, 400, "inputs"),
+    ("/invocations", {"dataframe_split": {"data": 5}}, AUTH, 400, "dataframe_split.data"),
+    ("/invocations", {"inputs": 7}, AUTH, 400, "inputs"),
     ("/invocations", {"inputs": [[0] * 64] * 65}, AUTH, 413, "inputs"),
     ("/invocations", {"inputs": [[0.5] * 64] * 300}, AUTH, 413, "body"),  # about 96 KiB
     ("/v2/nothing", {}, AUTH, 404, "path"),
@@ -107,7 +111,15 @@ def test_fuzzed_requests_never_get_a_500(
     server: Server, junk: object, field: str, path: str
 ) -> None:
     """Random JSON, whole or in one field of an otherwise valid tensor: always a 4xx."""
-    for body in (junk, tensor(**{field: junk}), {"inputs": junk}, {"dataframe_split": junk}):
+    for body in (
+        junk,
+        tensor(**{field: junk}),
+        {"inputs": junk},
+        {"dataframe_split": junk},
+        {"dataframe_split": {"data": junk}},
+        {**tensor(), "outputs": junk},
+        {**tensor(), "outputs": [{"name": junk}]},
+    ):
         answer = httpx.post(f"{server.url}{path}", content=json.dumps(body), headers=AUTH)
         assert answer.status_code < 500, (body, answer.text)
         if answer.status_code >= 400:

@@ -163,7 +163,7 @@ def test_shipyard_serve_a_registered_version(sklearn_repo: Path, settings: Setti
         ],
         env=env,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
     )
     try:
         deadline = time.monotonic() + 60
@@ -184,3 +184,17 @@ def test_shipyard_serve_a_registered_version(sklearn_repo: Path, settings: Setti
     assert meta["parameters"]["onnx_sha256"] == tags["onnx_sha256"]
     assert meta["parameters"]["git_sha"] == tags["git_sha"]
     assert meta["parameters"]["labels"] == [str(i) for i in range(10)]
+
+
+def test_a_body_that_never_arrives_gets_408(serve) -> None:
+    server = serve(request_timeout_s=1)
+    port = int(server.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(
+            b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 100\r\n\r\n{"inputs":'
+        )
+        response = sock.recv(65536)
+    assert response.startswith(b"HTTP/1.1 408"), response[:100]
+    assert b'"field":"body"' in response
+    assert httpx.get(f"{server.url}/v2/health/live").status_code == 200
