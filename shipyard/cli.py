@@ -46,11 +46,12 @@ class _StageLines(logging.Handler):
         print(f"  {mark} {stage:<10} {state:<10}{timing}", file=sys.stderr, flush=True)
 
 
-def _quiet_prefect(verbose: bool) -> None:
+def _quiet(verbose: bool) -> None:
     # Prefect's console log would interleave with the stage lines; the UI keeps every log.
     if not verbose:
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # e.g. its schema-migration notes
 
 
 def _fail(message: str, as_json: bool, summary: dict[str, Any] | None = None) -> None:
@@ -72,7 +73,7 @@ def release(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect's logs.")] = False,
 ) -> None:
     """Run the release flow on SOURCE: train, export, optimize, validate, register, build, push."""
-    _quiet_prefect(verbose)
+    _quiet(verbose)
     settings = Settings()
     from flows.release import progress
     from flows.release import release as release_flow
@@ -121,6 +122,7 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Show the model's aliases (candidate, champion, previous) with their versions and tags."""
+    _quiet(False)
     from shipyard import registry
 
     settings = Settings()
@@ -145,10 +147,11 @@ def status(
         print(f"{model}: no aliases yet")
     for a in aliases:
         tags = a.tags
+        image = tags.get("image_digest", "-")[:19]
         print(
             f"{a.alias:<10} v{a.version:<4} {tags.get('variant', '-'):<10} "
             f"acc {tags.get('accuracy', '-'):<9} git {tags.get('git_sha', '-')[:12]:<13} "
-            f"fp {tags.get('fingerprint', '-')[:12]}"
+            f"fp {tags.get('fingerprint', '-')[:12]:<13} image {image}"
         )
 
 
