@@ -39,11 +39,6 @@ class Settings(BaseSettings):
         default=None,
         description="Base URL of an MLflow UI, for links; default: the tracking URI if HTTP.",
     )
-    prefect_ui_url: str | None = Field(
-        default=None,
-        validation_alias=AliasChoices("SHIPYARD_PREFECT_UI_URL", "PREFECT_UI_URL"),
-        description="Base URL of the Prefect UI, for links.",
-    )
     latency_runs: int = Field(
         default=200, ge=10, description="Timed inferences per variant and batch size."
     )

@@ -83,6 +83,20 @@ def sklearn_repo(tmp_path: Path) -> Path:
     return make_repo(tmp_path, "digits-sklearn")
 
 
+def sklearn_project(
+    root: Path, copy: tuple[str, ...] = ("shipyard.yaml", "data.py"), **files: str
+) -> Path:
+    """A project in `root/p`: the named files of examples/digits-sklearn, then `files`
+    (`data="..."` writes data.py)."""
+    project = root / "p"
+    project.mkdir()
+    for name in copy:
+        (project / name).write_text((EXAMPLES / "digits-sklearn" / name).read_text())
+    for stem, source in files.items():
+        (project / f"{stem}.py").write_text(source)
+    return project
+
+
 def edit_manifest(project: Path, old: str, new: str) -> None:
     path = project / "shipyard.yaml"
     text = path.read_text()
@@ -118,9 +132,10 @@ def docker_stack() -> dict[str, str]:
     except Exception as e:
         pytest.fail(f"The Docker stack is not up ({e}); run `shipyard stack up` (make test does).")
     base = stack.base_image(settings)
-    client.images.pull(
-        base, auth_config=credentials.auth()
-    ) if ":5000/" in base else client.images.get(base)
+    if base.startswith(f"{credentials.address}/"):
+        client.images.pull(base, auth_config=credentials.auth())  # the stack's own base
+    else:
+        client.images.get(base)
     return {"registry": credentials.address, "base_image": base}
 
 

@@ -8,6 +8,7 @@ import pytest
 from shipyard.errors import DataError, ProjectError
 from shipyard.manifest import load_manifest
 from shipyard.project import check_dataset, load_dataset
+from tests.conftest import sklearn_project
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "digits-sklearn"
 
@@ -48,10 +49,9 @@ def test_labels_outside_the_manifest_are_refused() -> None:
 
 
 def test_data_entrypoint_that_raises_is_named(tmp_path: Path) -> None:
-    project = tmp_path / "p"
-    project.mkdir()
-    (project / "shipyard.yaml").write_text((EXAMPLE / "shipyard.yaml").read_text())
-    (project / "data.py").write_text("def load():\n    raise OSError('bucket gone')\n")
+    project = sklearn_project(
+        tmp_path, ("shipyard.yaml",), data="def load():\n    raise OSError('bucket gone')\n"
+    )
     with pytest.raises(
         ProjectError, match=r"entrypoints.data \(data:load\) raised OSError: bucket gone"
     ):
@@ -59,18 +59,15 @@ def test_data_entrypoint_that_raises_is_named(tmp_path: Path) -> None:
 
 
 def test_data_entrypoint_returning_the_wrong_thing(tmp_path: Path) -> None:
-    project = tmp_path / "p"
-    project.mkdir()
-    (project / "shipyard.yaml").write_text((EXAMPLE / "shipyard.yaml").read_text())
-    (project / "data.py").write_text("def load():\n    return {'x': 1}\n")
+    project = sklearn_project(
+        tmp_path, ("shipyard.yaml",), data="def load():\n    return {'x': 1}\n"
+    )
     with pytest.raises(DataError, match="must return a mapping with keys"):
         load_dataset(project, load_manifest(project))
 
 
 def test_missing_entrypoint_module_says_where_it_looked(tmp_path: Path) -> None:
-    project = tmp_path / "p"
-    project.mkdir()
-    (project / "shipyard.yaml").write_text((EXAMPLE / "shipyard.yaml").read_text())
+    project = sklearn_project(tmp_path, ("shipyard.yaml",))
     with pytest.raises(ProjectError, match=r"module 'data' not found \(expected .*data.py\)"):
         load_dataset(project, load_manifest(project))
 

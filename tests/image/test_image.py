@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+from datetime import UTC, datetime
 from pathlib import Path
 
 import docker
@@ -76,9 +77,7 @@ def test_release_builds_smoke_tests_and_pushes_a_labelled_image(
     assert labels["ai.shipyard.onnx.sha256"] == summary["onnx_sha256"]
     created = int(git(sklearn_repo, "log", "-1", "--format=%ct"))
     assert labels["org.opencontainers.image.created"] == (
-        __import__("datetime")
-        .datetime.fromtimestamp(created, __import__("datetime").UTC)
-        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        datetime.fromtimestamp(created, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     )
     assert config["User"] == "10001:10001"
     assert "/v2/health/ready" in " ".join(config["Healthcheck"]["Test"])

@@ -8,6 +8,7 @@ from shipyard.errors import ExportError
 from shipyard.inference import predict, session
 from tasks.export import export_onnx
 from tasks.train import train_model
+from tests.conftest import sklearn_project
 from tests.tasks.conftest import EXAMPLES
 
 
@@ -50,17 +51,14 @@ def test_a_model_skl2onnx_cannot_convert_is_an_export_error(
     sklearn_trained, tmp_path: Path
 ) -> None:
     manifest, data, _ = sklearn_trained
-    project = tmp_path / "p"
-    project.mkdir()
-    for name in ("shipyard.yaml", "data.py"):
-        (project / name).write_text((EXAMPLES / "digits-sklearn" / name).read_text())
-    (project / "train.py").write_text(
-        "from sklearn.pipeline import make_pipeline\n"
+    project = sklearn_project(
+        tmp_path,
+        train="from sklearn.pipeline import make_pipeline\n"
         "from sklearn.preprocessing import FunctionTransformer\n"
         "from sklearn.linear_model import LogisticRegression\n"
         "def train(x, y, *, seed, params):\n"
         "    return make_pipeline(FunctionTransformer(lambda v: v / 16), "
-        "LogisticRegression(max_iter=200)).fit(x, y)\n"
+        "LogisticRegression(max_iter=200)).fit(x, y)\n",
     )
     model = train_model(project, manifest, data, tmp_path / "out")
     with pytest.raises(ExportError, match="skl2onnx cannot convert Pipeline") as e:

@@ -5,6 +5,7 @@ import pytest
 
 from shipyard.errors import ProjectError
 from tasks.train import train_model
+from tests.conftest import sklearn_project
 from tests.tasks.conftest import EXAMPLES, trained
 
 
@@ -28,19 +29,10 @@ def test_trained_model_reloads_from_disk(sklearn_trained) -> None:
     assert np.allclose(probabilities, model.reference(), atol=1e-6)
 
 
-def _project(tmp_path: Path, train_source: str) -> Path:
-    project = tmp_path / "p"
-    project.mkdir()
-    for name in ("shipyard.yaml", "data.py"):
-        (project / name).write_text((EXAMPLES / "digits-sklearn" / name).read_text())
-    (project / "train.py").write_text(train_source)
-    return project
-
-
 def test_a_training_entrypoint_that_raises_is_named(sklearn_trained, tmp_path: Path) -> None:
     manifest, data, _ = sklearn_trained
-    project = _project(
-        tmp_path, "def train(x, y, *, seed, params):\n    raise MemoryError('GPU gone')\n"
+    project = sklearn_project(
+        tmp_path, train="def train(x, y, *, seed, params):\n    raise MemoryError('GPU gone')\n"
     )
     with pytest.raises(ProjectError) as e:
         train_model(project, manifest, data, tmp_path / "out")
@@ -50,6 +42,6 @@ def test_a_training_entrypoint_that_raises_is_named(sklearn_trained, tmp_path: P
 
 def test_returning_something_that_is_not_a_classifier(sklearn_trained, tmp_path: Path) -> None:
     manifest, data, _ = sklearn_trained
-    project = _project(tmp_path, "def train(x, y, *, seed, params):\n    return 42\n")
+    project = sklearn_project(tmp_path, train="def train(x, y, *, seed, params):\n    return 42\n")
     with pytest.raises(ProjectError, match="returned int, which has no predict_proba"):
         train_model(project, manifest, data, tmp_path / "out")
