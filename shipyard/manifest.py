@@ -102,6 +102,45 @@ class Optimize(_Strict):
         return variants
 
 
+class Deploy(_Strict):
+    """How a release is rolled out on the Docker target, and the limits its gates hold it to.
+
+    Not part of the release fingerprint: changing the rollout does not retrain the model.
+    """
+
+    port: int = Field(
+        default=8000, ge=1, le=65535, description="Stable endpoint port on the deploy host."
+    )
+    strategy: Literal["blue-green", "canary", "recreate"] = "blue-green"
+    canary_steps: list[Annotated[int, Field(ge=1, le=100)]] = Field(
+        default=[10, 50, 100], min_length=1, description="Traffic % on the new version, in order."
+    )
+    step_seconds: float = Field(
+        default=10, ge=0, description="How long each canary step is held while gates are read."
+    )
+    keep_blue_seconds: float = Field(
+        default=30,
+        ge=0,
+        description="How long the old version stays warm after the switch, for instant rollback.",
+    )
+    ready_seconds: float = Field(
+        default=60, gt=0, description="How long a new container may take to become ready."
+    )
+    max_error_rate: float = Field(
+        default=0.01, ge=0, le=1, description="Share of 5xx answers the new version may give."
+    )
+    max_p99_ms: float = Field(
+        default=250, gt=0, description="p99 latency of the new version under live traffic, ms."
+    )
+
+    @field_validator("canary_steps")
+    @classmethod
+    def _rising_to_100(cls, steps: list[int]) -> list[int]:
+        if steps != sorted(set(steps)) or steps[-1] != 100:
+            raise ValueError(f"must rise strictly and end at 100, got {steps}")
+        return steps
+
+
 class Manifest(_Strict):
     name: Annotated[str, Field(pattern=MODEL_NAME_PATTERN)]
     framework: Framework
@@ -113,6 +152,7 @@ class Manifest(_Strict):
     seed: int = Field(default=0, ge=0)
     params: dict[str, Any] = Field(default_factory=dict)
     description: str = ""
+    deploy: Deploy = Deploy()
 
     @model_validator(mode="after")
     def _unique_labels(self) -> Manifest:
@@ -121,8 +161,10 @@ class Manifest(_Strict):
         return self
 
     def canonical_json(self) -> str:
-        """A stable serialization, used in the release fingerprint."""
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        """A stable serialization of what defines the model, used in the release fingerprint."""
+        return json.dumps(
+            self.model_dump(mode="json", exclude={"deploy"}), sort_keys=True, separators=(",", ":")
+        )
 
 
 def _describe(error: ValidationError, source: str) -> str:

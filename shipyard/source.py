@@ -22,6 +22,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from shipyard.errors import SourceError
+from shipyard.manifest import MANIFEST_NAME
 
 _URL = re.compile(r"^(file|https?|ssh|git)://|^[\w.-]+@[\w.-]+:")
 _IGNORED_PARTS = {".git", "__pycache__", ".shipyard", ".venv", ".pytest_cache"}
@@ -54,11 +55,17 @@ def _git(*args: str, cwd: Path | None = None) -> str:
 
 
 def tree_hash(project_dir: Path) -> str:
-    """sha256 over the project's files (relative paths and bytes), in sorted order."""
+    """sha256 over the project's files (relative paths and bytes), in sorted order.
+
+    The manifest is left out: the fingerprint holds its canonical form instead, which omits
+    what does not define the model (the rollout policy, comments, key order).
+    """
     digest = hashlib.sha256()
     for path in sorted(p for p in project_dir.rglob("*") if p.is_file()):
         rel = path.relative_to(project_dir)
         if _IGNORED_PARTS.intersection(rel.parts) or path.suffix == ".pyc":
+            continue
+        if rel.as_posix() == MANIFEST_NAME:
             continue
         digest.update(rel.as_posix().encode() + b"\0")
         digest.update(hashlib.sha256(path.read_bytes()).digest())

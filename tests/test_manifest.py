@@ -89,3 +89,21 @@ def test_canonical_json_is_stable_and_changes_with_content() -> None:
     changed = parse_manifest(example() | {"seed": 1})
     assert changed.canonical_json() != a.canonical_json()
     assert a.framework is Framework.SKLEARN
+
+
+def test_a_bad_rollout_names_each_field() -> None:
+    data = example() | {"deploy": {"canary_steps": [50, 10], "strategy": "big-bang", "port": 0}}
+    with pytest.raises(ManifestError) as e:
+        parse_manifest(data)
+    message = str(e.value)
+    assert "deploy.canary_steps: Value error, must rise strictly and end at 100" in message
+    assert "deploy.strategy" in message and "'big-bang'" in message
+    assert "deploy.port" in message
+
+
+def test_the_rollout_is_not_part_of_what_defines_the_model() -> None:
+    plain = parse_manifest(example())
+    tuned = parse_manifest(example() | {"deploy": {"strategy": "canary", "step_seconds": 1}})
+    assert plain.canonical_json() == tuned.canonical_json()
+    changed = parse_manifest(example() | {"seed": 7})
+    assert changed.canonical_json() != plain.canonical_json()

@@ -4,7 +4,7 @@ import pytest
 
 from shipyard.errors import SourceError
 from shipyard.source import checkout, tree_hash
-from tests.conftest import commit_all, edit_manifest, git
+from tests.conftest import commit_all, edit_manifest, git, sklearn_project
 
 
 def test_git_source_checks_out_the_exact_commit_of_a_ref(
@@ -12,6 +12,8 @@ def test_git_source_checks_out_the_exact_commit_of_a_ref(
 ) -> None:
     first = git(sklearn_repo, "rev-parse", "HEAD")
     edit_manifest(sklearn_repo, "max_iter: 300", "max_iter: 200")
+    with (sklearn_repo / "train.py").open("a") as train:
+        train.write("# fewer iterations are enough\n")
     second = commit_all(sklearn_repo, "Fewer iterations")
     url = sklearn_repo.as_uri()
 
@@ -85,3 +87,15 @@ def test_credentials_in_a_url_are_never_recorded() -> None:
     )
     assert redact("file:///srv/repo") == "file:///srv/repo"
     assert redact("examples/digits-sklearn") == "examples/digits-sklearn"
+
+
+def test_the_tree_hash_ignores_the_manifest_whose_canonical_form_is_hashed_instead(
+    tmp_path: Path,
+) -> None:
+    project = sklearn_project(tmp_path)
+    before = tree_hash(project)
+    with (project / "shipyard.yaml").open("a") as manifest:
+        manifest.write("deploy: {strategy: canary}  # rollout policy only\n")
+    assert tree_hash(project) == before
+    (project / "data.py").write_text((project / "data.py").read_text() + "\n# changed\n")
+    assert tree_hash(project) != before
