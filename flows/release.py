@@ -1,22 +1,24 @@
 """The `release` flow: source → data → train → export → optimize → validate → register →
-build → push.
+build → push → deploy (→ crown → retire).
 
 Each stage is one Prefect task, visible in the UI; the expensive ones are cached by the
-release fingerprint. Deploy slots in after `push`.
+release fingerprint. Deploy is `flows/deploy.py`, shared with `promote` and `rollback`.
 """
 
 from __future__ import annotations
 
-import logging
-import time
-from typing import Any, Literal, ParamSpec, TypeVar, get_args
+from typing import Any, Literal, get_args
 
-from prefect import Task, flow, get_run_logger
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
+from prefect.concurrency.sync import concurrency
 from prefect.runtime import flow_run
 from prefect.utilities.urls import url_for
 
+from flows.deploy import LOCK_WAIT_S, model_lock, rollout, target_of_release
+from flows.stages import run_stage
 from shipyard import registry, report
+from shipyard.deploy.rollout import Strategy
 from shipyard.fingerprint import fingerprint as compute_fingerprint
 from shipyard.fingerprint import package_versions
 from shipyard.frameworks import adapter_for
@@ -34,25 +36,18 @@ from tasks.train import train
 from tasks.validate import artifact_key, validate
 
 Stage = Literal[
-    "source", "data", "train", "export", "optimize", "validate", "register", "build", "push"
+    "source",
+    "data",
+    "train",
+    "export",
+    "optimize",
+    "validate",
+    "register",
+    "build",
+    "push",
+    "deploy",
 ]
 STAGES: tuple[Stage, ...] = get_args(Stage)
-
-P = ParamSpec("P")
-R = TypeVar("R")
-
-progress = logging.getLogger("shipyard.progress")
-"""Stage progress for the CLI: one record per finished stage with `stage`, `state`, `seconds`."""
-
-
-def run_stage(stage: Task[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
-    """Run a stage task, report its state and duration, and return its result (or raise)."""
-    progress.info("started", extra={"stage": stage.name, "state": "Running", "seconds": 0.0})
-    start = time.perf_counter()
-    state = stage(*args, return_state=True, **kwargs)
-    seconds = round(time.perf_counter() - start, 2)
-    progress.info("finished", extra={"stage": stage.name, "state": state.name, "seconds": seconds})
-    return state.result()
 
 
 def _urls(
@@ -82,13 +77,15 @@ def release(
     source: str,
     ref: str | None = None,
     subdir: str | None = None,
-    until: Stage = "push",
+    until: Stage = "deploy",
+    strategy: Strategy | None = None,
     settings: Settings | None = None,
 ) -> dict[str, Any]:
     """Release the model project at SOURCE (a directory, or a git URL at `ref`).
 
     Returns the release summary; raises on the first failed stage, after marking the
-    MLflow run failed. Nothing is registered unless every gate passed.
+    MLflow run failed. Nothing is registered unless every gate passed; `champion` moves only
+    when the deploy (by `strategy`, default the manifest's `deploy.strategy`) passed every step.
     """
     settings = settings or Settings()
     logger = get_run_logger()
@@ -129,9 +126,22 @@ def release(
     summary["mlflow_run_id"] = run_id
     cache = by_fingerprint(settings)
     try:
-        result = _stages(
-            summary, until, tree, manifest, data, data_hash, fp, run_id, cache, settings
-        )
+        with concurrency(
+            model_lock(manifest.name), occupy=1, timeout_seconds=LOCK_WAIT_S, strict=True
+        ):
+            result = _stages(
+                summary,
+                until,
+                strategy,
+                tree,
+                manifest,
+                data,
+                data_hash,
+                fp,
+                run_id,
+                cache,
+                settings,
+            )
     except BaseException:
         mlflow.set_terminated(run_id, "FAILED")
         raise
@@ -158,6 +168,7 @@ def release(
 def _stages(
     summary: dict[str, Any],
     until: Stage,
+    strategy: Strategy | None,
     tree: Any,
     manifest: Any,
     data: Any,
@@ -222,4 +233,11 @@ def _stages(
     if stop_after("build"):
         return {**summary, "image": image.reference}
     pushed = run_stage(push_image, image, manifest.name, version.version, run_id, settings)
-    return {**summary, "image": pushed.reference, "image_digest": pushed.digest, "status": "pushed"}
+    summary.update({"image": pushed.reference, "image_digest": pushed.digest, "status": "pushed"})
+    if stop_after("push"):
+        return summary
+    target = target_of_release(manifest.name, version.version, pushed.pinned, image.golden)
+    deployed = rollout(
+        target, strategy or manifest.deploy.strategy, manifest.deploy, settings, record_policy=True
+    )
+    return {**summary, **deployed, "status": "deployed"}

@@ -47,3 +47,11 @@ class StackError(ShipyardError):
 
 class ImageError(ShipyardError):
     """The release image cannot be built, smoke-tested or pushed."""
+
+
+class DeployError(ShipyardError):
+    """A rollout cannot start, or failed a gate and was rolled back."""
+
+    def __init__(self, message: str, failures: list[str] | None = None) -> None:
+        self.failures = failures or []
+        super().__init__(message)

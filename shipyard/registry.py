@@ -1,11 +1,12 @@
 """MLflow as the version store: one run and at most one registered version per fingerprint.
 
 Aliases: `candidate` names the newest release that passed its gates; `champion` names what
-serves (moved by deploy); `previous` what served before it.
+serves (moved by a deploy that passed every step); `previous` what served before it.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +20,7 @@ from shipyard.settings import Settings
 
 CANDIDATE = "candidate"
 CHAMPION = "champion"
+PREVIOUS = "previous"
 FINGERPRINT_TAG = "shipyard.fingerprint"
 
 
@@ -76,6 +78,13 @@ def version_by_alias(mlflow: MlflowClient, model: str, alias: str) -> ModelVersi
         return None  # no such model or alias
 
 
+def version_by_number(mlflow: MlflowClient, model: str, version: str) -> ModelVersion | None:
+    try:
+        return mlflow.get_model_version(model, version)
+    except MlflowException:
+        return None
+
+
 def champion(mlflow: MlflowClient, model: str) -> Champion | None:
     """The serving version and its accuracy, if one has been promoted."""
     version = version_by_alias(mlflow, model, CHAMPION)
@@ -111,6 +120,52 @@ def register(
             "the version was removed."
         ) from e
     return version
+
+
+def _alias(mlflow: MlflowClient, model: str, alias: str) -> str | None:
+    version = version_by_alias(mlflow, model, alias)
+    return str(version.version) if version else None
+
+
+def _set_alias(mlflow: MlflowClient, model: str, alias: str, version: str | None) -> None:
+    if version is None:
+        with contextlib.suppress(MlflowException):
+            mlflow.delete_registered_model_alias(model, alias)
+    else:
+        mlflow.set_registered_model_alias(model, alias, version)
+
+
+def crown(mlflow: MlflowClient, model: str, version: str) -> tuple[str | None, str | None]:
+    """Point `champion` at `version` and `previous` at the old champion (if another one).
+
+    Returns the old (champion, previous), for `restore_crown`.
+    """
+    old = (_alias(mlflow, model, CHAMPION), _alias(mlflow, model, PREVIOUS))
+    try:
+        if old[0] is not None and old[0] != version:
+            mlflow.set_registered_model_alias(model, PREVIOUS, old[0])
+        mlflow.set_registered_model_alias(model, CHAMPION, version)
+    except MlflowException as e:
+        restore_crown(mlflow, model, *old)
+        raise RegistryError(
+            f"MLflow refused to move {CHAMPION!r} to {model} v{version}: {e.message}"
+        ) from e
+    return old
+
+
+def restore_crown(
+    mlflow: MlflowClient, model: str, champion: str | None, previous: str | None
+) -> None:
+    """Put `champion` and `previous` back where `crown` found them."""
+    _set_alias(mlflow, model, CHAMPION, champion)
+    _set_alias(mlflow, model, PREVIOUS, previous)
+
+
+def dethrone(mlflow: MlflowClient, model: str) -> None:
+    """Nothing serves `model` any more: its `champion` becomes `previous`."""
+    champion = _alias(mlflow, model, CHAMPION)
+    if champion is not None:
+        restore_crown(mlflow, model, None, champion)
 
 
 @dataclass(frozen=True)

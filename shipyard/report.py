@@ -142,6 +142,17 @@ def release_markdown(
     ]
     if summary.get("image_digest"):
         lines.append(f"- **image**: `{summary['image']}` digest `{summary['image_digest']}`")
+    if summary.get("endpoint"):
+        previous = summary.get("previous_version")
+        lines.append(
+            f"- **deployed** ({summary.get('strategy')}): v{summary['deployed_version']} serves on "
+            f"[{summary['endpoint']}]({summary['endpoint']}/v2/models/{summary['model']})"
+            + (
+                f"; `previous` is v{previous} (`shipyard rollback {summary['model']}`)"
+                if previous
+                else ""
+            )
+        )
     if summary.get("reused"):
         lines.append("- this fingerprint was registered before: its version was reused")
     lines += ["", "## Variants", "", markdown_table(rows), "", "## Gates", ""]

@@ -66,6 +66,23 @@ class Settings(BaseSettings):
         "stack's Debian-built equivalent is used.",
     )
     push_attempts: int = Field(default=4, ge=1, description="Push attempts on transient errors.")
+    services_host: str = Field(
+        default="127.0.0.1", description="Where `stack up` binds the Prefect and MLflow servers."
+    )
+    prefect_port: int = Field(default=4200, ge=1, le=65535, description="Prefect server/UI port.")
+    mlflow_port: int = Field(default=5001, ge=1, le=65535, description="MLflow server/UI port.")
+    deploy_host: str = Field(
+        default="127.0.0.1",
+        description="Address the stable endpoints and the serving containers' ports bind to.",
+    )
+    serve_api_key: SecretStr | None = Field(
+        default=None,
+        description="API key deployed servers require (Bearer or X-API-Key); the rollout's "
+        "smoke requests use it. Default: no key.",
+    )
+    serve_workers: int | None = Field(
+        default=None, ge=1, description="Server processes per container; default: one per CPU."
+    )
 
     @classmethod
     def settings_customise_sources(
@@ -98,6 +115,11 @@ class Settings(BaseSettings):
     @property
     def cache_dir(self) -> Path:
         return self.state_dir.resolve() / "cache"
+
+    @property
+    def deploy_dir(self) -> Path:
+        """Per-model deploy state and the HAProxy of its endpoint."""
+        return self.state_dir.resolve() / "deploy"
 
     @property
     def checkouts_dir(self) -> Path:

@@ -11,6 +11,7 @@ from prefect import task
 
 from shipyard import stack
 from shipyard.bundle import write_metadata
+from shipyard.deploy.checks import Golden
 from shipyard.errors import ImageError
 from shipyard.gates import Measurement
 from shipyard.image.build import build, smoke_test
@@ -28,6 +29,10 @@ class ReleaseImage:
     image_id: str
     size_bytes: int
     sbom: Path
+    golden: Path
+    """Inputs and the validated outputs the image answered in its smoke test; deploys reuse them."""
+    metadata: Path
+    """The image's `shipyard.json`: a rebuild needs the same bytes to reproduce the digest."""
 
 
 def image_spec(
@@ -110,6 +115,12 @@ def build_image(
     sample = data.x_test[:64]
     labels, probabilities = predict(session(chosen.path), sample)
     smoke_test(client, built.image_id, sample, labels, probabilities)
+    golden = Golden(sample.tolist(), labels.tolist(), probabilities.tolist())
     return ReleaseImage(
-        built.reference, built.image_id, built.size_bytes, sbom(build_dir / "sbom.cdx.json")
+        built.reference,
+        built.image_id,
+        built.size_bytes,
+        sbom(build_dir / "sbom.cdx.json"),
+        golden.save(build_dir / "golden.json"),
+        bundle / "shipyard.json",
     )

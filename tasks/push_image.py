@@ -36,4 +36,6 @@ def push_image(
     mlflow.set_model_version_tag(model, version, "image", pushed.reference)
     mlflow.set_model_version_tag(model, version, "image_digest", digest)
     mlflow.log_artifact(run_id, str(image.sbom), "image")
+    mlflow.log_artifact(run_id, str(image.golden), "image")
+    mlflow.log_artifact(run_id, str(image.metadata), "image")
     return pushed

@@ -59,7 +59,9 @@ def forget_local_images(client: docker.DockerClient, repository: str) -> None:
 def test_release_builds_smoke_tests_and_pushes_a_labelled_image(
     sklearn_repo: Path, image_settings: Settings
 ) -> None:
-    summary = release(source=sklearn_repo.as_uri(), ref="main", settings=image_settings)
+    summary = release(
+        source=sklearn_repo.as_uri(), ref="main", until="push", settings=image_settings
+    )
     head = git(sklearn_repo, "rev-parse", "HEAD")
     assert summary["status"] == "pushed"
     assert summary["image"].startswith(f"{image_settings.registry}/shipyard/{MODEL}:")
@@ -97,7 +99,9 @@ def test_release_builds_smoke_tests_and_pushes_a_labelled_image(
 def test_the_pushed_image_pulls_and_serves_anywhere(
     sklearn_repo: Path, image_settings: Settings
 ) -> None:
-    summary = release(source=sklearn_repo.as_uri(), ref="main", settings=image_settings)
+    summary = release(
+        source=sklearn_repo.as_uri(), ref="main", until="push", settings=image_settings
+    )
     client = stack.engine(image_settings)
     pinned = f"{summary['image'].rpartition(':')[0]}@{summary['image_digest']}"
     forget_local_images(client, summary["image"].rpartition(":")[0])
@@ -120,7 +124,9 @@ def test_same_commit_from_clean_state_gives_the_same_digest(
     client = stack.engine(Settings())
     digests = []
     for name in ("clean-a", "clean-b"):
-        summary = release(source=sklearn_repo.as_uri(), ref="main", settings=make_settings(name))
+        summary = release(
+            source=sklearn_repo.as_uri(), ref="main", until="push", settings=make_settings(name)
+        )
         digests.append(summary["image_digest"])
         forget_local_images(client, summary["image"].rpartition(":")[0])
     assert digests[0] == digests[1]
@@ -133,7 +139,7 @@ def test_a_refused_password_fails_the_push_and_tags_nothing(
         update={"registry_password": SecretStr("not-the-password"), "push_attempts": 2}
     )
     with pytest.raises(ImageError, match="refused the credentials of user 'shipyard'"):
-        release(source=sklearn_repo.as_uri(), ref="main", settings=wrong)
+        release(source=sklearn_repo.as_uri(), ref="main", until="push", settings=wrong)
     tags = registry.client(image_settings).get_model_version_by_alias(MODEL, "candidate").tags
     assert "image" not in tags and "image_digest" not in tags
 
@@ -196,7 +202,7 @@ def test_a_missing_base_image_says_how_to_get_one(
         ImageError,
         match="Base image .*no-such-base.* is missing and cannot be pulled .*shipyard stack up",
     ):
-        release(source=sklearn_repo.as_uri(), ref="main", settings=missing)
+        release(source=sklearn_repo.as_uri(), ref="main", until="push", settings=missing)
 
 
 def test_dockerfile_is_multi_stage_hermetic_non_root() -> None:

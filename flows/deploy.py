@@ -1,0 +1,98 @@
+"""Deploying a registered version: `deploy → crown → retire`, undone as a whole on failure.
+
+The release flow runs it after `push`; the `promote` and `rollback` flows run it on a version
+the registry already holds. Deploys of one model never overlap: each holds the Prefect global
+concurrency limit `deploy-<model>` (one slot) from the first container to the last alias.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities.model_registry import ModelVersion
+from prefect import get_client
+from prefect.concurrency.sync import concurrency
+from prefect.transactions import transaction
+
+from flows.stages import run_stage
+from shipyard import registry
+from shipyard.deploy.checks import Golden
+from shipyard.deploy.rollout import Strategy, Target
+from shipyard.errors import RegistryError
+from shipyard.manifest import Deploy
+from shipyard.settings import Settings
+from tasks.deploy import crown, deploy, retire
+
+LOCK_WAIT_S = 1800
+
+
+def _one_slot(name: str) -> str:
+    with get_client(sync_client=True) as client:
+        client.upsert_global_concurrency_limit_by_name(name, 1)
+    return name
+
+
+def deploy_lock(model: str) -> str:
+    """The model's deploy concurrency limit (one slot, created if missing)."""
+    return _one_slot(f"deploy-{model}")
+
+
+def model_lock(model: str) -> str:
+    """The model's build limit: a webhook release and a nightly rebuild never build at once."""
+    return _one_slot(f"build-{model}")
+
+
+def rollout(
+    target: Target,
+    strategy: Strategy,
+    policy: Deploy | None,
+    settings: Settings,
+    record_policy: bool = False,
+) -> dict[str, Any]:
+    """Deploy `target`; on success `champion` names it. On any failure, nothing changed.
+
+    `policy` governs this rollout (default: the endpoint's recorded one); it is recorded for
+    later rollouts only with `record_policy` (a release's manifest), not for one-off overrides.
+    """
+    lock = deploy_lock(target.model)
+    with (
+        concurrency(lock, occupy=1, timeout_seconds=LOCK_WAIT_S, strict=True),
+        transaction(),
+    ):
+        deployed = run_stage(deploy, target, strategy, policy, record_policy, settings)
+        aliases = run_stage(crown, target.model, target.version, settings)
+        run_stage(retire, target.model, policy, record_policy, settings)
+    return {
+        "endpoint": deployed["endpoint"],
+        "deployed_version": target.version,
+        "previous_version": aliases["previous"],
+        "strategy": strategy,
+    }
+
+
+def target_of_release(model: str, version: str, image: str, golden: Path) -> Target:
+    return Target(model, version, image, Golden.load(golden))
+
+
+def target_of_version(settings: Settings, model: str, version: ModelVersion) -> Target:
+    """A registered version's pushed image (by digest) and golden data, from MLflow."""
+    tags = version.tags
+    if not tags.get("image") or not tags.get("image_digest"):
+        raise RegistryError(
+            f"{model} v{version.version} has no pushed image (tags image, image_digest): release "
+            "it through the push stage first (shipyard release SOURCE)."
+        )
+    image = f"{tags['image'].rpartition(':')[0]}@{tags['image_digest']}"
+    mlflow = registry.client(settings)
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = mlflow.download_artifacts(str(version.run_id), "image/golden.json", tmp)
+        except Exception as e:
+            raise RegistryError(
+                f"{model} v{version.version}'s run {version.run_id} has no image/golden.json, "
+                f"which the rollout's smoke gate needs ({e}). Release it again to record it."
+            ) from e
+        golden = Golden.load(Path(local))
+    return Target(model, str(version.version), image, golden)

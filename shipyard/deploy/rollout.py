@@ -1,0 +1,321 @@
+"""Rollout strategies on the Docker target, in three moves a flow can undo one by one.
+
+1. `start`: run the new version in the idle slot; gate readiness and golden smoke requests
+   directly on the container, before it gets any traffic.
+2. `shift`: move traffic through HAProxy's weights: all at once (`recreate`, `blue-green`) or
+   in steps (`canary`), each step held while the new container's health and live metrics
+   (error rate, p99) are read.
+3. `retire`: keep the old version warm for `keep_blue_seconds` while the gates keep watching,
+   then drain it and remove it.
+
+`revert` undoes 1 and 2 from the recorded state: traffic back to the old version, the new
+container removed. A failed gate reverts before it raises, naming the gate, value and limit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import httpx
+
+from shipyard import stack
+from shipyard.deploy import checks, containers, state
+from shipyard.deploy.checks import Golden
+from shipyard.deploy.proxy import Proxy, Slot
+from shipyard.deploy.state import Deployment, Instance
+from shipyard.errors import DeployError
+from shipyard.manifest import Deploy
+from shipyard.settings import Settings
+
+Strategy = Literal["blue-green", "canary", "recreate"]
+Say = Callable[[str], None]
+POLL_S = 0.25
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a rollout serves: a registered version's image, pinned by digest."""
+
+    model: str
+    version: str
+    image: str
+    golden: Golden
+
+
+class Rollout:
+    """The endpoint of one model: its state, its proxy, and the engine its containers run on."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        model: str,
+        policy: Deploy | None,
+        say: Say = lambda _: None,
+        keep: bool = True,
+    ) -> None:
+        """`policy` (default: the recorded one) governs this rollout, and is recorded unless
+        `keep` is False (a one-off override, like rollback's)."""
+        self.settings, self.say = settings, say
+        self.client = stack.engine(settings)
+        existing = state.load(settings.deploy_dir, model)
+        policy = policy or (existing.policy if existing else Deploy())
+        if existing is None:
+            existing = Deployment(model=model, host=settings.deploy_host, port=policy.port)
+        elif existing.port != policy.port:
+            say(
+                f"endpoint: {model} already serves on port {existing.port}; deploy.port "
+                f"{policy.port} applies after `shipyard undeploy {model}`"
+            )
+        self.recorded = (policy if keep else existing.policy).model_copy(
+            update={"port": existing.port}
+        )
+        existing.policy = policy.model_copy(update={"port": existing.port})
+        self.deployment = existing
+        self.proxy = Proxy(settings.deploy_dir / model, existing.host, existing.port)
+        self.proxy.ensure(self._slots(), say)
+
+    # -- state ---------------------------------------------------------------------------
+
+    def _slots(self) -> dict[str, Slot]:
+        d = self.deployment
+        return {
+            color: Slot(color, d.host, i.port, d.weights.get(color, 0), True)
+            for color, i in d.instances.items()
+        }
+
+    def _save(self) -> None:
+        state.save(
+            self.settings.deploy_dir, self.deployment.model_copy(update={"policy": self.recorded})
+        )
+        self.proxy.ensure(self._slots(), self.say)  # the config a restarted proxy reads
+
+    def _weigh(self, weights: dict[str, int]) -> None:
+        self.proxy.weigh(weights)
+        self.deployment.weights.update(weights)
+        self._save()
+
+    def _url(self, color: str) -> str:
+        return f"http://{self.deployment.host}:{self.deployment.instances[color].port}"
+
+    @property
+    def _api_key(self) -> str | None:
+        key = self.settings.serve_api_key
+        return key.get_secret_value() if key else None
+
+    def _environment(self) -> dict[str, str]:
+        environment = {}
+        if self._api_key:
+            environment["SHIPYARD_SERVE_API_KEYS"] = self._api_key
+        if self.settings.serve_workers:
+            environment["SHIPYARD_SERVE_WORKERS"] = str(self.settings.serve_workers)
+        return environment
+
+    # -- 1. start ------------------------------------------------------------------------
+
+    def start(self, target: Target, strategy: Strategy) -> str:
+        """Run `target` in the idle slot and gate it; return that slot's color."""
+        d = self.deployment
+        if d.candidate is not None:
+            self.say(f"deploy: reverting an interrupted rollout of {d.candidate} first")
+            self.revert()
+        if strategy == "recreate" and d.live is not None:
+            self.say(f"deploy: recreate: stopping v{d.instances[d.live].version} first")
+            d.replaced = d.instances[d.live]
+            self._remove(d.live)
+            d.live = None
+            self._save()
+        color = d.idle_color()
+        try:
+            container, port = containers.run(
+                self.client,
+                target.image,
+                model=d.model,
+                version=target.version,
+                color=color,
+                host=d.host,
+                endpoint_port=d.port,
+                environment=self._environment(),
+            )
+        except DeployError:
+            self.revert()  # a recreate already stopped the old version: bring it back
+            raise
+        d.instances[color] = Instance(
+            color=color,
+            version=target.version,
+            image=target.image,
+            container_id=str(container.id),
+            port=port,
+        )
+        d.candidate = color
+        d.weights[color] = 0
+        self._save()  # recorded before any gate, so a revert finds it
+        self.say(f"deploy: started v{target.version} as {color} on port {port}")
+        try:
+            containers.wait_ready(container, self._url(color), d.policy.ready_seconds)
+            failures = checks.smoke(self._url(color), target.golden, self._api_key)
+            if failures:
+                raise DeployError(failures[0], failures)
+            self.proxy.point(color, d.host, port)
+            self.proxy.wait_up(color, timeout_s=10)
+        except DeployError as e:
+            self.revert()
+            raise DeployError(
+                f"{e} — traffic stays on "
+                + (f"v{d.instances[d.live].version}" if d.live else "nothing (first deploy)")
+                + f"; {color} was removed.",
+                e.failures,
+            ) from e
+        self.say(f"deploy: {color} v{target.version} is ready and answers the golden inputs")
+        return color
+
+    # -- 2. shift ------------------------------------------------------------------------
+
+    def shift(self, strategy: Strategy) -> None:
+        """Move traffic to the candidate, gated; revert and raise on a failed gate."""
+        d = self.deployment
+        new = d.candidate
+        assert new is not None, "start() first"
+        old = d.live
+        if old is None or strategy != "canary":
+            self._weigh({new: 100, **({old: 0} if old else {})})
+            self.say(f"deploy: {new} takes all traffic ({strategy if old else 'first deploy'})")
+            return
+        for step in d.policy.canary_steps:
+            self._weigh({new: step, old: 100 - step})
+            self.say(f"deploy: canary {step}% on {new}, holding {d.policy.step_seconds:g} s")
+            failures = self.watch(d.policy.step_seconds)
+            if failures:
+                self.revert()
+                raise DeployError(
+                    f"{failures[0]} — at canary step {step}%; traffic is back on "
+                    f"v{d.instances[old].version}, {new} was removed.",
+                    failures,
+                )
+
+    def watch(self, seconds: float) -> list[str]:
+        """Read the candidate's health and live metrics for `seconds` (at least once)."""
+        d = self.deployment
+        assert d.candidate is not None
+        instance, url = d.instances[d.candidate], self._url(d.candidate)
+        try:
+            baseline = checks.scrape(url)
+        except httpx.HTTPError as e:
+            return [f"Gate 'metrics' failed: {url}/metrics did not answer ({e})"]
+        deadline = time.monotonic() + seconds
+        while True:
+            if not containers.running(self.client, instance.container_id):
+                return [f"Gate 'running' failed: {d.candidate} v{instance.version} has stopped"]
+            try:
+                ready = httpx.get(f"{url}/v2/health/ready", timeout=2).status_code == 200
+                current = checks.scrape(url)
+            except httpx.HTTPError:
+                ready = False
+            if not ready:
+                return [f"Gate 'readiness' failed: {d.candidate} v{instance.version} is not ready"]
+            failures = checks.judge(checks.window(baseline, current), d.policy)
+            if failures or time.monotonic() >= deadline:
+                return failures
+            time.sleep(POLL_S)
+
+    # -- 3. retire -----------------------------------------------------------------------
+
+    def retire(self) -> None:
+        """Keep the old version warm while the gates watch; then remove it."""
+        d = self.deployment
+        new, old = d.candidate, d.live
+        assert new is not None
+        if old is not None:
+            seconds = d.policy.keep_blue_seconds
+            self.say(f"deploy: keeping {old} warm for {seconds:g} s while {new} is watched")
+            failures = self.watch(seconds)
+            if failures:
+                raise DeployError(f"{failures[0]} — after the switch", failures)
+            retiring = d.instances.pop(old)
+            d.weights.pop(old, None)
+        d.live, d.candidate, d.replaced = new, None, None
+        self._save()  # the switch is recorded before the old slot goes: a revert never picks it
+        if old is not None:
+            self.proxy.drain(old)
+            containers.remove(self.client, retiring.container_id)
+            self.say(f"deploy: drained and removed {old} v{retiring.version}")
+
+    def _remove(self, color: str) -> None:
+        d = self.deployment
+        if color in d.instances:
+            self.proxy.drain(color)
+            containers.remove(self.client, d.instances.pop(color).container_id)
+        d.weights.pop(color, None)
+
+    # -- undo ----------------------------------------------------------------------------
+
+    def revert(self) -> None:
+        """Traffic back to the version that served before the rollout; the new one removed."""
+        d = self.deployment
+        new, old = d.candidate, d.live
+        if new is None and d.replaced is None:
+            return
+        if new is not None:
+            if old is not None:
+                self._weigh({old: 100})
+            self._remove(new)
+            d.candidate = None
+            self._save()
+        if d.replaced is not None:  # recreate stopped the old version: bring it back
+            self._restore(d.replaced)
+            old = d.live
+        self.say(
+            f"deploy: reverted: {f'{old} v{d.instances[old].version} serves' if old else 'nothing serves'}"
+        )
+
+    def _restore(self, instance: Instance) -> None:
+        d = self.deployment
+        container, port = containers.run(
+            self.client,
+            instance.image,
+            model=d.model,
+            version=instance.version,
+            color=instance.color,
+            host=d.host,
+            endpoint_port=d.port,
+            environment=self._environment(),
+        )
+        d.instances[instance.color] = instance.model_copy(
+            update={"container_id": str(container.id), "port": port}
+        )
+        d.live, d.replaced = instance.color, None
+        self._save()
+        containers.wait_ready(container, self._url(instance.color), d.policy.ready_seconds)
+        self.proxy.point(instance.color, d.host, port)
+        self._weigh({instance.color: 100})
+
+
+def serving(settings: Settings, model: str) -> Instance | None:
+    """The instance that serves `model` now, if any."""
+    deployment = state.load(settings.deploy_dir, model)
+    return deployment.serving() if deployment else None
+
+
+def undeploy(settings: Settings, model: str, say: Say = lambda _: None) -> bool:
+    """Drain and remove every container of the endpoint, stop its proxy, forget its state.
+
+    Returns whether anything was deployed.
+    """
+    deployment = state.load(settings.deploy_dir, model)
+    if deployment is None:
+        return False
+    client = stack.engine(settings)
+    proxy = Proxy(settings.deploy_dir / model, deployment.host, deployment.port)
+    for color, instance in deployment.instances.items():
+        if proxy.pid() is not None:
+            with contextlib.suppress(DeployError):  # a proxy that does not answer: remove anyway
+                proxy.drain(color)
+        containers.remove(client, instance.container_id)
+        say(f"removed {color} v{instance.version}")
+    proxy.stop()
+    state.path(settings.deploy_dir, model).unlink()
+    say(f"stopped the endpoint {deployment.url}")
+    return True
