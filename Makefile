@@ -19,15 +19,21 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
-# Starts what is missing (dockerd, a local registry, the base image) and says what it did.
+# Starts what is missing (dockerd, a local registry, the base image; with the services, a Prefect
+# server and worker, an MLflow server and the webhook receiver) and says what it did.
 stack: install
 	$(BIN)/shipyard stack up
 
+# The demo's release runs against the stack's Prefect server: watch it at http://127.0.0.1:4200.
 demo: stack
-	$(BIN)/shipyard release examples/digits-sklearn
+	PREFECT_API_URL=http://127.0.0.1:4200/api SHIPYARD_MLFLOW_UI_URL=http://127.0.0.1:5001 \
+	  $(BIN)/shipyard release examples/digits-sklearn
 	$(BIN)/shipyard status digits-sklearn
 
-test: lint stack
+# Tests start their own Prefect server; the UI test drives Debian's chromium.
+test: lint install
+	$(BIN)/shipyard stack up --no-services
+	@command -v chromium >/dev/null || { echo "installing chromium"; apt-get update -qq && apt-get install -y -qq chromium; }
 	$(BIN)/pytest
 
 lint: install

@@ -34,6 +34,13 @@ class Until(StrEnum):
     register = "register"
     build = "build"
     push = "push"
+    deploy = "deploy"
+
+
+class StrategyChoice(StrEnum):
+    blue_green = "blue-green"
+    canary = "canary"
+    recreate = "recreate"
 
 
 class _StageLines(logging.Handler):
@@ -61,41 +68,62 @@ def _fail(message: str, as_json: bool, summary: dict[str, Any] | None = None) ->
     raise typer.Exit(1)
 
 
-@app.command()
-def release(
-    source: Annotated[str, typer.Argument(help="Model project directory, or git URL.")],
-    ref: Annotated[str | None, typer.Option(help="Branch, tag or commit (git sources).")] = None,
-    subdir: Annotated[str | None, typer.Option(help="Project directory inside the source.")] = None,
-    until: Annotated[Until, typer.Option(help="Stop after this stage.")] = Until.push,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="End with one JSON summary line.")
-    ] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect's logs.")] = False,
-) -> None:
-    """Run the release flow on SOURCE: train, export, optimize, validate, register, build, push."""
+def _run_flow(flow: Any, as_json: bool, verbose: bool, **parameters: Any) -> dict[str, Any]:
+    """Run a flow with one line per stage on stderr; a failure is one clear line and exit 1."""
     _quiet(verbose)
-    settings = Settings()
-    from flows.release import progress
-    from flows.release import release as release_flow
+    from flows.stages import progress
 
     handler = _StageLines()
     progress.addHandler(handler)
     progress.setLevel(logging.INFO)
     progress.propagate = False
-    print(
-        f"Releasing {source}{f' at {ref}' if ref else ''} (state: {settings.state_dir})",
-        file=sys.stderr,
-    )
     try:
-        summary = release_flow(
-            source=source, ref=ref, subdir=subdir, until=until.value, settings=settings
-        )
+        return dict(flow(**parameters))
     except ShipyardError as e:
         _fail(str(e), as_json)
     except Exception as e:  # unexpected: still one clear line and a non-zero exit
         _fail(f"{type(e).__name__}: {e}", as_json)
     finally:
         progress.removeHandler(handler)
+    raise AssertionError("unreachable")
+
+
+@app.command()
+def release(
+    source: Annotated[str, typer.Argument(help="Model project directory, or git URL.")],
+    ref: Annotated[str | None, typer.Option(help="Branch, tag or commit (git sources).")] = None,
+    subdir: Annotated[str | None, typer.Option(help="Project directory inside the source.")] = None,
+    until: Annotated[Until, typer.Option(help="Stop after this stage.")] = Until.deploy,
+    strategy: Annotated[
+        StrategyChoice | None,
+        typer.Option(help="Rollout strategy (default: the manifest's deploy.strategy)."),
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="End with one JSON summary line.")
+    ] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect's logs.")] = False,
+) -> None:
+    """Run the release flow on SOURCE: train, export, optimize, validate, register, build, push,
+    deploy."""
+    _quiet(verbose)
+    settings = Settings()
+    print(
+        f"Releasing {source}{f' at {ref}' if ref else ''} (state: {settings.state_dir})",
+        file=sys.stderr,
+    )
+    from flows.release import release as release_flow
+
+    summary = _run_flow(
+        release_flow,
+        as_json,
+        verbose,
+        source=source,
+        ref=ref,
+        subdir=subdir,
+        until=until.value,
+        strategy=strategy.value if strategy else None,
+        settings=settings,
+    )
     version = summary.get("version")
     print(
         f"{summary['model']}: {summary['status']}"
@@ -107,7 +135,7 @@ def release(
         + (f", variant {summary['variant']}" if summary.get("variant") else ""),
         file=sys.stderr,
     )
-    for key in ("flow_run_url", "mlflow_run_url", "mlflow_version_url"):
+    for key in ("endpoint", "flow_run_url", "mlflow_run_url", "mlflow_version_url"):
         if summary.get(key):
             print(
                 f"  {key.removesuffix('_url').replace('_', ' ')}: {summary[key]}", file=sys.stderr
@@ -121,15 +149,18 @@ def status(
     model: Annotated[str, typer.Argument(help="Registered model name.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Show the model's aliases (candidate, champion, previous) with their versions and tags."""
+    """Show the model's aliases with versions and image digests, and its deployment: endpoint,
+    containers with their health, traffic weights."""
     _quiet(False)
     from shipyard import registry
+    from shipyard.deploy.inspect import describe
 
     settings = Settings()
     try:
         aliases = registry.aliases(registry.client(settings), model)
     except ShipyardError as e:
         _fail(str(e), as_json)
+    deployment = describe(settings, model)
     if as_json:
         print(
             json.dumps(
@@ -139,6 +170,7 @@ def status(
                         a.alias: {"version": a.version, "source": a.source, "tags": a.tags}
                         for a in aliases
                     },
+                    "deployment": deployment,
                 }
             )
         )
@@ -153,6 +185,101 @@ def status(
             f"acc {tags.get('accuracy', '-'):<9} git {tags.get('git_sha', '-')[:12]:<13} "
             f"fp {tags.get('fingerprint', '-')[:12]:<13} image {image}"
         )
+    if deployment is None:
+        print("deployment: none (`shipyard release SOURCE` deploys after the push)")
+        return
+    print(f"endpoint   {deployment['endpoint']}  proxy {deployment['proxy']}")
+    for slot in deployment["slots"]:
+        print(
+            f"  {slot['color']:<6} {slot['role']:<10} v{slot['version']:<4} weight "
+            f"{slot['weight']:>3}  container {slot['container']} {slot['health']:<18} "
+            f"proxy check {slot['proxy_check']:<8} {slot['image'].rpartition('@')[2][:19]}"
+        )
+
+
+@app.command()
+def promote(
+    model: Annotated[str, typer.Argument(help="Registered model name.")],
+    version: Annotated[str, typer.Option(help="Version number or alias.")] = "candidate",
+    strategy: Annotated[StrategyChoice, typer.Option(help="Rollout strategy.")] = (
+        StrategyChoice.blue_green
+    ),
+    as_json: Annotated[bool, typer.Option("--json", help="End with one JSON line.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect's logs.")] = False,
+) -> None:
+    """Deploy a registered version (default: `candidate`); on success it becomes `champion`."""
+    _quiet(verbose)
+    from flows.promote import promote as promote_flow
+
+    result = _run_flow(
+        promote_flow, as_json, verbose, model=model, version=version, strategy=strategy.value
+    )
+    _deployed(result, as_json)
+
+
+@app.command()
+def rollback(
+    model: Annotated[str, typer.Argument(help="Registered model name.")],
+    as_json: Annotated[bool, typer.Option("--json", help="End with one JSON line.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect's logs.")] = False,
+) -> None:
+    """Serve the `previous` version again (its image by digest); swap `champion` and `previous`."""
+    _quiet(verbose)
+    from flows.rollback import rollback as rollback_flow
+
+    _deployed(_run_flow(rollback_flow, as_json, verbose, model=model), as_json)
+
+
+def _deployed(result: dict[str, Any], as_json: bool) -> None:
+    print(
+        f"{result['model']}: v{result['deployed_version']} serves on {result['endpoint']}"
+        + (f" (previous: v{result['previous_version']})" if result.get("previous_version") else ""),
+        file=sys.stderr,
+    )
+    if as_json:
+        print(json.dumps(result))
+
+
+@app.command()
+def undeploy(model: Annotated[str, typer.Argument(help="Deployed model name.")]) -> None:
+    """Stop serving MODEL: drain and remove its containers, stop its endpoint; `champion` becomes
+    `previous`, since nothing serves it any more."""
+    _quiet(False)
+    from prefect.concurrency.sync import concurrency
+
+    from flows.deploy import LOCK_WAIT_S, deploy_lock
+    from shipyard import registry
+    from shipyard.deploy.rollout import undeploy as stop
+
+    settings = Settings()
+    try:
+        # Never in the middle of a rollout of the same model.
+        with concurrency(deploy_lock(model), occupy=1, timeout_seconds=LOCK_WAIT_S, strict=True):
+            stopped = stop(settings, model, _say)
+        if not stopped:
+            print(f"{model}: nothing deployed", file=sys.stderr)
+            return
+        registry.dethrone(registry.client(settings), model)
+    except ShipyardError as e:
+        _fail(str(e), False)
+
+
+@app.command()
+def logs(
+    model: Annotated[str, typer.Argument(help="Deployed model name.")],
+    tail: Annotated[int, typer.Option(help="Lines per container.")] = 100,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep following.")] = False,
+    color: Annotated[str | None, typer.Option(help="Only the blue or the green slot.")] = None,
+) -> None:
+    """Show the serving containers' logs, each line prefixed with its slot and version."""
+    from shipyard.deploy.inspect import logs as read_logs
+
+    try:
+        for line in read_logs(Settings(), model, tail, follow, color):
+            sys.stdout.buffer.write(line)
+            sys.stdout.flush()
+    except ShipyardError as e:
+        _fail(str(e), False)
 
 
 @app.command()
@@ -193,6 +320,87 @@ def serve(
     os.execve(sys.executable, [sys.executable, "-m", "serving"], {**os.environ, **env})
 
 
+webhook_app = typer.Typer(no_args_is_help=True, help="The git webhook receiver.")
+app.add_typer(webhook_app, name="webhook")
+
+
+@webhook_app.command("serve")
+def webhook_serve(
+    port: Annotated[
+        int | None, typer.Option(help="Port (default SHIPYARD_WEBHOOK_PORT, 8090).")
+    ] = None,
+    host: Annotated[str | None, typer.Option(help="Address to bind.")] = None,
+) -> None:
+    """Receive signed GitHub/GitLab pushes on POST /hooks/git; emit `shipyard.model.pushed`.
+
+    Settings: SHIPYARD_WEBHOOK_SECRET (required), _BRANCHES, _PROJECT, _PATHS, _MAX_BODY_BYTES,
+    _DELIVERIES_FILE. The Prefect server is PREFECT_API_URL's.
+    """
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from deployments.webhook import WebhookSettings, serve
+
+    overrides: dict[str, Any] = {k: v for k, v in {"port": port, "host": host}.items() if v}
+    try:
+        settings = WebhookSettings(**overrides)
+        serve(settings)
+    except ValueError as e:
+        _fail(str(e), False)
+
+
+render_app = typer.Typer(no_args_is_help=True, help="Render a release for other targets.")
+app.add_typer(render_app, name="render")
+
+
+@render_app.command("k8s")
+def render_k8s(
+    model: Annotated[str, typer.Argument(help="Registered model name.")],
+    stable: Annotated[str, typer.Option(help="Stable version: number or alias.")] = "champion",
+    canary: Annotated[
+        str | None, typer.Option(help="Canary version (number or alias); none: no canary.")
+    ] = None,
+    weight: Annotated[int, typer.Option(min=0, max=100, help="Canary traffic %.")] = 10,
+    replicas: Annotated[int, typer.Option(min=1, help="Stable replicas.")] = 2,
+    namespace: Annotated[str, typer.Option(help="Namespace of the objects.")] = "default",
+    registry_host: Annotated[
+        str | None,
+        typer.Option(
+            "--registry", help="Registry host the cluster pulls from (default: as pushed)."
+        ),
+    ] = None,
+) -> None:
+    """Print Kubernetes YAML for MODEL's release: Deployments, Services, a weighted HTTPRoute."""
+    _quiet(False)
+    import yaml
+
+    from flows.promote import find_version
+    from shipyard.deploy import k8s
+
+    settings = Settings()
+
+    def track(name: str, version: str) -> k8s.Track:
+        found = find_version(settings, model, version)
+        tags = found.tags
+        if not tags.get("image_digest"):
+            raise ShipyardError(f"{model} v{found.version} has no pushed image to render.")
+        repository = tags["image"].rpartition(":")[0]
+        if registry_host:
+            repository = f"{registry_host}/{repository.split('/', 1)[1]}"
+        return k8s.Track(name, str(found.version), f"{repository}@{tags['image_digest']}")
+
+    try:
+        objects = k8s.render(
+            model,
+            track("stable", stable),
+            track("canary", canary) if canary else None,
+            weight,
+            replicas,
+            namespace,
+        )
+    except ShipyardError as e:
+        _fail(str(e), False)
+    print(yaml.safe_dump_all(objects, sort_keys=False), end="")
+
+
 stack_app = typer.Typer(
     no_args_is_help=True, help="The local Docker engine, registry and base image."
 )
@@ -205,14 +413,28 @@ def _say(line: str) -> None:
 
 @stack_app.command("up")
 def stack_up(
+    services: Annotated[
+        bool,
+        typer.Option(
+            "--services/--no-services",
+            help="Also the Prefect server and worker, the MLflow server, the webhook receiver.",
+        ),
+    ] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Start what is missing: dockerd, a local registry with htpasswd auth, the base image."""
+    """Start what is missing: dockerd, a local registry with htpasswd auth, the base image; then
+    a Prefect server (UI) and process worker, an MLflow server (UI), the webhook receiver, and
+    the deployments of prefect.yaml. Prints the URLs."""
+    _quiet(False)
+    from shipyard import services as ops
     from shipyard import stack
 
     print("Bringing up the stack", file=sys.stderr)
+    settings = Settings()
     try:
-        result = stack.up(Settings(), _say)
+        result = stack.up(settings, _say)
+        if services:
+            result.update(ops.up(settings, _say))
     except ShipyardError as e:
         _fail(str(e), as_json)
     print(json.dumps(result) if as_json else "\n".join(f"{k}: {v}" for k, v in result.items()))
@@ -220,15 +442,20 @@ def stack_up(
 
 @stack_app.command("status")
 def stack_status() -> None:
-    """Show the engine, the registry and the base image."""
+    """Show each part's health: engine, registry, base image, servers, worker, receiver."""
+    from shipyard import services as ops
     from shipyard import stack
 
-    print(json.dumps(stack.status(Settings()), indent=2))
+    settings = Settings()
+    print(json.dumps({**stack.status(settings), **ops.status(settings)}, indent=2))
 
 
 @stack_app.command("down")
 def stack_down() -> None:
     """Stop what `stack up` started, and nothing else."""
+    from shipyard import services as ops
     from shipyard import stack
 
-    stack.down(Settings(), _say)
+    settings = Settings()
+    ops.down(settings, _say)
+    stack.down(settings, _say)

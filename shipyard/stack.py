@@ -54,17 +54,17 @@ class Registry:
         return {"username": self.username, "password": self.password}
 
 
-def _state(settings: Settings) -> dict[str, Any]:
+def read_state(settings: Settings) -> dict[str, Any]:
     path = settings.stack_dir / "stack.json"
     return json.loads(path.read_text()) if path.is_file() else {"started": {}}
 
 
-def _save(settings: Settings, state: dict[str, Any]) -> None:
+def write_state(settings: Settings, state: dict[str, Any]) -> None:
     settings.stack_dir.mkdir(parents=True, exist_ok=True)
     (settings.stack_dir / "stack.json").write_text(json.dumps(state, indent=2, sort_keys=True))
 
 
-def _apt_install(package: str, say: Say) -> None:
+def apt_install(package: str, say: Say) -> None:
     if os.geteuid() != 0:
         raise StackError(
             f"{package} is not installed and installing needs root: apt-get install {package}"
@@ -81,7 +81,7 @@ def _apt_install(package: str, say: Say) -> None:
             raise StackError(f"{' '.join(args)} failed: {done.stderr.strip()[-500:]}")
 
 
-def _background(args: list[str], log: Path) -> int:
+def background(args: list[str], log: Path) -> int:
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as out:
         process = subprocess.Popen(
@@ -116,13 +116,13 @@ def ensure_engine(settings: Settings, say: Say) -> docker.DockerClient:
         if os.environ.get("DOCKER_HOST"):
             raise  # the user chose an engine: starting another one would not be it
     if shutil.which("dockerd") is None:
-        _apt_install("docker.io", say)
+        apt_install("docker.io", say)
     log = settings.stack_dir / "dockerd.log"
-    pid = _background(["dockerd"], log)
+    pid = background(["dockerd"], log)
     say(f"engine: started dockerd (pid {pid}, log {log})")
-    state = _state(settings)
+    state = read_state(settings)
     state["started"]["dockerd"] = pid
-    _save(settings, state)
+    write_state(settings, state)
     deadline = time.monotonic() + 60
     while True:
         try:
@@ -175,7 +175,7 @@ def ensure_registry(settings: Settings, say: Say) -> Registry:
             f"Registry {settings.registry} does not answer; only a local one (127.0.0.1) is started."
         )
     if shutil.which("docker-registry") is None:
-        _apt_install("docker-registry", say)
+        apt_install("docker-registry", say)
     stack = settings.stack_dir
     stack.mkdir(parents=True, exist_ok=True)
     password_file = stack / "registry-password"
@@ -211,10 +211,10 @@ def ensure_registry(settings: Settings, say: Say) -> Registry:
             indent=2,
         )
     )
-    pid = _background(["docker-registry", "serve", str(config)], stack / "registry.log")
-    state = _state(settings)
+    pid = background(["docker-registry", "serve", str(config)], stack / "registry.log")
+    state = read_state(settings)
     state["started"]["registry"] = pid
-    _save(settings, state)
+    write_state(settings, state)
     deadline = time.monotonic() + 30
     while not _registry_answers(settings.registry):
         if time.monotonic() > deadline:
@@ -231,7 +231,7 @@ def ensure_registry(settings: Settings, say: Say) -> Registry:
 
 def _debian_rootfs(root: Path, say: Say) -> Path:
     if shutil.which("debootstrap") is None:
-        _apt_install("debootstrap", say)
+        apt_install("debootstrap", say)
     rootfs = root / "rootfs"
     shutil.rmtree(rootfs, ignore_errors=True)
     say("base: building a Debian bookworm root with python3 (debootstrap, about a minute)")
@@ -286,7 +286,7 @@ def ensure_base(
         return settings.base_image
     except (APIError, DockerException):
         say(f"base: {settings.base_image} cannot be pulled here")
-    state = _state(settings)
+    state = read_state(settings)
     recorded = state.get("base_image")
     if recorded:
         try:
@@ -315,7 +315,7 @@ def ensure_base(
     digest = push(client, repository, BASE_TAG, registry)
     reference = f"{repository}@{digest}"
     state["base_image"] = reference
-    _save(settings, state)
+    write_state(settings, state)
     size = client.images.get(reference).attrs["Size"] / 1e6
     say(f"base: built and pushed {reference} ({size:.0f} MB)")
     return reference
@@ -324,6 +324,8 @@ def ensure_base(
 def up(settings: Settings, say: Say) -> dict[str, str]:
     """Bring up engine, registry and base image; return what a release uses."""
     client = ensure_engine(settings, say)
+    if shutil.which("haproxy") is None:  # the deploy target's proxy
+        apt_install("haproxy", say)
     registry = ensure_registry(settings, say)
     client.login(registry.username, registry.password, registry=registry.address, reauth=True)
     base = ensure_base(settings, client, registry, say)
@@ -332,7 +334,7 @@ def up(settings: Settings, say: Say) -> dict[str, str]:
 
 def base_image(settings: Settings) -> str:
     """The base a build uses: the configured image if the engine has it, else the stack's."""
-    recorded = _state(settings).get("base_image")
+    recorded = read_state(settings).get("base_image")
     if recorded:
         try:
             engine(settings).images.get(settings.base_image)
@@ -347,7 +349,7 @@ def status(settings: Settings) -> dict[str, Any]:
         engine_state = f"running ({client.version()['Version']})"
     except StackError as e:
         engine_state = f"down: {e}"
-    state = _state(settings)
+    state = read_state(settings)
     return {
         "engine": engine_state,
         "registry": f"{settings.registry} {'answers' if _registry_answers(settings.registry) else 'down'}",
@@ -358,7 +360,7 @@ def status(settings: Settings) -> dict[str, Any]:
 
 def down(settings: Settings, say: Say) -> None:
     """Stop what `up` started (and nothing else)."""
-    state = _state(settings)
+    state = read_state(settings)
     for name in ("registry", "dockerd"):
         pid = state["started"].pop(name, None)
         if pid is None:
@@ -375,4 +377,4 @@ def down(settings: Settings, say: Say) -> None:
             say(f"stopped {name} (pid {pid})")
         except ProcessLookupError:
             say(f"{name} (pid {pid}) was not running")
-    _save(settings, state)
+    write_state(settings, state)

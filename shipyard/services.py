@@ -1,0 +1,234 @@
+"""The operations half of the local stack: a Prefect server (with its UI), a process worker, an
+MLflow tracking server (with its UI), the webhook receiver, and the deployments of prefect.yaml.
+
+Like the engine and registry in `stack`, each is started only when nothing answers at its
+address, recorded in `stack.json` with its pid and command, and stopped by `stack down` only if
+this stack started it. Teams point Shipyard at Postgres-backed servers with settings instead
+(PREFECT_API_URL, MLFLOW_TRACKING_URI); nothing here changes.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from shipyard import stack
+from shipyard.errors import StackError
+from shipyard.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+"""The checkout holding prefect.yaml and the flows the worker runs."""
+BIN = Path(sys.executable).parent
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    args: list[str]
+    health: str
+    url: str
+    env: dict[str, str]
+
+
+def webhook_secret(settings: Settings) -> str:
+    """SHIPYARD_WEBHOOK_SECRET, or one generated once into the stack directory (mode 600)."""
+    if os.environ.get("SHIPYARD_WEBHOOK_SECRET"):
+        return os.environ["SHIPYARD_WEBHOOK_SECRET"]
+    path = settings.stack_dir / "webhook-secret"
+    if not path.is_file():
+        settings.stack_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_urlsafe(32))
+    return path.read_text().strip()
+
+
+def plan(settings: Settings) -> list[Service]:
+    host = settings.services_host
+    prefect_url = f"http://{host}:{settings.prefect_port}"
+    api = f"{prefect_url}/api"
+    base_env = {
+        "PREFECT_API_URL": api,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_HOME": str(settings.stack_dir / "prefect"),
+    }
+    from deployments.webhook import WebhookSettings
+
+    webhook = WebhookSettings()
+    return [
+        Service(
+            "prefect-server",
+            [
+                str(BIN / "prefect"),
+                "server",
+                "start",
+                "--host",
+                host,
+                "--port",
+                str(settings.prefect_port),
+            ],
+            f"{api}/health",
+            prefect_url,
+            {**base_env, "PREFECT_UI_API_URL": api},
+        ),
+        Service(
+            "mlflow-server",
+            [
+                str(BIN / "mlflow"),
+                "server",
+                "--host",
+                host,
+                "--port",
+                str(settings.mlflow_port),
+                "--backend-store-uri",
+                settings.tracking_uri,
+                "--default-artifact-root",
+                settings.artifact_root.as_uri(),
+                "--workers",
+                "1",
+            ],
+            f"http://{host}:{settings.mlflow_port}/health",
+            f"http://{host}:{settings.mlflow_port}",
+            {},
+        ),
+        Service(
+            "prefect-worker",
+            [str(BIN / "prefect"), "worker", "start", "--pool", "shipyard", "--type", "process"],
+            "",
+            "pool shipyard",
+            {
+                **base_env,
+                "SHIPYARD_STATE_DIR": str(settings.state_dir.resolve()),
+                "SHIPYARD_MLFLOW_UI_URL": f"http://{host}:{settings.mlflow_port}",
+                "PREFECT_UI_URL": prefect_url,
+            },
+        ),
+        Service(
+            "webhook",
+            [str(BIN / "shipyard"), "webhook", "serve"],
+            f"http://{webhook.host}:{webhook.port}/health",
+            f"http://{webhook.host}:{webhook.port}/hooks/git",
+            {**base_env, "SHIPYARD_WEBHOOK_SECRET": webhook_secret(settings)},
+        ),
+    ]
+
+
+def _answers(url: str) -> bool:
+    if not url:
+        return False
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _running(entry: dict[str, Any] | None) -> bool:
+    if not entry:
+        return False
+    try:
+        command = Path(f"/proc/{entry['pid']}/cmdline").read_bytes().replace(b"\0", b" ")
+    except OSError:
+        return False
+    return bool(entry["match"].encode() in command)
+
+
+def _start(settings: Settings, service: Service, say: stack.Say) -> None:
+    state = stack.read_state(settings)
+    services = state.setdefault("services", {})
+    if _answers(service.health) or _running(services.get(service.name)):
+        say(f"{service.name}: {service.url} answers; nothing started")
+        return
+    log = settings.stack_dir / f"{service.name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as out:
+        process = subprocess.Popen(
+            service.args,
+            cwd=ROOT,
+            env={**os.environ, **service.env},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    services[service.name] = {"pid": process.pid, "match": " ".join(service.args[1:3])}
+    stack.write_state(settings, state)
+    deadline = time.monotonic() + 90
+    while service.health and not _answers(service.health):
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise StackError(
+                f"{service.name} did not come up ({service.health}); see {log}: "
+                + log.read_text(errors="replace")[-600:]
+            )
+        time.sleep(0.5)
+    say(f"{service.name}: started on {service.url} (pid {process.pid}, log {log})")
+
+
+def register_deployments(settings: Settings, say: stack.Say) -> None:
+    """`prefect deploy --all` from prefect.yaml, on a `shipyard` process pool."""
+    env = {**os.environ, **plan(settings)[0].env}
+    for args in (
+        ["work-pool", "create", "shipyard", "--type", "process", "--overwrite"],
+        ["--no-prompt", "deploy", "--all"],
+    ):
+        done = subprocess.run(
+            [str(BIN / "prefect"), *args], cwd=ROOT, env=env, capture_output=True, text=True
+        )
+        if done.returncode:
+            raise StackError(
+                f"prefect {' '.join(args)} failed: {done.stdout[-800:]}{done.stderr[-800:]}"
+            )
+    say("deployments: release (webhook trigger), nightly-rebuild (cron), rollback, promote")
+
+
+def up(settings: Settings, say: stack.Say) -> dict[str, str]:
+    """Start what is missing; return the URLs."""
+    services = plan(settings)
+    for service in services:
+        _start(settings, service, say)
+        if service.name == "prefect-server":
+            register_deployments(settings, say)
+    by_name = {s.name: s.url for s in services}
+    return {
+        "prefect_ui": by_name["prefect-server"],
+        "prefect_api": f"{by_name['prefect-server']}/api",
+        "mlflow_ui": by_name["mlflow-server"],
+        "webhook": by_name["webhook"],
+        "webhook_secret_file": str(settings.stack_dir / "webhook-secret"),
+    }
+
+
+def status(settings: Settings) -> dict[str, str]:
+    services = stack.read_state(settings).get("services", {})
+    out = {}
+    for service in plan(settings):
+        entry = services.get(service.name)
+        if service.health:
+            health = "healthy" if _answers(service.health) else "down"
+        else:
+            health = "running" if _running(entry) else "down"
+        mine = f" (started by shipyard, pid {entry['pid']})" if _running(entry) else ""
+        out[service.name] = f"{health}: {service.url}{mine}"
+    return out
+
+
+def down(settings: Settings, say: stack.Say) -> None:
+    """Stop the services this stack started, last started first."""
+    state = stack.read_state(settings)
+    services = state.get("services", {})
+    for service in reversed(plan(settings)):
+        entry = services.pop(service.name, None)
+        if not _running(entry):
+            continue
+        assert entry is not None
+        os.killpg(entry["pid"], signal.SIGTERM)  # its own session: the server's children too
+        say(f"stopped {service.name} (pid {entry['pid']})")
+    stack.write_state(settings, state)

@@ -1,0 +1,226 @@
+"""The webhook receiver: signed pushes become Prefect events on the real server; nothing else does."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import time
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
+from prefect.events.worker import EventsWorker
+from pydantic import SecretStr
+
+from deployments.webhook import EVENT, WebhookApp, WebhookSettings
+
+SECRET = "s3cret-for-tests"
+
+
+def push_body(repo: str, ref: str = "refs/heads/main", changed: str = "model/train.py") -> bytes:
+    return json.dumps(
+        {
+            "ref": ref,
+            "after": "a" * 40,
+            "repository": {"clone_url": repo},
+            "project": {"git_http_url": repo},
+            "commits": [{"added": [], "modified": [changed], "removed": []}],
+        }
+    ).encode()
+
+
+def github_headers(body: bytes, delivery: str, secret: str = SECRET) -> dict[str, str]:
+    signature = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    return {
+        "content-type": "application/json",
+        "x-github-event": "push",
+        "x-github-delivery": delivery,
+        "x-hub-signature-256": f"sha256={signature}",
+    }
+
+
+def post(body: bytes, headers: dict[str, str], **settings: Any) -> httpx.Response:
+    app = WebhookApp(
+        WebhookSettings(secret=SecretStr(SECRET), project="model", **settings)  # type: ignore[arg-type]
+    )
+
+    async def call() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://receiver") as client:
+            return await client.post("/hooks/git", content=body, headers=headers)
+
+    return asyncio.run(call())
+
+
+def events_for(repo: str, wait_s: float = 8) -> list[Any]:
+    """The events the server stored for `repo`, waiting a little for ingestion."""
+    EventsWorker.drain_all()
+    found: list[Any] = []
+    deadline = time.monotonic() + wait_s
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline and not found:
+            page = client.read_events(
+                filter=EventFilter(
+                    event=EventNameFilter(name=[EVENT]),
+                    resource=EventResourceFilter(id=[f"shipyard.repo.{repo}"]),
+                ),
+                limit=50,  # the client's default (100) is over the server's maximum
+            )
+            found = list(page.events)
+            time.sleep(0.5)
+    return found
+
+
+def unique_repo() -> str:
+    return f"file:///srv/git/{uuid.uuid4().hex}.git"
+
+
+def test_a_signed_github_push_becomes_one_event_with_the_release_parameters() -> None:
+    repo = unique_repo()
+    body = push_body(repo)
+    answer = post(body, github_headers(body, "d-1"))
+    assert answer.status_code == 202, answer.text
+    [event] = events_for(repo)
+    assert str(event.id) == answer.json()["event_id"]
+    assert event.payload["source"] == repo and event.payload["ref"] == "main"
+    assert event.payload["sha"] == "a" * 40 and event.payload["subdir"] == "model"
+
+
+def test_a_gitlab_push_with_its_token_is_accepted() -> None:
+    repo = unique_repo()
+    body = push_body(repo)
+    headers = {
+        "content-type": "application/json",
+        "x-gitlab-event": "Push Hook",
+        "x-gitlab-event-uuid": "g-1",
+        "x-gitlab-token": SECRET,
+    }
+    assert post(body, headers).status_code == 202
+    assert len(events_for(repo)) == 1
+
+
+def _forged(body: bytes) -> dict[str, str]:
+    return github_headers(body, "d-forged", secret="not-the-secret")
+
+
+def _unsigned(body: bytes) -> dict[str, str]:
+    return {k: v for k, v in github_headers(body, "d-u").items() if k != "x-hub-signature-256"}
+
+
+def _gitlab_wrong(body: bytes) -> dict[str, str]:
+    return {
+        "content-type": "application/json",
+        "x-gitlab-event": "Push Hook",
+        "x-gitlab-event-uuid": "g-2",
+        "x-gitlab-token": "guess",
+    }
+
+
+@pytest.mark.parametrize(
+    ("case", "status", "message"),
+    [
+        ("unsigned", 401, "X-Hub-Signature-256 is missing"),
+        ("forged", 401, "does not match the body"),
+        ("gitlab wrong token", 401, "X-Gitlab-Token does not match"),
+        ("oversized", 413, "exceeds the limit"),
+        ("malformed json", 400, "malformed push payload"),
+        ("no repository", 400, "malformed push payload: KeyError"),
+        ("not json", 415, "application/json"),
+        ("no provider", 400, "not a GitHub or GitLab webhook"),
+    ],
+)
+def test_bad_requests_get_a_4xx_naming_the_problem_and_emit_nothing(
+    case: str, status: int, message: str
+) -> None:
+    repo = unique_repo()
+    body = push_body(repo)
+    headers = github_headers(body, f"d-{case}")
+    if case == "unsigned":
+        headers = _unsigned(body)
+    elif case == "forged":
+        headers = _forged(body)
+    elif case == "gitlab wrong token":
+        headers = _gitlab_wrong(body)
+    elif case == "oversized":
+        body = body + b" " * 2048
+        headers = github_headers(body, "d-big")
+    elif case == "malformed json":
+        body = body[:-5]
+        headers = github_headers(body, "d-mal")
+    elif case == "no repository":
+        body = json.dumps({"ref": "refs/heads/main", "after": "b" * 40}).encode()
+        headers = github_headers(body, "d-norepo")
+    elif case == "not json":
+        headers = {**headers, "content-type": "application/x-www-form-urlencoded"}
+    elif case == "no provider":
+        headers = {k: v for k, v in headers.items() if k != "x-github-event"}
+    answer = post(body, headers, max_body_bytes=1024)
+    assert answer.status_code == status, answer.text
+    assert message in answer.json()["error"]
+    assert events_for(repo, wait_s=2) == []
+
+
+def test_a_replayed_delivery_is_refused_and_emits_no_second_event(tmp_path: Any) -> None:
+    repo = unique_repo()
+    body = push_body(repo)
+    remembered = tmp_path / "deliveries"
+    assert post(body, github_headers(body, "d-once"), deliveries_file=remembered).status_code == 202
+    # a restarted receiver still knows the delivery
+    again = post(body, github_headers(body, "d-once"), deliveries_file=remembered)
+    assert again.status_code == 409 and "received before" in again.json()["error"]
+    assert len(events_for(repo)) == 1
+
+
+@pytest.mark.parametrize(
+    ("ref", "changed", "reason"),
+    [
+        ("refs/heads/feature", "model/train.py", "not a watched branch"),
+        ("refs/tags/v1", "model/train.py", "not a watched branch"),
+        ("refs/heads/main", "docs/README.md", "no changed path matches ['model/*']"),
+    ],
+)
+def test_pushes_that_do_not_touch_the_model_are_acknowledged_and_ignored(
+    ref: str, changed: str, reason: str
+) -> None:
+    repo = unique_repo()
+    body = push_body(repo, ref, changed)
+    answer = post(body, github_headers(body, f"d-{uuid.uuid4().hex}"))
+    assert answer.status_code == 202 and reason in answer.json()["ignored"]
+    assert events_for(repo, wait_s=2) == []
+
+
+def test_the_receiver_refuses_to_start_without_a_secret() -> None:
+    with pytest.raises(ValueError, match="SHIPYARD_WEBHOOK_SECRET is not set"):
+        WebhookApp(WebhookSettings(secret=None))
+
+
+def test_a_signed_body_resent_under_a_new_delivery_id_is_a_replay() -> None:
+    repo = unique_repo()
+    body = push_body(repo)
+    app = WebhookApp(WebhookSettings(secret=SecretStr(SECRET), project="model"))
+
+    async def send(delivery: str) -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://receiver") as client:
+            return await client.post(
+                "/hooks/git", content=body, headers=github_headers(body, delivery)
+            )
+
+    assert asyncio.run(send("d-original")).status_code == 202
+    replay = asyncio.run(send("d-new-id"))
+    assert replay.status_code == 409 and "a" * 40 in replay.json()["error"]
+    assert len(events_for(repo)) == 1
+
+
+def test_a_push_listing_only_part_of_its_commits_releases_even_without_a_model_path() -> None:
+    repo = unique_repo()
+    payload = json.loads(push_body(repo, changed="docs/README.md"))
+    payload["commits"] = payload["commits"] * 20  # GitHub and GitLab list at most 20
+    body = json.dumps(payload).encode()
+    assert post(body, github_headers(body, "d-long")).status_code == 202
+    assert len(events_for(repo)) == 1

@@ -1,0 +1,141 @@
+"""`shipyard stack up` with its services, as a user runs it: a Prefect server and worker, an
+MLflow server, the webhook receiver, the deployments; a release started through the Prefect
+API on that stack, checked in the real Prefect UI (headless Chromium); `stack down` stops only
+what it started."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from shipyard import stack
+from shipyard.deploy import containers
+from shipyard.settings import Settings
+from tests.conftest import commit_all
+
+SHIPYARD = str(Path(sys.executable).parent / "shipyard")
+PREFECT = str(Path(sys.executable).parent / "prefect")
+MODEL = "digits-sklearn"
+
+
+def chromium(*args: str) -> subprocess.CompletedProcess[str]:
+    binary = shutil.which("chromium")
+    if binary is None:
+        if os.geteuid() != 0:
+            pytest.fail("Debian's chromium is missing: apt-get install chromium")
+        stack.apt_install("chromium", print)
+        binary = "chromium"
+    return subprocess.run(
+        [
+            binary,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--virtual-time-budget=20000",
+            "--window-size=1400,1100",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_the_stack_runs_a_release_the_ui_shows_and_down_stops_only_its_services(
+    tmp_path: Path, sklearn_repo: Path, docker_stack: dict[str, str]
+) -> None:
+    port = containers.free_port("127.0.0.1")
+    with (sklearn_repo / "shipyard.yaml").open("a") as manifest:
+        manifest.write(f"deploy: {{port: {port}, keep_blue_seconds: 1}}\n")
+    commit_all(sklearn_repo, "Serve on a test port")
+    credentials = stack.registry_credentials(Settings())
+    ports = {name: containers.free_port("127.0.0.1") for name in ("prefect", "mlflow", "webhook")}
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")},
+        "SHIPYARD_STACK_DIR": str(tmp_path / "stack"),
+        "SHIPYARD_STATE_DIR": str(tmp_path / "state"),
+        "SHIPYARD_PREFECT_PORT": str(ports["prefect"]),
+        "SHIPYARD_MLFLOW_PORT": str(ports["mlflow"]),
+        "SHIPYARD_WEBHOOK_PORT": str(ports["webhook"]),
+        "SHIPYARD_REGISTRY_PASSWORD": credentials.password,
+        "SHIPYARD_BASE_IMAGE": docker_stack["base_image"],
+        "SHIPYARD_LATENCY_RUNS": "50",
+    }
+
+    def run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            [SHIPYARD, *args], capture_output=True, text=True, env=env, timeout=timeout
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done
+
+    urls = json.loads(run("stack", "up", "--json").stdout.splitlines()[-1])
+    api = urls["prefect_api"]
+    try:
+        status = json.loads(run("stack", "status").stdout)
+        for part in ("prefect-server", "mlflow-server", "webhook"):
+            assert status[part].startswith("healthy") and "started by shipyard" in status[part]
+        assert status["prefect-worker"].startswith("running")
+        assert "nothing" not in status["engine"]
+
+        # Start a release the way the UI's "Run" button does: on the registered deployment.
+        started = subprocess.run(
+            [PREFECT, "deployment", "run", "release/release", "--param", f"source={sklearn_repo.as_uri()}",
+             "--param", "ref=main"],
+            capture_output=True, text=True, env={**env, "PREFECT_API_URL": api}, timeout=120,
+        )  # fmt: skip
+        assert started.returncode == 0, started.stdout + started.stderr
+        run_id = next(line.split()[-1] for line in started.stdout.splitlines() if "UUID" in line)
+        deadline = time.monotonic() + 420
+        while time.monotonic() < deadline:
+            flow_run = httpx.get(f"{api}/flow_runs/{run_id}", timeout=10).json()
+            if flow_run["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+                break
+            time.sleep(1)
+        assert flow_run["state"]["type"] == "COMPLETED", flow_run["state"]
+
+        page = chromium("--dump-dom", f"{urls['prefect_ui']}/runs/flow-run/{run_id}").stdout
+        assert flow_run["name"] in page and "Completed" in page
+        for stage in ("build_image", "push_image", "deploy", "crown", "retire"):
+            assert stage in page, f"the flow run page does not show {stage}"
+        screenshot = tmp_path / "prefect-ui-flow-run.png"
+        chromium(f"--screenshot={screenshot}", f"{urls['prefect_ui']}/runs/flow-run/{run_id}")
+        assert screenshot.stat().st_size > 20_000
+        print(f"screenshot: {screenshot}")
+
+        artifacts = httpx.post(
+            f"{api}/artifacts/filter",
+            json={"artifacts": {"flow_run_id": {"any_": [run_id]}}},
+            timeout=10,
+        ).json()
+        report = next(a for a in artifacts if a["key"] == f"{MODEL}-release-report")
+        assert {a["key"] for a in artifacts} >= {f"{MODEL}-variants", f"{MODEL}-release-report"}
+        shown = chromium("--dump-dom", f"{urls['prefect_ui']}/artifacts/artifact/{report['id']}")
+        assert f"Release report of {MODEL}" in shown.stdout
+        assert f"127.0.0.1:{port}" in shown.stdout  # the endpoint it deployed to
+
+        # The MLflow server reads the same store: its API names the deployed champion.
+        model = httpx.get(
+            f"{urls['mlflow_ui']}/api/2.0/mlflow/registered-models/get",
+            params={"name": MODEL},
+            timeout=10,
+        ).json()["registered_model"]
+        assert any(a["alias"] == "champion" for a in model["aliases"])
+        run("undeploy", MODEL)
+    finally:
+        subprocess.run([SHIPYARD, "stack", "down"], env=env, capture_output=True, timeout=120)
+
+    for name in ("prefect", "mlflow", "webhook"):
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"http://127.0.0.1:{ports[name]}/", timeout=2)
+    stack.engine(Settings())  # the engine this stack found running still answers
+    assert httpx.get(f"http://{credentials.address}/v2/", timeout=5).status_code == 401
