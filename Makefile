@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: install stack demo test lint bench bench-serving bench-image lock clean
+.PHONY: install stack demo test lint bench bench-serving bench-image bench-rollout lock clean
 
 # Everything is pinned by constraints.txt (regenerate: make lock). torch 2.13.0 is the CPU
 # wheel pip finds on this machine's disk; an unpinned torch would pull a multi-GB CUDA build.
@@ -45,6 +45,10 @@ bench: install
 
 bench-image: stack
 	$(BIN)/python benchmarks/image_build.py
+
+bench-rollout: install
+	$(BIN)/shipyard stack up --no-services
+	$(BIN)/python benchmarks/rollout_strategies.py
 
 bench-serving: install
 	@command -v wrk >/dev/null || { echo "installing wrk"; apt-get update -qq && apt-get install -y -qq wrk; }
