@@ -68,6 +68,15 @@ def _fail(message: str, as_json: bool, summary: dict[str, Any] | None = None) ->
     raise typer.Exit(1)
 
 
+class _ExpectedFailures(logging.Filter):
+    """Keeps Prefect's traceback of a Shipyard error off the console: the CLI prints its
+    message as one line, and the Prefect UI keeps the full log. Other errors keep theirs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not isinstance(error, ShipyardError)
+
+
 def _run_flow(flow: Any, as_json: bool, verbose: bool, **parameters: Any) -> dict[str, Any]:
     """Run a flow with one line per stage on stderr; a failure is one clear line and exit 1."""
     _quiet(verbose)
@@ -77,6 +86,10 @@ def _run_flow(flow: Any, as_json: bool, verbose: bool, **parameters: Any) -> dic
     progress.addHandler(handler)
     progress.setLevel(logging.INFO)
     progress.propagate = False
+    expected = _ExpectedFailures()
+    consoles = [] if verbose else logging.getLogger().handlers  # Prefect's console handler
+    for console in consoles:
+        console.addFilter(expected)
     try:
         return dict(flow(**parameters))
     except ShipyardError as e:
@@ -85,6 +98,8 @@ def _run_flow(flow: Any, as_json: bool, verbose: bool, **parameters: Any) -> dic
         _fail(f"{type(e).__name__}: {e}", as_json)
     finally:
         progress.removeHandler(handler)
+        for console in consoles:
+            console.removeFilter(expected)
     raise AssertionError("unreachable")
 
 
