@@ -52,19 +52,50 @@ def webhook_secret(settings: Settings) -> str:
     return path.read_text().strip()
 
 
-def plan(settings: Settings) -> list[Service]:
-    host = settings.services_host
-    prefect_url = f"http://{host}:{settings.prefect_port}"
-    api = f"{prefect_url}/api"
-    base_env = {
-        "PREFECT_API_URL": api,
+def _stack_api(settings: Settings) -> str:
+    return f"http://{settings.services_host}:{settings.prefect_port}/api"
+
+
+def prefect_api(settings: Settings) -> str:
+    """The Prefect API the stack's parts use: PREFECT_API_URL when the user set one (a team's
+    server, which the stack then does not start), else the stack's own server."""
+    return os.environ.get("PREFECT_API_URL", "").rstrip("/") or _stack_api(settings)
+
+
+def _own_prefect(settings: Settings) -> bool:
+    return prefect_api(settings) == _stack_api(settings)
+
+
+def _own_mlflow(settings: Settings) -> bool:
+    """A tracking server the user configured (http[s]://) is used as it is, not started."""
+    return not settings.tracking_uri.startswith(("http://", "https://"))
+
+
+def mlflow_ui(settings: Settings) -> str:
+    if _own_mlflow(settings):
+        return f"http://{settings.services_host}:{settings.mlflow_port}"
+    return settings.mlflow_ui_url or settings.tracking_uri
+
+
+def _prefect_env(settings: Settings) -> dict[str, str]:
+    return {
+        "PREFECT_API_URL": prefect_api(settings),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_HOME": str(settings.stack_dir / "prefect"),
     }
+
+
+def plan(settings: Settings) -> list[Service]:
+    """What the stack runs here: the servers it owns (not those the user configured), the
+    worker and the webhook receiver."""
+    host = settings.services_host
+    api = prefect_api(settings)
+    prefect_url = api.removesuffix("/api")
+    base_env = _prefect_env(settings)
     from deployments.webhook import WebhookSettings
 
     webhook = WebhookSettings()
-    return [
+    services = [
         Service(
             "prefect-server",
             [
@@ -108,7 +139,7 @@ def plan(settings: Settings) -> list[Service]:
             {
                 **base_env,
                 "SHIPYARD_STATE_DIR": str(settings.state_dir.resolve()),
-                "SHIPYARD_MLFLOW_UI_URL": f"http://{host}:{settings.mlflow_port}",
+                "SHIPYARD_MLFLOW_UI_URL": mlflow_ui(settings),
                 "PREFECT_UI_URL": prefect_url,
             },
         ),
@@ -117,8 +148,22 @@ def plan(settings: Settings) -> list[Service]:
             [str(BIN / "shipyard"), "webhook", "serve"],
             f"http://{webhook.host}:{webhook.port}/health",
             f"http://{webhook.host}:{webhook.port}/hooks/git",
-            {**base_env, "SHIPYARD_WEBHOOK_SECRET": webhook_secret(settings)},
+            {
+                **base_env,
+                "SHIPYARD_WEBHOOK_SECRET": webhook_secret(settings),
+                # Delivery ids outlive a restart: a captured push cannot be replayed after one.
+                "SHIPYARD_WEBHOOK_DELIVERIES_FILE": os.environ.get(
+                    "SHIPYARD_WEBHOOK_DELIVERIES_FILE",
+                    str(settings.stack_dir / "webhook-deliveries"),
+                ),
+            },
         ),
+    ]
+    return [
+        service
+        for service in services
+        if (service.name != "prefect-server" or _own_prefect(settings))
+        and (service.name != "mlflow-server" or _own_mlflow(settings))
     ]
 
 
@@ -174,7 +219,9 @@ def _start(settings: Settings, service: Service, say: stack.Say) -> None:
 
 def register_deployments(settings: Settings, say: stack.Say) -> None:
     """`prefect deploy --all` from prefect.yaml, on a `shipyard` process pool."""
-    env = {**os.environ, **plan(settings)[0].env}
+    # prefect.yaml's pull step is `{{ $PWD }}`, filled in at deploy time: the checkout, wherever
+    # `stack up` was started from.
+    env = {**os.environ, **_prefect_env(settings), "PWD": str(ROOT)}
     for args in (
         ["work-pool", "create", "shipyard", "--type", "process", "--overwrite"],
         ["--no-prompt", "deploy", "--all"],
@@ -192,15 +239,21 @@ def register_deployments(settings: Settings, say: stack.Say) -> None:
 def up(settings: Settings, say: stack.Say) -> dict[str, str]:
     """Start what is missing; return the URLs."""
     services = plan(settings)
+    api = prefect_api(settings)
+    if not _own_prefect(settings):
+        say(f"prefect-server: using PREFECT_API_URL {api}; nothing started")
+        register_deployments(settings, say)
+    if not _own_mlflow(settings):
+        say(f"mlflow-server: using the tracking server {settings.tracking_uri}; nothing started")
     for service in services:
         _start(settings, service, say)
         if service.name == "prefect-server":
             register_deployments(settings, say)
     by_name = {s.name: s.url for s in services}
     return {
-        "prefect_ui": by_name["prefect-server"],
-        "prefect_api": f"{by_name['prefect-server']}/api",
-        "mlflow_ui": by_name["mlflow-server"],
+        "prefect_ui": api.removesuffix("/api"),
+        "prefect_api": api,
+        "mlflow_ui": mlflow_ui(settings),
         "webhook": by_name["webhook"],
         "webhook_secret_file": str(settings.stack_dir / "webhook-secret"),
     }

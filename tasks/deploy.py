@@ -14,6 +14,7 @@ from prefect.transactions import Transaction, get_transaction
 
 from shipyard import registry
 from shipyard.deploy.rollout import Rollout, Strategy, Target
+from shipyard.errors import DeployError
 from shipyard.manifest import Deploy
 from shipyard.settings import Settings
 
@@ -41,8 +42,14 @@ def deploy(
     try:
         color = rollout.start(target, strategy)
         rollout.shift(strategy)
-    except BaseException:
-        rollout.revert()  # also for errors that are not gates (engine, proxy)
+    except BaseException as e:
+        try:
+            rollout.revert()  # also for errors that are not gates (engine, proxy)
+        except Exception as undo:
+            raise DeployError(
+                f"{e}\nThe revert failed too ({undo}): `shipyard status {target.model}` shows what "
+                f"runs; `shipyard promote {target.model} --version champion` redeploys the champion."
+            ) from e
         raise
     _remember(settings=settings, model=target.model)
     return {"endpoint": rollout.deployment.url, "color": color}

@@ -139,3 +139,25 @@ def test_the_stack_runs_a_release_the_ui_shows_and_down_stops_only_its_services(
             httpx.get(f"http://127.0.0.1:{ports[name]}/", timeout=2)
     stack.engine(Settings())  # the engine this stack found running still answers
     assert httpx.get(f"http://{credentials.address}/v2/", timeout=5).status_code == 401
+
+
+def test_a_team_server_configured_in_the_environment_is_used_not_started(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from shipyard import services
+
+    monkeypatch.setenv("PREFECT_API_URL", "http://prefect.team.example/api")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "https://mlflow.team.example")
+    monkeypatch.setenv("SHIPYARD_WEBHOOK_SECRET", "s")
+    settings = Settings(state_dir=tmp_path / "state", stack_dir=tmp_path / "stack")
+    plan = {service.name: service for service in services.plan(settings)}
+    assert sorted(plan) == ["prefect-worker", "webhook"]
+    worker = plan["prefect-worker"].env
+    assert worker["PREFECT_API_URL"] == "http://prefect.team.example/api"
+    assert worker["SHIPYARD_MLFLOW_UI_URL"] == "https://mlflow.team.example"
+    assert plan["webhook"].env["PREFECT_API_URL"] == "http://prefect.team.example/api"
+
+    monkeypatch.delenv("PREFECT_API_URL")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    own = {service.name for service in services.plan(Settings(stack_dir=tmp_path / "stack"))}
+    assert own == {"prefect-server", "mlflow-server", "prefect-worker", "webhook"}

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import httpx
+from docker.errors import DockerException
 
 from shipyard import stack
 from shipyard.deploy import checks, containers, state
@@ -233,14 +234,30 @@ class Rollout:
             self.say(f"deploy: keeping {old} warm for {seconds:g} s while {new} is watched")
             failures = self.watch(seconds)
             if failures:
-                raise DeployError(f"{failures[0]} — after the switch", failures)
+                raise DeployError(
+                    f"{failures[0]} — while v{d.instances[old].version} was kept warm after the "
+                    f"switch; traffic goes back to it and {new} is removed.",
+                    failures,
+                )
             retiring = d.instances.pop(old)
             d.weights.pop(old, None)
         d.live, d.candidate, d.replaced = new, None, None
         self._save()  # the switch is recorded before the old slot goes: a revert never picks it
         if old is not None:
-            self.proxy.drain(old)
-            containers.remove(self.client, retiring.container_id)
+            try:
+                self.proxy.drain(old)
+                containers.remove(self.client, retiring.container_id)
+            except (DeployError, DockerException) as e:
+                # The new version serves and is recorded as such: a failed cleanup must not
+                # undo that. The old slot stays on record (weight 0), so the next rollout (which
+                # reuses the slot) or `shipyard undeploy` removes it.
+                d.instances[old], d.weights[old] = retiring, 0
+                self._save()
+                self.say(
+                    f"deploy: warning: {old} v{retiring.version} could not be removed ({e}); the "
+                    f"next rollout or `shipyard undeploy {d.model}` removes it"
+                )
+                return
             self.say(f"deploy: drained and removed {old} v{retiring.version}")
 
     def _remove(self, color: str) -> None:
@@ -259,9 +276,17 @@ class Rollout:
         if new is None and d.replaced is None:
             return
         if new is not None:
-            if old is not None:
-                self._weigh({old: 100})
-            self._remove(new)
+            weights = {old: 100} if old is not None else {}
+            try:
+                self.proxy.weigh(weights)
+                self.proxy.drain(new)
+            except DeployError as e:
+                # The new container goes whatever the proxy says; `_save` rewrites the config
+                # and starts a proxy that is not running, routing as recorded.
+                self.say(f"deploy: warning: the proxy did not take the revert ({e})")
+            d.weights.update(weights)
+            d.weights.pop(new, None)
+            containers.remove(self.client, d.instances.pop(new).container_id)
             d.candidate = None
             self._save()
         if d.replaced is not None:  # recreate stopped the old version: bring it back
