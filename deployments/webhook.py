@@ -183,16 +183,27 @@ class Deliveries:
                 out.writelines(f"{key}\n" for key in keys)
 
 
-def emit(push: Push, settings: WebhookSettings) -> str:
-    """The Prefect event the `release` deployment's trigger reacts to; returns its id."""
-    from prefect.events import emit_event
+async def emit(push: Push, settings: WebhookSettings) -> str:
+    """Send the event the `release` deployment's trigger reacts to; returns its id.
 
-    event = emit_event(
-        EVENT,
-        resource={
-            "prefect.resource.id": f"shipyard.repo.{push.repo}",
-            "prefect.resource.name": push.repo,
-        },
+    The event is sent on a connection of its own and awaited, not queued for a background
+    sender (as `prefect.events.emit_event` does): a Prefect server that is down is a 503 to the
+    webhook's sender, which redelivers later, and the delivery is not remembered.
+    """
+    from prefect.events import Event, Resource
+    from prefect.events.clients import get_events_client
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():
+        raise Refused(503, "PREFECT_API_URL is not set: there is no Prefect server to release on")
+    event = Event(
+        event=EVENT,
+        resource=Resource(
+            {
+                "prefect.resource.id": f"shipyard.repo.{push.repo}",
+                "prefect.resource.name": push.repo,
+            }
+        ),
         payload={
             "source": push.repo,
             "ref": push.ref.removeprefix("refs/heads/"),
@@ -203,8 +214,15 @@ def emit(push: Push, settings: WebhookSettings) -> str:
         },
         id=uuid.uuid5(uuid.NAMESPACE_URL, f"{push.provider}:{push.delivery}"),
     )
-    if event is None:
-        raise Refused(503, "Prefect events are not enabled here: check PREFECT_API_URL")
+    try:
+        async with get_events_client(reconnection_attempts=2) as client:
+            await client.emit(event)
+    except Exception as e:
+        raise Refused(
+            503,
+            f"Prefect at {PREFECT_API_URL.value()} did not take the event ({type(e).__name__}: "
+            f"{e}); nothing was released and the delivery is not remembered: redeliver it",
+        ) from e
     return str(event.id)
 
 
@@ -214,7 +232,7 @@ class WebhookApp:
     def __init__(
         self,
         settings: WebhookSettings | None = None,
-        emitter: Callable[[Push, WebhookSettings], str] = emit,
+        emitter: Callable[[Push, WebhookSettings], Awaitable[str]] = emit,
     ) -> None:
         self.settings = settings or WebhookSettings()
         if self.settings.secret is None or not self.settings.secret.get_secret_value():
@@ -228,7 +246,6 @@ class WebhookApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             while (await receive())["type"] != "lifespan.shutdown":
-                self.warm_up()
                 await send({"type": "lifespan.startup.complete"})
             await send({"type": "lifespan.shutdown.complete"})
             return
@@ -245,15 +262,6 @@ class WebhookApp:
             }
         )
         await send({"type": "http.response.body", "body": data})
-
-    def warm_up(self) -> None:
-        """Connect to Prefect's events API before the first push, so it is answered fast."""
-        if self.emitter is emit:
-            from prefect.events import emit_event
-
-            emit_event(
-                "shipyard.webhook.started", resource={"prefect.resource.id": "shipyard.webhook"}
-            )
 
     async def handle(self, scope: Scope, receive: Receive) -> tuple[int, dict[str, Any]]:
         path, method = scope["path"], scope["method"]
@@ -285,7 +293,7 @@ class WebhookApp:
         if reason:
             self.deliveries.add(push.delivery)
             return 202, {"ignored": reason, "delivery": push.delivery}
-        event_id = self.emitter(push, self.settings)
+        event_id = await self.emitter(push, self.settings)
         # Remembered only once emitted: a redelivery after a failed emit still releases.
         self.deliveries.add(push.delivery, commit)
         return 202, {"event": EVENT, "event_id": event_id, "sha": push.sha, "ref": push.ref}

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import hmac
 import json
+import socket
 import time
 import uuid
 from typing import Any
@@ -15,6 +16,7 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
 from prefect.events.worker import EventsWorker
+from prefect.settings import PREFECT_API_URL, temporary_settings
 from pydantic import SecretStr
 
 from deployments.webhook import EVENT, WebhookApp, WebhookSettings
@@ -223,4 +225,23 @@ def test_a_push_listing_only_part_of_its_commits_releases_even_without_a_model_p
     payload["commits"] = payload["commits"] * 20  # GitHub and GitLab list at most 20
     body = json.dumps(payload).encode()
     assert post(body, github_headers(body, "d-long")).status_code == 202
+    assert len(events_for(repo)) == 1
+
+
+def test_a_push_prefect_does_not_take_is_a_503_and_its_redelivery_releases(
+    tmp_path: Any,
+) -> None:
+    repo = unique_repo()
+    body = push_body(repo)
+    remembered = tmp_path / "deliveries"
+    with socket.socket() as closed:  # a port nothing listens on: the Prefect server is down
+        closed.bind(("127.0.0.1", 0))
+        down = f"http://127.0.0.1:{closed.getsockname()[1]}/api"
+    with temporary_settings({PREFECT_API_URL: down}):
+        refused = post(body, github_headers(body, "d-down"), deliveries_file=remembered)
+    assert refused.status_code == 503, refused.text
+    assert "did not take the event" in refused.json()["error"]
+    # GitHub redelivers the same delivery once Prefect is back: it is not a replay.
+    again = post(body, github_headers(body, "d-down"), deliveries_file=remembered)
+    assert again.status_code == 202, again.text
     assert len(events_for(repo)) == 1
