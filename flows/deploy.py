@@ -20,7 +20,7 @@ from flows.stages import run_stage
 from shipyard import registry
 from shipyard.deploy.checks import Golden
 from shipyard.deploy.rollout import Strategy, Target
-from shipyard.errors import RegistryError
+from shipyard.errors import RegistryError, Superseded
 from shipyard.manifest import Deploy
 from shipyard.settings import Settings
 from tasks.deploy import crown, deploy, retire
@@ -50,26 +50,39 @@ def rollout(
     policy: Deploy | None,
     settings: Settings,
     record_policy: bool = False,
+    expect_champion: str | None = None,
 ) -> dict[str, Any]:
     """Deploy `target`; on success `champion` names it. On any failure, nothing changed.
 
     `policy` governs this rollout (default: the endpoint's recorded one); it is recorded for
     later rollouts only with `record_policy` (a release's manifest), not for one-off overrides.
+    With `expect_champion`, the rollout happens only if that version is still `champion` once
+    the deploy lock is held (else `Superseded`): a redeploy never undoes a newer release.
     """
     lock = deploy_lock(target.model)
-    with (
-        concurrency(lock, occupy=1, timeout_seconds=LOCK_WAIT_S, strict=True),
-        transaction(),
-    ):
-        deployed = run_stage(deploy, target, strategy, policy, record_policy, settings)
-        aliases = run_stage(crown, target.model, target.version, settings)
-        run_stage(retire, target.model, policy, record_policy, settings)
+    with concurrency(lock, occupy=1, timeout_seconds=LOCK_WAIT_S, strict=True):
+        if expect_champion is not None:
+            _check_champion(settings, target.model, expect_champion)
+        with transaction():
+            deployed = run_stage(deploy, target, strategy, policy, record_policy, settings)
+            aliases = run_stage(crown, target.model, target.version, settings)
+            run_stage(retire, target.model, policy, record_policy, settings)
     return {
         "endpoint": deployed["endpoint"],
         "deployed_version": target.version,
         "previous_version": aliases["previous"],
         "strategy": strategy,
     }
+
+
+def _check_champion(settings: Settings, model: str, expected: str) -> None:
+    current = registry.version_by_alias(registry.client(settings), model, registry.CHAMPION)
+    if current is None or str(current.version) != expected:
+        now = f"v{current.version}" if current else "none"
+        raise Superseded(
+            f"{model}: champion is {now}, no longer v{expected}, since this redeploy started: "
+            "skipped (the newer release stands)"
+        )
 
 
 def target_of_release(model: str, version: str, image: str, golden: Path) -> Target:

@@ -20,7 +20,7 @@ from flows.stages import run_stage
 from shipyard import registry
 from shipyard.deploy import state
 from shipyard.deploy.rollout import Target
-from shipyard.errors import ShipyardError
+from shipyard.errors import ShipyardError, Superseded
 from shipyard.settings import Settings
 from tasks.rebuild_image import rebuild_image
 
@@ -88,20 +88,22 @@ def nightly_rebuild(
             if redeploy and state.load(settings.deploy_dir, model) is None:
                 redeploy = False
                 result["why"] += " — but it is not deployed on this host: pushed only"
-            current = registry.version_by_alias(registry.client(settings), model, registry.CHAMPION)
-            if redeploy and (current is None or str(current.version) != number):
-                redeploy = False  # a release crowned another version while this one rebuilt
-                result["why"] = (
-                    f"champion moved to v{current and current.version} meanwhile: skipped"
-                )
             if redeploy:
+                # Checked again under the deploy lock: a release or promote that crowned another
+                # version while this one rebuilt (or waited for the lock) wins.
                 rollout(
-                    Target(model, number, image.pinned, image.golden), "blue-green", None, settings
+                    Target(model, number, image.pinned, image.golden),
+                    "blue-green",
+                    None,
+                    settings,
+                    expect_champion=number,
                 )
                 mlflow = registry.client(settings)
                 mlflow.set_model_version_tag(model, number, "image", image.reference)
                 mlflow.set_model_version_tag(model, number, "image_digest", image.digest)
                 result["redeployed"] = True
+        except Superseded as e:
+            result["why"] = str(e)
         except (Exception, MlflowException) as e:
             result["why"] = f"failed: {e}".replace("\n", " ")[:300]
             failed.append(model)

@@ -53,7 +53,28 @@ class _StageLines(logging.Handler):
         print(f"  {mark} {stage:<10} {state:<10}{timing}", file=sys.stderr, flush=True)
 
 
+def _stack_prefect() -> None:
+    """Run flows on the stack's Prefect server when it is up and no other is configured.
+
+    Runs then show in its UI, and share its concurrency limits with the worker's runs (a CLI
+    rollout never overlaps a webhook's); otherwise Prefect starts a temporary server per run.
+    """
+    if os.environ.get("PREFECT_API_URL"):
+        return
+    import httpx
+
+    settings = Settings()
+    api = f"http://{settings.services_host}:{settings.prefect_port}/api"
+    try:
+        if httpx.get(f"{api}/health", timeout=1).status_code == 200:
+            os.environ["PREFECT_API_URL"] = api
+    except httpx.HTTPError:
+        pass
+
+
 def _quiet(verbose: bool) -> None:
+    """Prepare a command that runs flows: its Prefect server, and logs that stay out of the way."""
+    _stack_prefect()
     # Prefect's console log would interleave with the stage lines; the UI keeps every log.
     if not verbose:
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")

@@ -55,3 +55,7 @@ class DeployError(ShipyardError):
     def __init__(self, message: str, failures: list[str] | None = None) -> None:
         self.failures = failures or []
         super().__init__(message)
+
+
+class Superseded(DeployError):
+    """A redeploy of the champion found another version crowned meanwhile: nothing deployed."""

@@ -41,7 +41,8 @@ def _download(settings: Settings, version: ModelVersion, names: dict[str, str], 
         except Exception as e:
             raise RegistryError(
                 f"{version.name} v{version.version}: artifact {artifact} is missing from run "
-                f"{version.run_id} ({e}); only versions released through `push` can be rebuilt."
+                f"{version.run_id} ({e}): the version was never pushed, or was pushed before Shipyard "
+                "recorded it. `shipyard release SOURCE` of its commit records it again."
             ) from e
         local.rename(out / target)
 
@@ -51,6 +52,13 @@ def rebuild_image(version: ModelVersion, settings: Settings) -> RebuiltImage:
     """Build, smoke-test and push `version`'s image on today's base; return its digest."""
     tags = version.tags
     model = str(version.name)
+    missing = [tag for tag in ("variant", "onnx_sha256", "fingerprint") if not tags.get(tag)]
+    if missing:
+        raise RegistryError(
+            f"{model} v{version.version} has no {', '.join(missing)} tag(s), which every release "
+            "records: it was not registered by `shipyard release`, so it cannot be rebuilt. "
+            "Release its source with `shipyard release SOURCE` instead."
+        )
     client = stack.engine(settings)
     base = stack.base_image(settings)
     work = settings.builds_dir / "rebuild" / f"{model}-v{version.version}"

@@ -130,6 +130,15 @@ def test_the_stack_runs_a_release_the_ui_shows_and_down_stops_only_its_services(
             timeout=10,
         ).json()["registered_model"]
         assert any(a["alias"] == "champion" for a in model["aliases"])
+
+        # The CLI finds the stack's server by itself: its runs show in the same UI.
+        done = run("promote", MODEL, "--version", "champion", "--json")
+        promoted = json.loads(done.stdout.splitlines()[-1])
+        assert promoted["endpoint"] == f"http://127.0.0.1:{port}"
+        runs = httpx.post(
+            f"{api}/flow_runs/filter", json={"flows": {"name": {"any_": ["promote"]}}}, timeout=10
+        ).json()
+        assert [r["state"]["type"] for r in runs] == ["COMPLETED"]
         run("undeploy", MODEL)
     finally:
         subprocess.run([SHIPYARD, "stack", "down"], env=env, capture_output=True, timeout=120)

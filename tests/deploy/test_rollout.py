@@ -22,7 +22,7 @@ from flows.deploy import deploy_lock, rollout, target_of_version
 from flows.rollback import rollback
 from shipyard import registry, stack
 from shipyard.deploy.rollout import Target
-from shipyard.errors import DeployError, RegistryError
+from shipyard.errors import DeployError, RegistryError, Superseded
 from shipyard.manifest import Deploy
 from tests.deploy.conftest import (
     MODEL,
@@ -210,6 +210,17 @@ def test_deploys_of_one_model_wait_for_each_other(endpoint: Endpoint) -> None:
     thread.join(timeout=120)
     assert finished and finished[0]["deployed_version"] == str(previous.version)
     assert endpoint.aliases()["champion"] == str(previous.version)
+
+
+def test_a_redeploy_expecting_another_champion_is_skipped(endpoint: Endpoint) -> None:
+    """What a nightly rebuild meets when a release crowned a newer version meanwhile."""
+    aliases = endpoint.aliases()
+    serving = champion_target(endpoint)
+    before = endpoint.deployment().instances
+    with pytest.raises(Superseded, match=rf"champion is v{aliases['champion']}, no longer v999"):
+        rollout(serving, "blue-green", None, endpoint.settings, expect_champion="999")
+    assert endpoint.deployment().instances == before
+    assert_still_serving(endpoint, serving.version, aliases)
 
 
 def test_logs_show_the_serving_containers_lines(endpoint: Endpoint) -> None:
