@@ -297,6 +297,7 @@ class Rollout:
         )
 
     def _restore(self, instance: Instance) -> None:
+        """Start again what a recreate stopped; recorded as serving only once it is ready."""
         d = self.deployment
         container, port = containers.run(
             self.client,
@@ -308,13 +309,22 @@ class Rollout:
             endpoint_port=d.port,
             environment=self._environment(),
         )
+        url = f"http://{d.host}:{port}"
+        try:
+            containers.wait_ready(container, url, d.policy.ready_seconds)
+            self.proxy.point(instance.color, d.host, port)
+        except DeployError as e:
+            containers.remove(self.client, str(container.id))
+            raise DeployError(
+                f"The recreate failed and restarting the version it replaced, v{instance.version}, "
+                f"failed too, so nothing serves {d.model}: {e}\nRun `shipyard promote {d.model} "
+                f"--version {instance.version}` once the cause is fixed.",
+                e.failures,
+            ) from e
         d.instances[instance.color] = instance.model_copy(
             update={"container_id": str(container.id), "port": port}
         )
         d.live, d.replaced = instance.color, None
-        self._save()
-        containers.wait_ready(container, self._url(instance.color), d.policy.ready_seconds)
-        self.proxy.point(instance.color, d.host, port)
         self._weigh({instance.color: 100})
 
 

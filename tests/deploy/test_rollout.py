@@ -111,6 +111,16 @@ def test_a_version_that_never_gets_ready_leaves_blue_serving(endpoint: Endpoint)
     assert_still_serving(endpoint, good.version, aliases)
 
 
+def test_a_failed_recreate_restarts_the_version_it_stopped(endpoint: Endpoint) -> None:
+    aliases = endpoint.aliases()
+    good = champion_target(endpoint)
+    broken = derived_image(endpoint.settings, good.image, b"not an onnx model", "broken-recreate")
+    with pytest.raises(DeployError, match=r"Gate 'readiness' failed: .* crashed before it was"):
+        rollout(Target(MODEL, "93", broken, good.golden), "recreate", None, endpoint.settings)
+    assert endpoint.deployment().replaced is None
+    assert_still_serving(endpoint, good.version, aliases)
+
+
 def test_a_version_answering_unlike_its_golden_outputs_leaves_blue_serving(
     endpoint: Endpoint,
 ) -> None:
