@@ -18,9 +18,10 @@ from prefect.transactions import transaction
 
 from flows.stages import run_stage
 from shipyard import registry
+from shipyard.deploy import state
 from shipyard.deploy.checks import Golden
 from shipyard.deploy.rollout import Strategy, Target
-from shipyard.errors import RegistryError, Superseded
+from shipyard.errors import DeployError, RegistryError, Superseded
 from shipyard.manifest import Deploy
 from shipyard.settings import Settings
 from tasks.deploy import crown, deploy, retire
@@ -63,16 +64,51 @@ def rollout(
     with concurrency(lock, occupy=1, timeout_seconds=LOCK_WAIT_S, strict=True):
         if expect_champion is not None:
             _check_champion(settings, target.model, expect_champion)
-        with transaction():
-            deployed = run_stage(deploy, target, strategy, policy, record_policy, settings)
-            aliases = run_stage(crown, target.model, target.version, settings)
-            run_stage(retire, target.model, policy, record_policy, settings)
+        before = registry.crowned(registry.client(settings), target.model)
+        try:
+            with transaction():
+                deployed = run_stage(deploy, target, strategy, policy, record_policy, settings)
+                aliases = run_stage(crown, target.model, target.version, settings)
+                run_stage(retire, target.model, policy, record_policy, settings)
+        except Exception as e:
+            # Prefect logs a rollback hook that fails and goes on: say so in the error itself.
+            left = _not_undone(settings, target.model, before)
+            if left:
+                fix = (
+                    f"`shipyard promote {target.model} --version {before[0]}` serves the champion "
+                    "again"
+                    if before[0]
+                    else f"`shipyard undeploy {target.model}` clears the endpoint"
+                )
+                raise DeployError(
+                    f"{e}\nThe undo is incomplete: {'; '.join(left)}. `shipyard status "
+                    f"{target.model}` shows the state; {fix}.",
+                    getattr(e, "failures", []),
+                ) from e
+            raise
     return {
         "endpoint": deployed["endpoint"],
         "deployed_version": target.version,
         "previous_version": aliases["previous"],
         "strategy": strategy,
     }
+
+
+def _not_undone(settings: Settings, model: str, before: tuple[str | None, str | None]) -> list[str]:
+    """What a failed rollout's rollback left changed: aliases, a candidate still recorded."""
+    left = []
+    try:
+        now = registry.crowned(registry.client(settings), model)
+        if now != before:
+            left.append(
+                f"champion/previous are v{now[0]}/v{now[1]}, were v{before[0]}/v{before[1]}"
+            )
+    except Exception as e:  # MLflow down: the likeliest reason a hook failed
+        left.append(f"MLflow's aliases could not be read back ({type(e).__name__}: {e})")
+    deployment = state.load(settings.deploy_dir, model)
+    if deployment is not None and deployment.candidate is not None:
+        left.append(f"the new {deployment.candidate} container is still recorded")
+    return left
 
 
 def _check_champion(settings: Settings, model: str, expected: str) -> None:

@@ -135,12 +135,17 @@ def _set_alias(mlflow: MlflowClient, model: str, alias: str, version: str | None
         mlflow.set_registered_model_alias(model, alias, version)
 
 
+def crowned(mlflow: MlflowClient, model: str) -> tuple[str | None, str | None]:
+    """The versions `champion` and `previous` name now."""
+    return _alias(mlflow, model, CHAMPION), _alias(mlflow, model, PREVIOUS)
+
+
 def crown(mlflow: MlflowClient, model: str, version: str) -> tuple[str | None, str | None]:
     """Point `champion` at `version` and `previous` at the old champion (if another one).
 
     Returns the old (champion, previous), for `restore_crown`.
     """
-    old = (_alias(mlflow, model, CHAMPION), _alias(mlflow, model, PREVIOUS))
+    old = crowned(mlflow, model)
     try:
         if old[0] is not None and old[0] != version:
             mlflow.set_registered_model_alias(model, PREVIOUS, old[0])

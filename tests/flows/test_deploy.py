@@ -1,0 +1,48 @@
+"""What a failed rollout's rollback is checked against before its error is raised."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flows.deploy import _not_undone
+from shipyard import registry
+from shipyard.deploy import state
+from shipyard.settings import Settings
+
+MODEL = "digits-sklearn"
+
+
+def versions(settings: Settings, tmp_path: Path, count: int) -> None:
+    mlflow = registry.client(settings)
+    mlflow.create_registered_model(MODEL)
+    for _ in range(count):
+        mlflow.create_model_version(MODEL, source=str(tmp_path), run_id=None)
+
+
+def test_a_complete_undo_leaves_nothing_to_report(settings: Settings, tmp_path: Path) -> None:
+    versions(settings, tmp_path, 2)
+    mlflow = registry.client(settings)
+    registry.crown(mlflow, MODEL, "1")
+    before = registry.crowned(mlflow, MODEL)
+    old = registry.crown(mlflow, MODEL, "2")
+    registry.restore_crown(mlflow, MODEL, *old)
+    assert _not_undone(settings, MODEL, before) == []
+
+
+def test_aliases_and_a_candidate_left_behind_are_both_named(
+    settings: Settings, tmp_path: Path
+) -> None:
+    versions(settings, tmp_path, 2)
+    mlflow = registry.client(settings)
+    registry.crown(mlflow, MODEL, "1")
+    before = registry.crowned(mlflow, MODEL)
+    registry.crown(mlflow, MODEL, "2")  # a rollback hook that never ran
+    state.save(
+        settings.deploy_dir,
+        state.Deployment(model=MODEL, host="127.0.0.1", port=8000, live="blue", candidate="green"),
+    )
+    left = _not_undone(settings, MODEL, before)
+    assert left == [
+        "champion/previous are v2/v1, were v1/vNone",
+        "the new green container is still recorded",
+    ]
