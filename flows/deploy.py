@@ -100,9 +100,8 @@ def _not_undone(settings: Settings, model: str, before: tuple[str | None, str | 
     try:
         now = registry.crowned(registry.client(settings), model)
         if now != before:
-            left.append(
-                f"champion/previous are v{now[0]}/v{now[1]}, were v{before[0]}/v{before[1]}"
-            )
+            named = [f"v{v}" if v else "none" for v in (*now, *before)]
+            left.append(f"champion/previous are {named[0]}/{named[1]}, were {named[2]}/{named[3]}")
     except Exception as e:  # MLflow down: the likeliest reason a hook failed
         left.append(f"MLflow's aliases could not be read back ({type(e).__name__}: {e})")
     deployment = state.load(settings.deploy_dir, model)

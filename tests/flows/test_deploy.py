@@ -43,6 +43,6 @@ def test_aliases_and_a_candidate_left_behind_are_both_named(
     )
     left = _not_undone(settings, MODEL, before)
     assert left == [
-        "champion/previous are v2/v1, were v1/vNone",
+        "champion/previous are v2/v1, were v1/none",
         "the new green container is still recorded",
     ]
