@@ -103,6 +103,23 @@ def test_the_stack_runs_a_release_the_ui_shows_and_down_stops_only_its_services(
             time.sleep(1)
         assert flow_run["state"]["type"] == "COMPLETED", flow_run["state"]
 
+        # The server's scheduler turned prefect.yaml's nightly cron into runs at 03:00 UTC.
+        deadline = time.monotonic() + 90
+        while True:
+            nightly = httpx.post(
+                f"{api}/flow_runs/filter",
+                json={
+                    "flows": {"name": {"any_": ["nightly-rebuild"]}},
+                    "flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}},
+                },
+                timeout=10,
+            ).json()
+            if nightly or time.monotonic() > deadline:
+                break
+            time.sleep(2)
+        assert nightly, "the scheduler created no nightly-rebuild run"
+        assert {r["expected_start_time"][11:16] for r in nightly} == {"03:00"}
+
         page = chromium("--dump-dom", f"{urls['prefect_ui']}/runs/flow-run/{run_id}").stdout
         assert flow_run["name"] in page and "Completed" in page
         for stage in ("build_image", "push_image", "deploy", "crown", "retire"):
