@@ -18,6 +18,7 @@ import fnmatch
 import hashlib
 import hmac
 import json
+import logging
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 EVENT = "shipyard.model.pushed"
+log = logging.getLogger("shipyard.webhook")
 LISTED_COMMITS = 20
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -226,6 +228,23 @@ async def emit(push: Push, settings: WebhookSettings) -> str:
     return str(event.id)
 
 
+async def warm_up() -> None:
+    """Import Prefect's events client and connect once at startup, so that the first push is
+    answered in milliseconds rather than after seconds of imports. A Prefect server that does not
+    answer yet is only logged: pushes get 503 until it does."""
+    from prefect.events.clients import get_events_client
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():
+        log.warning("PREFECT_API_URL is not set: every push will get 503 until it is")
+        return
+    try:
+        async with get_events_client(reconnection_attempts=0):
+            pass
+    except Exception as e:
+        log.warning("Prefect at %s does not answer yet (%s)", PREFECT_API_URL.value(), e)
+
+
 class WebhookApp:
     """ASGI app: `POST /hooks/git` (GitHub or GitLab push), `GET /health`."""
 
@@ -246,6 +265,8 @@ class WebhookApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             while (await receive())["type"] != "lifespan.shutdown":
+                if self.emitter is emit:
+                    await warm_up()
                 await send({"type": "lifespan.startup.complete"})
             await send({"type": "lifespan.shutdown.complete"})
             return
