@@ -217,7 +217,9 @@ async def emit(push: Push, settings: WebhookSettings) -> str:
         id=uuid.uuid5(uuid.NAMESPACE_URL, f"{push.provider}:{push.delivery}"),
     )
     try:
-        async with get_events_client(reconnection_attempts=2) as client:
+        # checkpoint_every=1: the emit waits for the server's answer to a ping after the event,
+        # so a 202 means the server has it, not only that it was written to a socket.
+        async with get_events_client(reconnection_attempts=2, checkpoint_every=1) as client:
             await client.emit(event)
     except Exception as e:
         raise Refused(

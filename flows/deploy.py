@@ -20,7 +20,7 @@ from flows.stages import run_stage
 from shipyard import registry
 from shipyard.deploy import state
 from shipyard.deploy.checks import Golden
-from shipyard.deploy.rollout import Strategy, Target
+from shipyard.deploy.rollout import Strategy, Target, serving
 from shipyard.errors import DeployError, RegistryError, Superseded
 from shipyard.manifest import Deploy
 from shipyard.settings import Settings
@@ -65,6 +65,7 @@ def rollout(
         if expect_champion is not None:
             _check_champion(settings, target.model, expect_champion)
         before = registry.crowned(registry.client(settings), target.model)
+        serving_before = serving(settings, target.model)
         try:
             with transaction():
                 deployed = run_stage(deploy, target, strategy, policy, record_policy, settings)
@@ -72,7 +73,9 @@ def rollout(
                 run_stage(retire, target.model, policy, record_policy, settings)
         except Exception as e:
             # Prefect logs a rollback hook that fails and goes on: say so in the error itself.
-            left = _not_undone(settings, target.model, before)
+            left = _not_undone(
+                settings, target.model, before, serving_before.version if serving_before else None
+            )
             if left:
                 fix = (
                     f"`shipyard promote {target.model} --version {before[0]}` serves the champion "
@@ -94,8 +97,13 @@ def rollout(
     }
 
 
-def _not_undone(settings: Settings, model: str, before: tuple[str | None, str | None]) -> list[str]:
-    """What a failed rollout's rollback left changed: aliases, a candidate still recorded."""
+def _not_undone(
+    settings: Settings,
+    model: str,
+    before: tuple[str | None, str | None],
+    served_before: str | None,
+) -> list[str]:
+    """What a failed rollout's rollback left changed: aliases, what serves, a candidate."""
     left = []
     try:
         now = registry.crowned(registry.client(settings), model)
@@ -105,6 +113,13 @@ def _not_undone(settings: Settings, model: str, before: tuple[str | None, str | 
     except Exception as e:  # MLflow down: the likeliest reason a hook failed
         left.append(f"MLflow's aliases could not be read back ({type(e).__name__}: {e})")
     deployment = state.load(settings.deploy_dir, model)
+    instance = deployment.serving() if deployment else None
+    served = instance.version if instance else None
+    if served != served_before:
+        left.append(
+            f"{f'v{served}' if served else 'nothing'} serves, "
+            f"{f'v{served_before}' if served_before else 'nothing'} did"
+        )
     if deployment is not None and deployment.candidate is not None:
         left.append(f"the new {deployment.candidate} container is still recorded")
     return left

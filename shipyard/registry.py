@@ -136,8 +136,19 @@ def _set_alias(mlflow: MlflowClient, model: str, alias: str, version: str | None
 
 
 def crowned(mlflow: MlflowClient, model: str) -> tuple[str | None, str | None]:
-    """The versions `champion` and `previous` name now."""
-    return _alias(mlflow, model, CHAMPION), _alias(mlflow, model, PREVIOUS)
+    """The versions `champion` and `previous` name now. An MLflow that does not answer raises
+    (unlike `version_by_alias`): an answer of "none" must mean none."""
+    try:
+        aliases = mlflow.get_registered_model(model).aliases
+    except MlflowException as e:
+        if e.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        aliases = {}
+    found = (aliases.get(CHAMPION), aliases.get(PREVIOUS))
+    return (
+        str(found[0]) if found[0] is not None else None,
+        str(found[1]) if found[1] is not None else None,
+    )
 
 
 def crown(mlflow: MlflowClient, model: str, version: str) -> tuple[str | None, str | None]:

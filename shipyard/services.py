@@ -277,11 +277,13 @@ def down(settings: Settings, say: stack.Say) -> None:
     """Stop the services this stack started, last started first."""
     state = stack.read_state(settings)
     services = state.get("services", {})
-    for service in reversed(plan(settings)):
-        entry = services.pop(service.name, None)
+    # What was recorded as started, not what `plan` would start now: the environment may
+    # name other servers by the time `down` runs.
+    order = ["webhook", "prefect-worker", "prefect-server", "mlflow-server"]  # clients first
+    for name in sorted(services, key=lambda n: order.index(n) if n in order else -1):
+        entry = services.pop(name)
         if not _running(entry):
             continue
-        assert entry is not None
         os.killpg(entry["pid"], signal.SIGTERM)  # its own session: the server's children too
-        say(f"stopped {service.name} (pid {entry['pid']})")
+        say(f"stopped {name} (pid {entry['pid']})")
     stack.write_state(settings, state)

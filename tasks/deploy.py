@@ -14,7 +14,6 @@ from prefect.transactions import Transaction, get_transaction
 
 from shipyard import registry
 from shipyard.deploy.rollout import Rollout, Strategy, Target
-from shipyard.errors import DeployError
 from shipyard.manifest import Deploy
 from shipyard.settings import Settings
 
@@ -43,13 +42,11 @@ def deploy(
         color = rollout.start(target, strategy)
         rollout.shift(strategy)
     except BaseException as e:
-        try:
-            rollout.revert()  # also for errors that are not gates (engine, proxy)
-        except Exception as undo:
-            raise DeployError(
-                f"{e}\nThe revert failed too ({undo}): `shipyard status {target.model}` shows what "
-                f"runs; `shipyard promote {target.model} --version champion` redeploys the champion."
-            ) from e
+        if not rollout.reverted:  # errors that are not gates (engine, proxy) revert here
+            if isinstance(e, Exception):
+                rollout.revert_after(e)
+            else:
+                rollout.revert()  # interrupted: undo, and let the interruption through
         raise
     _remember(settings=settings, model=target.model)
     return {"endpoint": rollout.deployment.url, "color": color}

@@ -61,6 +61,7 @@ class Rollout:
         """`policy` (default: the recorded one) governs this rollout, and is recorded unless
         `keep` is False (a one-off override, like rollback's)."""
         self.settings, self.say = settings, say
+        self.reverted = False
         self.client = stack.engine(settings)
         existing = state.load(settings.deploy_dir, model)
         policy = policy or (existing.policy if existing else Deploy())
@@ -141,8 +142,8 @@ class Rollout:
                 endpoint_port=d.port,
                 environment=self._environment(),
             )
-        except DeployError:
-            self.revert()  # a recreate already stopped the old version: bring it back
+        except DeployError as e:
+            self.revert_after(e)  # a recreate already stopped the old version: bring it back
             raise
         d.instances[color] = Instance(
             color=color,
@@ -163,7 +164,7 @@ class Rollout:
             self.proxy.point(color, d.host, port)
             self.proxy.wait_up(color, timeout_s=10)
         except DeployError as e:
-            self.revert()
+            self.revert_after(e)
             raise DeployError(
                 f"{e} — traffic stays on "
                 + (f"v{d.instances[d.live].version}" if d.live else "nothing (first deploy)")
@@ -190,7 +191,8 @@ class Rollout:
             self.say(f"deploy: canary {step}% on {new}, holding {d.policy.step_seconds:g} s")
             failures = self.watch(d.policy.step_seconds)
             if failures:
-                self.revert()
+                error = DeployError(failures[0], failures)
+                self.revert_after(error)
                 raise DeployError(
                     f"{failures[0]} — at canary step {step}%; traffic is back on "
                     f"v{d.instances[old].version}, {new} was removed.",
@@ -269,8 +271,20 @@ class Rollout:
 
     # -- undo ----------------------------------------------------------------------------
 
+    def revert_after(self, error: Exception) -> None:
+        """Revert after `error`; a revert that fails too is raised with both messages."""
+        try:
+            self.revert()
+        except Exception as undo:
+            raise DeployError(
+                f"{error}\nThe revert failed too: {undo}\n`shipyard status "
+                f"{self.deployment.model}` shows what runs.",
+                getattr(error, "failures", []),
+            ) from error
+
     def revert(self) -> None:
         """Traffic back to the version that served before the rollout; the new one removed."""
+        self.reverted = True  # attempted: a caller does not try it a second time
         d = self.deployment
         new, old = d.candidate, d.live
         if new is None and d.replaced is None:
@@ -281,8 +295,9 @@ class Rollout:
                 self.proxy.weigh(weights)
                 self.proxy.drain(new)
             except DeployError as e:
-                # The new container goes whatever the proxy says; `_save` rewrites the config
-                # and starts a proxy that is not running, routing as recorded.
+                if self.proxy.pid() is not None:
+                    raise  # a running proxy that refused still routes to the new version: keep it
+                # No proxy runs: `_save` below starts one from the config, routing as recorded.
                 self.say(f"deploy: warning: the proxy did not take the revert ({e})")
             d.weights.update(weights)
             d.weights.pop(new, None)
@@ -325,6 +340,7 @@ class Rollout:
             update={"container_id": str(container.id), "port": port}
         )
         d.live, d.replaced = instance.color, None
+        self._save()  # recorded before the weight moves: `undeploy` finds it whatever happens
         self._weigh({instance.color: 100})
 
 
