@@ -14,9 +14,9 @@ import httpx
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
+from shipyard.image.build import PARITY, differences
 from shipyard.manifest import Deploy
 
-PARITY = 1e-5
 INFERENCE_ROUTES = ("/invocations", "/infer")
 
 
@@ -57,9 +57,11 @@ def smoke(url: str, golden: Golden, api_key: str | None) -> list[str]:
             f"Gate 'smoke' failed: {url}/invocations answered {answer.status_code}: "
             f"{answer.text[:200]}"
         ]
-    got = answer.json()["predictions"]
-    mismatched = int((np.asarray(got["label"]) != np.asarray(golden.labels)).sum())
-    delta = float(np.abs(np.asarray(got["probabilities"]) - np.asarray(golden.probabilities)).max())
+    mismatched, delta = differences(
+        answer.json()["predictions"],
+        np.asarray(golden.labels),
+        np.asarray(golden.probabilities),
+    )
     if mismatched or delta > PARITY:
         return [
             f"Gate 'smoke' failed: {mismatched} of {len(golden.labels)} golden labels differ, "

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import socket
 import time
 
 import docker
@@ -12,15 +11,10 @@ from docker.errors import APIError, DockerException, NotFound
 from docker.models.containers import Container
 
 from shipyard.errors import DeployError
+from shipyard.image.build import free_port
 
 ROLE = "serving"
 LABEL = "ai.shipyard"
-
-
-def free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def name(model: str, endpoint_port: int, color: str) -> str:
