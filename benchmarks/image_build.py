@@ -18,8 +18,8 @@ os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
 
 from prefect.testing.utilities import prefect_test_harness
 
-from flows.release import release
-from shipyard import stack
+from shipyard import engine
+from shipyard.flows.release import release
 from shipyard.image.push import push_with_retries
 from shipyard.settings import Settings
 
@@ -33,8 +33,8 @@ def forget(client, repository: str) -> None:  # type: ignore[no-untyped-def]
 
 
 def main() -> None:
-    client = stack.engine()
-    credentials = stack.registry_credentials(Settings())
+    client = engine.engine()
+    credentials = engine.registry_login(Settings())
     results = []
     with prefect_test_harness(server_startup_timeout=120), tempfile.TemporaryDirectory() as tmp:
         for name in ("clean-a", "clean-b", "cached"):
@@ -51,8 +51,8 @@ def main() -> None:
                 source=str(ROOT / "examples" / "digits-sklearn"), until="build", settings=settings
             )
             seconds = time.perf_counter() - start  # build + smoke test (the rest is cached)
-            digest = push_with_retries(client, summary["image"], credentials, 3)
-            results.append((name, seconds, summary["image_size_bytes"], digest))
+            digest = push_with_retries(client, summary.image, credentials, 3)
+            results.append((name, seconds, summary.image_size_bytes, digest))
     print(f"\n{'build':<10}{'seconds':>9}{'size MB':>9}  digest")
     for name, seconds, size, digest in results:
         print(f"{name:<10}{seconds:>9.1f}{size / 1e6:>9.1f}  {digest}")

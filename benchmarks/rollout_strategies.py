@@ -28,12 +28,12 @@ os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")  # t
 
 from prefect.testing.utilities import prefect_test_harness
 
-from flows.deploy import rollout, target_of_version
-from flows.release import release
 from shipyard import registry
 from shipyard.deploy import containers
-from shipyard.deploy.rollout import Strategy, undeploy
-from shipyard.manifest import Deploy
+from shipyard.deploy.endpoint import Strategy, undeploy
+from shipyard.flows.release import release
+from shipyard.flows.rollout import rollout, target_of_version
+from shipyard.manifest import DeployPolicy
 from shipyard.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,7 +80,9 @@ def main() -> None:
             for v in (first["version"], second["version"])
         ]
         # Canary steps and hold times as a user would set them, shortened for a benchmark.
-        policy = Deploy(port=port, canary_steps=[10, 50, 100], step_seconds=3, keep_blue_seconds=3)
+        policy = DeployPolicy(
+            port=port, canary_steps=[10, 50, 100], step_seconds=3, keep_blue_seconds=3
+        )
         rows = []
         turn = 1
         try:

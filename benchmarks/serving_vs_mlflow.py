@@ -125,7 +125,7 @@ def main() -> None:
             }
             servers.append(
                 subprocess.Popen(
-                    [sys.executable, "-m", "serving"],
+                    [sys.executable, "-m", "shipyard_serving"],
                     env=server_env,
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,

@@ -1,27 +1,10 @@
-"""Serve the release flow as a Prefect deployment, so releases start from the Prefect UI.
+"""`python deployments/serve.py`: serve the release flow without a work pool.
 
-`python -m deployments.serve` registers the `release/release` deployment with the server in
-PREFECT_API_URL and runs its flow runs in this process until stopped; no work pool needed.
-Settings come from this process's environment (SHIPYARD_*), never from run parameters.
+Lives in the installed package, `shipyard/deployments/serve.py` (`python -m
+shipyard.deployments.serve`); this file only names it.
 """
 
-from __future__ import annotations
-
-from prefect import serve
-
-from flows.release import release
-
-
-def main() -> None:
-    serve(
-        release.to_deployment(  # type: ignore[arg-type]  # sync call: not a coroutine
-            name="release",
-            tags=["shipyard", "release"],
-            description="Release a model project (directory or git URL) up to registration.",
-            parameters={"source": "examples/digits-sklearn"},
-        )
-    )
-
+from shipyard.deployments.serve import main
 
 if __name__ == "__main__":
     main()

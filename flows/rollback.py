@@ -1,39 +1,8 @@
-"""The `rollback` flow: serve the `previous` version again, in one command.
+"""The `rollback` flow. Entrypoint for the checkout's prefect.yaml (`flows/rollback.py:rollback`).
 
-It redeploys the previous version's image by digest (blue-green, gated like any deploy, without
-keeping the rolled-back version warm) and swaps `champion` and `previous`.
+The flow lives in the installed package, `shipyard/flows/rollback.py`; this file only names it.
 """
 
-from __future__ import annotations
+from shipyard.flows.rollback import rollback
 
-from typing import Any
-
-from prefect import flow
-
-from flows.deploy import rollout, target_of_version
-from shipyard import registry
-from shipyard.deploy import state
-from shipyard.errors import RegistryError
-from shipyard.manifest import Deploy
-from shipyard.settings import Settings
-
-
-@flow(name="rollback", flow_run_name="rollback-{model}", validate_parameters=True)
-def rollback(model: str, settings: Settings | None = None) -> dict[str, Any]:
-    """Deploy `model`'s `previous` version; it becomes `champion` again."""
-    settings = settings or Settings()
-    previous = registry.version_by_alias(registry.client(settings), model, registry.PREVIOUS)
-    if previous is None:
-        raise RegistryError(
-            f"{model} has no {registry.PREVIOUS!r} version to roll back to: it is set when a "
-            "deploy replaces a champion. `shipyard status "
-            f"{model}` shows its aliases; `shipyard promote {model} --version N` deploys any version."
-        )
-    deployed = state.load(settings.deploy_dir, model)
-    policy = (deployed.policy if deployed else Deploy()).model_copy(update={"keep_blue_seconds": 0})
-    target = target_of_version(settings, model, previous)
-    return {
-        "model": model,
-        "rolled_back_to": target.version,
-        **rollout(target, "blue-green", policy, settings),
-    }
+__all__ = ["rollback"]

@@ -10,12 +10,15 @@ import logging
 import os
 import sys
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from shipyard.errors import ShipyardError
 from shipyard.settings import Settings
+
+if TYPE_CHECKING:
+    from shipyard.contracts import ReleaseSummary, RolloutResult
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -98,10 +101,10 @@ class _ExpectedFailures(logging.Filter):
         return not isinstance(error, ShipyardError)
 
 
-def _run_flow(flow: Any, as_json: bool, verbose: bool, **parameters: Any) -> dict[str, Any]:
+def _run_flow(flow: Any, as_json: bool, verbose: bool, **parameters: Any) -> Any:
     """Run a flow with one line per stage on stderr; a failure is one clear line and exit 1."""
     _quiet(verbose)
-    from flows.stages import progress
+    from shipyard.flows.stages import progress
 
     handler = _StageLines()
     progress.addHandler(handler)
@@ -112,7 +115,7 @@ def _run_flow(flow: Any, as_json: bool, verbose: bool, **parameters: Any) -> dic
     for console in consoles:
         console.addFilter(expected)
     try:
-        return dict(flow(**parameters))
+        return flow(**parameters)
     except ShipyardError as e:
         _fail(str(e), as_json)
     except Exception as e:  # unexpected: still one clear line and a non-zero exit
@@ -147,9 +150,9 @@ def release(
         f"Releasing {source}{f' at {ref}' if ref else ''} (state: {settings.state_dir})",
         file=sys.stderr,
     )
-    from flows.release import release as release_flow
+    from shipyard.flows.release import release as release_flow
 
-    summary = _run_flow(
+    summary: ReleaseSummary = _run_flow(
         release_flow,
         as_json,
         verbose,
@@ -160,24 +163,19 @@ def release(
         strategy=strategy.value if strategy else None,
         settings=settings,
     )
-    version = summary.get("version")
+    version = summary.version
     print(
-        f"{summary['model']}: {summary['status']}"
-        + (
-            f" as version {version}" + (" (reused)" if summary.get("reused") else "")
-            if version
-            else ""
-        )
-        + (f", variant {summary['variant']}" if summary.get("variant") else ""),
+        f"{summary.model}: {summary.status}"
+        + (f" as version {version}" + (" (reused)" if summary.reused else "") if version else "")
+        + (f", variant {summary.variant}" if summary.variant else ""),
         file=sys.stderr,
     )
+    shown = summary.to_json()
     for key in ("endpoint", "flow_run_url", "mlflow_run_url", "mlflow_version_url"):
-        if summary.get(key):
-            print(
-                f"  {key.removesuffix('_url').replace('_', ' ')}: {summary[key]}", file=sys.stderr
-            )
+        if shown.get(key):
+            print(f"  {key.removesuffix('_url').replace('_', ' ')}: {shown[key]}", file=sys.stderr)
     if as_json:
-        print(json.dumps(summary, default=str))
+        print(json.dumps(shown))
 
 
 @app.command()
@@ -189,6 +187,7 @@ def status(
     containers with their health, traffic weights."""
     _quiet(False)
     from shipyard import registry
+    from shipyard.contracts import VersionTags
     from shipyard.deploy.inspect import describe
 
     settings = Settings()
@@ -214,12 +213,12 @@ def status(
     if not aliases:
         print(f"{model}: no aliases yet")
     for a in aliases:
-        tags = a.tags
-        image = tags.get("image_digest", "-")[:19]
+        tags = VersionTags.from_mlflow(a.tags)
+        accuracy = f"{tags.accuracy:.6f}" if tags.accuracy is not None else "-"
         print(
-            f"{a.alias:<10} v{a.version:<4} {tags.get('variant', '-'):<10} "
-            f"acc {tags.get('accuracy', '-'):<9} git {tags.get('git_sha', '-')[:12]:<13} "
-            f"fp {tags.get('fingerprint', '-')[:12]:<13} image {image}"
+            f"{a.alias:<10} v{a.version:<4} {tags.variant or '-':<10} "
+            f"acc {accuracy:<9} git {(tags.git_sha or '-')[:12]:<13} "
+            f"fp {(tags.fingerprint or '-')[:12]:<13} image {(tags.image_digest or '-')[:19]}"
         )
     if deployment is None:
         print("deployment: none (`shipyard release SOURCE` deploys after the push)")
@@ -243,9 +242,9 @@ def promote(
     as_json: Annotated[bool, typer.Option("--json", help="End with one JSON line.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect's logs.")] = False,
 ) -> None:
-    """Deploy a registered version (default: `candidate`); on success it becomes `champion`."""
+    """DeployPolicy a registered version (default: `candidate`); on success it becomes `champion`."""
     _quiet(verbose)
-    from flows.promote import promote as promote_flow
+    from shipyard.flows.promote import promote as promote_flow
 
     result = _run_flow(
         promote_flow, as_json, verbose, model=model, version=version, strategy=strategy.value
@@ -261,19 +260,19 @@ def rollback(
 ) -> None:
     """Serve the `previous` version again (its image by digest); swap `champion` and `previous`."""
     _quiet(verbose)
-    from flows.rollback import rollback as rollback_flow
+    from shipyard.flows.rollback import rollback as rollback_flow
 
     _deployed(_run_flow(rollback_flow, as_json, verbose, model=model), as_json)
 
 
-def _deployed(result: dict[str, Any], as_json: bool) -> None:
+def _deployed(result: RolloutResult, as_json: bool) -> None:
     print(
-        f"{result['model']}: v{result['deployed_version']} serves on {result['endpoint']}"
-        + (f" (previous: v{result['previous_version']})" if result.get("previous_version") else ""),
+        f"{result.model}: v{result.deployed_version} serves on {result.endpoint}"
+        + (f" (previous: v{result.previous_version})" if result.previous_version else ""),
         file=sys.stderr,
     )
     if as_json:
-        print(json.dumps(result))
+        print(json.dumps(result.to_json()))
 
 
 @app.command()
@@ -283,14 +282,14 @@ def undeploy(model: Annotated[str, typer.Argument(help="Deployed model name.")])
     _quiet(False)
     from prefect.concurrency.sync import concurrency
 
-    from flows.deploy import LOCK_WAIT_S, deploy_lock
     from shipyard import registry
-    from shipyard.deploy.rollout import undeploy as stop
+    from shipyard.deploy.endpoint import undeploy as stop
+    from shipyard.flows.rollout import LOCK_WAIT_S, rollout_lock
 
     settings = Settings()
     try:
         # Never in the middle of a rollout of the same model.
-        with concurrency(deploy_lock(model), occupy=1, timeout_seconds=LOCK_WAIT_S, strict=True):
+        with concurrency(rollout_lock(model), occupy=1, timeout_seconds=LOCK_WAIT_S, strict=True):
             stopped = stop(settings, model, _say)
         if not stopped:
             print(f"{model}: nothing deployed", file=sys.stderr)
@@ -353,7 +352,7 @@ def serve(
         flush=True,
     )
     # A fresh interpreter: the server carries neither MLflow nor Prefect in its heap.
-    os.execve(sys.executable, [sys.executable, "-m", "serving"], {**os.environ, **env})
+    os.execve(sys.executable, [sys.executable, "-m", "shipyard_serving"], {**os.environ, **env})
 
 
 webhook_app = typer.Typer(no_args_is_help=True, help="The git webhook receiver.")
@@ -373,7 +372,7 @@ def webhook_serve(
     _DELIVERIES_FILE. The Prefect server is PREFECT_API_URL's.
     """
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    from deployments.webhook import WebhookSettings, serve
+    from shipyard.deployments.webhook import WebhookSettings, serve
 
     overrides: dict[str, Any] = {k: v for k, v in {"port": port, "host": host}.items() if v}
     try:
@@ -408,20 +407,20 @@ def render_k8s(
     _quiet(False)
     import yaml
 
-    from flows.promote import find_version
+    from shipyard.contracts import VersionTags
     from shipyard.deploy import k8s
+    from shipyard.flows.promote import find_version
 
     settings = Settings()
 
     def track(name: str, version: str) -> k8s.Track:
         found = find_version(settings, model, version)
-        tags = found.tags
-        if not tags.get("image_digest"):
+        image = VersionTags.from_mlflow(found.tags).pinned_image
+        if image is None:
             raise ShipyardError(f"{model} v{found.version} has no pushed image to render.")
-        repository = tags["image"].rpartition(":")[0]
         if registry_host:
-            repository = f"{registry_host}/{repository.split('/', 1)[1]}"
-        return k8s.Track(name, str(found.version), f"{repository}@{tags['image_digest']}")
+            image = f"{registry_host}/{image.split('/', 1)[1]}"
+        return k8s.Track(name, str(found.version), image)
 
     try:
         objects = k8s.render(
@@ -462,8 +461,8 @@ def stack_up(
     a Prefect server (UI) and process worker, an MLflow server (UI), the webhook receiver, and
     the deployments of prefect.yaml. Prints the URLs."""
     _quiet(False)
-    from shipyard import services as ops
-    from shipyard import stack
+    from shipyard.stack import engine as stack
+    from shipyard.stack import services as ops
 
     print("Bringing up the stack", file=sys.stderr)
     settings = Settings()
@@ -479,8 +478,8 @@ def stack_up(
 @stack_app.command("status")
 def stack_status() -> None:
     """Show each part's health: engine, registry, base image, servers, worker, receiver."""
-    from shipyard import services as ops
-    from shipyard import stack
+    from shipyard.stack import engine as stack
+    from shipyard.stack import services as ops
 
     settings = Settings()
     print(json.dumps({**stack.status(settings), **ops.status(settings)}, indent=2))
@@ -489,8 +488,8 @@ def stack_status() -> None:
 @stack_app.command("down")
 def stack_down() -> None:
     """Stop what `stack up` started, and nothing else."""
-    from shipyard import services as ops
-    from shipyard import stack
+    from shipyard.stack import engine as stack
+    from shipyard.stack import services as ops
 
     settings = Settings()
     ops.down(settings, _say)

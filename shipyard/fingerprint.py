@@ -17,11 +17,11 @@ CORE_PACKAGES = ("onnx", "onnxruntime", "numpy")
 @cache
 def code_digest() -> str:
     """sha256 of Shipyard's own stage code: a changed exporter is a changed build, version or not."""
-    root = Path(shipyard.__file__).parent.parent
+    package = Path(shipyard.__file__).parent
     digest = hashlib.sha256()
-    for package in ("shipyard", "tasks"):
-        for path in sorted((root / package).rglob("*.py")):
-            digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    for path in sorted(package.rglob("*.py")):
+        relative = path.relative_to(package.parent).as_posix()
+        digest.update(relative.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:16]
 
 

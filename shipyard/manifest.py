@@ -102,7 +102,7 @@ class Optimize(_Strict):
         return variants
 
 
-class Deploy(_Strict):
+class DeployPolicy(_Strict):
     """How a release is rolled out on the Docker target, and the limits its gates hold it to.
 
     Not part of the release fingerprint: changing the rollout does not retrain the model.
@@ -152,7 +152,7 @@ class Manifest(_Strict):
     seed: int = Field(default=0, ge=0)
     params: dict[str, Any] = Field(default_factory=dict)
     description: str = ""
-    deploy: Deploy = Deploy()
+    deploy: DeployPolicy = DeployPolicy()
 
     @model_validator(mode="after")
     def _unique_labels(self) -> Manifest:

@@ -14,6 +14,7 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
+from shipyard.contracts import VersionTags
 from shipyard.errors import RegistryError
 from shipyard.gates import Champion
 from shipyard.settings import Settings
@@ -85,18 +86,30 @@ def version_by_number(mlflow: MlflowClient, model: str, version: str) -> ModelVe
         return None
 
 
+def tags_of(version: ModelVersion) -> VersionTags:
+    """A registered version's tags, typed."""
+    return VersionTags.from_mlflow(dict(version.tags))
+
+
+def tag_image(mlflow: MlflowClient, model: str, version: str, reference: str, digest: str) -> None:
+    """Record the image a version was pushed as: what deploys of it pull (by digest)."""
+    for key, value in VersionTags(image=reference, image_digest=digest).to_mlflow().items():
+        mlflow.set_model_version_tag(model, version, key, value)
+
+
 def champion(mlflow: MlflowClient, model: str) -> Champion | None:
     """The serving version and its accuracy, if one has been promoted."""
     version = version_by_alias(mlflow, model, CHAMPION)
     if version is None:
         return None
-    if "accuracy" not in version.tags:
+    accuracy = tags_of(version).accuracy
+    if accuracy is None:
         raise RegistryError(
             f"{model} v{version.version} is aliased {CHAMPION!r} but has no 'accuracy' tag, so the "
             "accuracy-drop gate cannot compare against it: promote a version Shipyard released, "
             f"or tag it (MlflowClient.set_model_version_tag({model!r}, {version.version!r}, 'accuracy', ...))."
         )
-    return Champion(str(version.version), float(version.tags["accuracy"]))
+    return Champion(str(version.version), accuracy)
 
 
 def register(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,9 @@ import matplotlib
 matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt
 
+from shipyard.contracts import ReleaseSummary
 from shipyard.gates import Measurement, Verdict
+from shipyard.manifest import Manifest
 
 
 def variant_rows(measurements: list[Measurement], verdict: Verdict) -> list[dict[str, Any]]:
@@ -121,42 +124,65 @@ def verdict_json(measurements: list[Measurement], verdict: Verdict) -> dict[str,
     }
 
 
+def artifact_key(model: str, what: str) -> str:
+    """Prefect artifact keys allow lowercase letters, digits and dashes only."""
+    return re.sub(r"[^a-z0-9-]", "-", f"{model}-{what}")
+
+
 def release_markdown(
-    summary: dict[str, Any], rows: list[dict[str, Any]], gates: list[str], pictures: list[Path]
+    summary: ReleaseSummary, rows: list[dict[str, Any]], gates: list[str], pictures: list[Path]
 ) -> str:
     """The release report shown in the Prefect UI."""
     links = []
-    if summary.get("mlflow_run_url"):
-        links.append(f"[MLflow run]({summary['mlflow_run_url']})")
-    if summary.get("mlflow_version_url"):
-        links.append(f"[model version]({summary['mlflow_version_url']})")
+    if summary.mlflow_run_url:
+        links.append(f"[MLflow run]({summary.mlflow_run_url})")
+    if summary.mlflow_version_url:
+        links.append(f"[model version]({summary.mlflow_version_url})")
     lines = [
-        f"# Release {summary['model']} v{summary.get('version') or '-'}: {summary['status']}",
+        f"# Release {summary.model} v{summary.version or '-'}: {summary.status}",
         "",
-        f"- **source**: `{summary['source']}` at `{summary.get('git_sha') or 'working tree'}`"
-        + (" (uncommitted changes)" if summary.get("git_dirty") else ""),
-        f"- **fingerprint**: `{summary['fingerprint']}`",
-        f"- **variant**: `{summary.get('variant')}`, onnx sha256 `{summary.get('onnx_sha256')}`",
-        f"- **MLflow run**: `{summary['mlflow_run_id']}`"
+        f"- **source**: `{summary.source}` at `{summary.git_sha or 'working tree'}`"
+        + (" (uncommitted changes)" if summary.git_dirty else ""),
+        f"- **fingerprint**: `{summary.fingerprint}`",
+        f"- **variant**: `{summary.variant}`, onnx sha256 `{summary.onnx_sha256}`",
+        f"- **MLflow run**: `{summary.mlflow_run_id}`"
         + (f" ({', '.join(links)})" if links else ""),
     ]
-    if summary.get("image_digest"):
-        lines.append(f"- **image**: `{summary['image']}` digest `{summary['image_digest']}`")
-    if summary.get("endpoint"):
-        previous = summary.get("previous_version")
+    if summary.image_digest:
+        lines.append(f"- **image**: `{summary.image}` digest `{summary.image_digest}`")
+    if summary.endpoint:
+        previous = summary.previous_version
         lines.append(
-            f"- **deployed** ({summary.get('strategy')}): v{summary['deployed_version']} serves on "
-            f"[{summary['endpoint']}]({summary['endpoint']}/v2/models/{summary['model']})"
+            f"- **deployed** ({summary.strategy}): v{summary.deployed_version} serves on "
+            f"[{summary.endpoint}]({summary.endpoint}/v2/models/{summary.model})"
             + (
-                f"; `previous` is v{previous} (`shipyard rollback {summary['model']}`)"
+                f"; `previous` is v{previous} (`shipyard rollback {summary.model}`)"
                 if previous
                 else ""
             )
         )
-    if summary.get("reused"):
+    if summary.reused:
         lines.append("- this fingerprint was registered before: its version was reused")
     lines += ["", "## Variants", "", markdown_table(rows), "", "## Gates", ""]
     lines += [f"- {g}" for g in gates]
     for picture in pictures:
         lines += ["", inline_png(picture, picture.stem)]
     return "\n".join(lines) + "\n"
+
+
+def write_report(
+    measurements: list[Measurement], verdict: Verdict, manifest: Manifest, out_dir: Path
+) -> list[Path]:
+    """The validation report (JSON) and its pictures, written into `out_dir`."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    chosen = next((m for m in measurements if m.variant == verdict.chosen), measurements[0])
+    return [
+        write_json(verdict_json(measurements, verdict), out_dir / "validation.json"),
+        tradeoff_plot(measurements, verdict.chosen, out_dir / "variants.png"),
+        confusion_plot(
+            chosen.confusion,
+            manifest.labels,
+            f"{manifest.name} {chosen.variant} on the test set",
+            out_dir / "confusion.png",
+        ),
+    ]

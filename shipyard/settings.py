@@ -124,3 +124,18 @@ class Settings(BaseSettings):
     @property
     def checkouts_dir(self) -> Path:
         return self.state_dir.resolve() / "checkouts"
+
+    @property
+    def stack_file(self) -> Path:
+        """What `shipyard stack up` started and built (`stack.json`)."""
+        return self.stack_dir / "stack.json"
+
+    @property
+    def registry_password_file(self) -> Path:
+        """The local registry's generated password (mode 600)."""
+        return self.stack_dir / "registry-password"
+
+    @property
+    def wheelhouse_dir(self) -> Path:
+        """The serving image's locked wheels, downloaded once per lock on the host."""
+        return self.stack_dir / "wheelhouse"

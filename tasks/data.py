@@ -1,16 +1,5 @@
-"""Stage `data`: call the project's data entrypoint, check the arrays, hash them."""
+"""Stage task(s) load_data: lives in `shipyard/tasks/data.py`; this file only names it."""
 
-from __future__ import annotations
+from shipyard.tasks.data import load_data
 
-from prefect import task
-
-from shipyard.manifest import Manifest
-from shipyard.project import Dataset, load_dataset
-from shipyard.source import Checkout
-
-
-@task(name="data")
-def load_data(tree: Checkout, manifest: Manifest) -> tuple[Dataset, str]:
-    """The checked dataset and its sha256 (part of the fingerprint)."""
-    data = load_dataset(tree.project_dir, manifest)
-    return data, data.sha256()
+__all__ = ["load_data"]

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.support.projects import make_repo
 
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
@@ -19,9 +20,6 @@ from prefect.testing.utilities import prefect_test_harness
 
 from shipyard import registry
 from shipyard.settings import Settings
-
-ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = ROOT / "examples"
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -48,60 +46,9 @@ def settings(tmp_path: Path, _mlflow_template: Path) -> Settings:
     return Settings(state_dir=state, latency_runs=50)
 
 
-def git(repo: Path, *args: str) -> str:
-    done = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True)
-    return done.stdout.strip()
-
-
-def commit_all(repo: Path, message: str) -> str:
-    git(repo, "add", "-A")
-    git(
-        repo,
-        "-c",
-        "user.name=Test",
-        "-c",
-        "user.email=test@example.invalid",
-        "commit",
-        "-q",
-        "-m",
-        message,
-    )
-    return git(repo, "rev-parse", "HEAD")
-
-
-def make_repo(root: Path, example: str) -> Path:
-    """A real git repository whose root is a copy of `examples/<example>`, one commit on main."""
-    repo = root / f"{example}-repo"
-    shutil.copytree(EXAMPLES / example, repo, ignore=shutil.ignore_patterns("__pycache__"))
-    git(repo, "init", "-q", "-b", "main")
-    commit_all(repo, f"Add {example}")
-    return repo
-
-
 @pytest.fixture
 def sklearn_repo(tmp_path: Path) -> Path:
     return make_repo(tmp_path, "digits-sklearn")
-
-
-def sklearn_project(
-    root: Path, copy: tuple[str, ...] = ("shipyard.yaml", "data.py"), **files: str
-) -> Path:
-    """A project in `root/p`: the named files of examples/digits-sklearn, then `files`
-    (`data="..."` writes data.py)."""
-    project = root / "p"
-    project.mkdir()
-    for name in copy:
-        (project / name).write_text((EXAMPLES / "digits-sklearn" / name).read_text())
-    for stem, source in files.items():
-        (project / f"{stem}.py").write_text(source)
-    return project
-
-
-def edit_manifest(project: Path, old: str, new: str) -> None:
-    path = project / "shipyard.yaml"
-    text = path.read_text()
-    assert old in text, f"{old!r} not in {path}"
-    path.write_text(text.replace(old, new))
 
 
 @pytest.fixture
@@ -123,15 +70,15 @@ def docker_stack() -> dict[str, str]:
 
     A test that needs them fails when they are missing; it never skips.
     """
-    from shipyard import stack
+    from shipyard import engine
 
     settings = Settings()
     try:
-        client = stack.engine(settings)
-        credentials = stack.registry_credentials(settings)
+        client = engine.engine(settings)
+        credentials = engine.registry_login(settings)
     except Exception as e:
         pytest.fail(f"The Docker stack is not up ({e}); run `shipyard stack up` (make test does).")
-    base = stack.base_image(settings)
+    base = engine.base_image(settings)
     if base.startswith(f"{credentials.address}/"):
         client.images.pull(base, auth_config=credentials.auth())  # the stack's own base
     else:

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import commit_all, edit_manifest, git
+from tests.support.projects import commit_all, edit_manifest, git
 
 SHIPYARD = str(Path(sys.executable).parent / "shipyard")
 

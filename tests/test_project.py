@@ -8,7 +8,7 @@ import pytest
 from shipyard.errors import DataError, ProjectError
 from shipyard.manifest import load_manifest
 from shipyard.project import check_dataset, load_dataset
-from tests.conftest import sklearn_project
+from tests.support.projects import sklearn_project
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "digits-sklearn"
 

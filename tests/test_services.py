@@ -16,10 +16,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from shipyard import stack
+from shipyard import engine
 from shipyard.deploy import containers
 from shipyard.settings import Settings
-from tests.conftest import commit_all
+from shipyard.stack.engine import apt_install
+from tests.support.projects import commit_all
 
 SHIPYARD = str(Path(sys.executable).parent / "shipyard")
 PREFECT = str(Path(sys.executable).parent / "prefect")
@@ -31,7 +32,7 @@ def chromium(*args: str) -> subprocess.CompletedProcess[str]:
     if binary is None:
         if os.geteuid() != 0:
             pytest.fail("Debian's chromium is missing: apt-get install chromium")
-        stack.apt_install("chromium", print)
+        apt_install("chromium", print)
         binary = "chromium"
     return subprocess.run(
         [
@@ -57,7 +58,7 @@ def test_the_stack_runs_a_release_the_ui_shows_and_down_stops_only_its_services(
     with (sklearn_repo / "shipyard.yaml").open("a") as manifest:
         manifest.write(f"deploy: {{port: {port}, keep_blue_seconds: 1}}\n")
     commit_all(sklearn_repo, "Serve on a test port")
-    credentials = stack.registry_credentials(Settings())
+    credentials = engine.registry_login(Settings())
     ports = {name: containers.free_port("127.0.0.1") for name in ("prefect", "mlflow", "webhook")}
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")},
@@ -163,14 +164,14 @@ def test_the_stack_runs_a_release_the_ui_shows_and_down_stops_only_its_services(
     for name in ("prefect", "mlflow", "webhook"):
         with pytest.raises(httpx.HTTPError):
             httpx.get(f"http://127.0.0.1:{ports[name]}/", timeout=2)
-    stack.engine(Settings())  # the engine this stack found running still answers
+    engine.engine(Settings())  # the engine this stack found running still answers
     assert httpx.get(f"http://{credentials.address}/v2/", timeout=5).status_code == 401
 
 
 def test_a_team_server_configured_in_the_environment_is_used_not_started(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from shipyard import services
+    from shipyard.stack import services
 
     monkeypatch.setenv("PREFECT_API_URL", "http://prefect.team.example/api")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "https://mlflow.team.example")

@@ -4,7 +4,7 @@ import pytest
 
 from shipyard.errors import SourceError
 from shipyard.source import checkout, tree_hash
-from tests.conftest import commit_all, edit_manifest, git, sklearn_project
+from tests.support.projects import commit_all, edit_manifest, git, sklearn_project
 
 
 def test_git_source_checks_out_the_exact_commit_of_a_ref(

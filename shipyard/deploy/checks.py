@@ -15,7 +15,7 @@ import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
 from shipyard.image.build import PARITY, differences
-from shipyard.manifest import Deploy
+from shipyard.manifest import DeployPolicy
 
 INFERENCE_ROUTES = ("/invocations", "/infer")
 
@@ -125,7 +125,7 @@ def window(before: Counts, after: Counts) -> Window:
     return Window(total, after.errors - before.errors, p99)
 
 
-def judge(w: Window, policy: Deploy) -> list[str]:
+def judge(w: Window, policy: DeployPolicy) -> list[str]:
     """Every live-traffic gate the window fails, with value and limit."""
     failures = []
     if w.error_rate > policy.max_error_rate:

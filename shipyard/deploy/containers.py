@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import contextlib
-import time
 
 import docker
-import httpx
 from docker.errors import APIError, DockerException, NotFound
 from docker.models.containers import Container
 
 from shipyard.errors import DeployError
-from shipyard.image.build import free_port
+from shipyard.image.build import free_port, ready
+from shipyard.waiting import TimedOut, wait_until
 
 ROLE = "serving"
 LABEL = "ai.shipyard"
@@ -61,31 +60,31 @@ def run(
     return container, port
 
 
+def _crashed(container: Container) -> bool:
+    container.reload()
+    return container.status in ("exited", "dead") or container.attrs["RestartCount"] > 0
+
+
 def wait_ready(container: Container, url: str, timeout_s: float) -> None:
     """Poll readiness; fail early if the container exits, with its last log lines."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            if httpx.get(f"{url}/v2/health/ready", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        container.reload()
-        crashed = container.status in ("exited", "dead") or container.attrs["RestartCount"] > 0
-        if crashed or time.monotonic() > deadline:
-            logs = container.logs(tail=20).decode(errors="replace")
-            raise DeployError(
-                f"Gate 'readiness' failed: {container.name} "
-                + (
-                    f"crashed before it was ready ({container.attrs['RestartCount']} restart(s), "
-                    f"status {container.status}). "
-                    if crashed
-                    else f"was not ready within {timeout_s:.0f} s (limit deploy.ready_seconds). "
-                )
-                + f"Last log lines:\n{logs}",
-                ["readiness"],
-            )
-        time.sleep(0.2)
+    try:
+        wait_until(lambda: ready(url), timeout_s, 0.2, give_up=lambda: _crashed(container))
+        return
+    except TimedOut:
+        pass
+    crashed = _crashed(container)
+    logs = container.logs(tail=20).decode(errors="replace")
+    raise DeployError(
+        f"Gate 'readiness' failed: {container.name} "
+        + (
+            f"crashed before it was ready ({container.attrs['RestartCount']} restart(s), "
+            f"status {container.status}). "
+            if crashed
+            else f"was not ready within {timeout_s:.0f} s (limit deploy.ready_seconds). "
+        )
+        + f"Last log lines:\n{logs}",
+        ["readiness"],
+    )
 
 
 def running(client: docker.DockerClient, container_id: str) -> bool:

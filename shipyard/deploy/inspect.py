@@ -7,7 +7,7 @@ from typing import Any
 
 from docker.errors import NotFound
 
-from shipyard import stack
+from shipyard import engine
 from shipyard.deploy import containers, state
 from shipyard.deploy.proxy import Proxy
 from shipyard.errors import DeployError, ShipyardError
@@ -25,7 +25,7 @@ def describe(settings: Settings, model: str) -> dict[str, Any] | None:
     except DeployError:
         checks = {}
     try:
-        client = stack.engine(settings)
+        client = engine.engine(settings)
     except ShipyardError:
         client = None
     slots = []
@@ -65,7 +65,7 @@ def logs(
     deployment = state.load(settings.deploy_dir, model)
     if deployment is None or not deployment.instances:
         raise DeployError(f"Nothing of {model} is deployed: `shipyard release SOURCE` deploys it.")
-    client = stack.engine(settings)
+    client = engine.engine(settings)
     instances = [
         i
         for i in sorted(deployment.instances.values(), key=lambda i: i.color)

@@ -17,12 +17,13 @@ import os
 import shutil
 import signal
 import socket
-import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from shipyard import stack
 from shipyard.errors import DeployError
+from shipyard.processes import Started, background
+from shipyard.waiting import TimedOut, wait_until
 
 COLORS = ("blue", "green")
 BACKEND = "model"
@@ -111,14 +112,6 @@ def _socket_path(directory: Path) -> Path:
     return runtime / f"haproxy-{digest}.sock"
 
 
-def _alive(pid: int) -> bool:
-    """Whether a process runs (a child that exited but was not reaped is a zombie: dead)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 class Proxy:
     """One endpoint's HAProxy: its files live in `directory`."""
 
@@ -134,22 +127,25 @@ class Proxy:
         return f"http://{self.host}:{self.port}"
 
     def pid(self) -> int | None:
-        """The running HAProxy's pid, checked against /proc (a stale pid file is ignored)."""
+        """The running HAProxy's pid: the process recorded at start (pid and start time), if it
+        still runs; a stale pid file, or a pid the kernel gave to another process, is None."""
         try:
-            pid = int(self.pid_file.read_text())
-            command = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except (OSError, ValueError):
+            started = Started(*map(int, self.pid_file.read_text().split()))
+        except (OSError, ValueError, TypeError):
             return None
-        return pid if b"haproxy" in command and str(self.config).encode() in command else None
+        return started.pid if started.alive() else None
 
-    def ensure(self, slots: dict[str, Slot], say: stack.Say) -> None:
+    def ensure(self, slots: dict[str, Slot], say: Callable[[str], None]) -> None:
         """Write the config and start HAProxy if it is not running."""
         self.directory.mkdir(parents=True, exist_ok=True)
         self.config.write_text(render(f"{self.host}:{self.port}", slots, self.socket))
         if self.pid() is not None:
             return
         if shutil.which("haproxy") is None:
-            stack.apt_install("haproxy", say)
+            raise DeployError(
+                "HAProxy is not installed, and the Docker target's endpoints run on it: "
+                "`shipyard stack up` installs Debian's haproxy (or apt-get install haproxy)."
+            )
         with socket.socket() as probe:
             if probe.connect_ex((self.host, self.port)) == 0:
                 raise DeployError(
@@ -157,15 +153,14 @@ class Proxy:
                     "another with `deploy.port` in shipyard.yaml, or stop what listens there."
                 )
         self.socket.unlink(missing_ok=True)
-        pid = stack.background(["haproxy", "-f", str(self.config)], self.directory / "haproxy.log")
-        self.pid_file.write_text(str(pid))
-        deadline = time.monotonic() + 10
-        while not self.socket.exists():
-            if time.monotonic() > deadline or not _alive(pid):
-                log = (self.directory / "haproxy.log").read_text()[-800:]
-                raise DeployError(f"HAProxy did not start on {self.host}:{self.port}: {log}")
-            time.sleep(0.05)
-        say(f"proxy: started HAProxy on {self.url} (pid {pid})")
+        started = background(["haproxy", "-f", str(self.config)], self.directory / "haproxy.log")
+        self.pid_file.write_text(f"{started.pid} {started.start_time}")
+        try:
+            wait_until(self.socket.exists, 10, 0.05, give_up=lambda: not started.alive())
+        except TimedOut:
+            log = (self.directory / "haproxy.log").read_text()[-800:]
+            raise DeployError(f"HAProxy did not start on {self.host}:{self.port}: {log}") from None
+        say(f"proxy: started HAProxy on {self.url} (pid {started.pid})")
 
     def command(self, line: str) -> str:
         """One runtime API command; its answer (an error answer raises)."""
@@ -223,21 +218,19 @@ class Proxy:
 
     def wait_up(self, color: str, timeout_s: float) -> None:
         """Wait until HAProxy's own health check sees the slot UP."""
-        deadline = time.monotonic() + timeout_s
-        while (status := self.stats()[color].status) != "UP":
-            if time.monotonic() > deadline:
-                raise DeployError(
-                    f"HAProxy's health check never saw {color} UP within {timeout_s:.0f} s "
-                    f"(status {status})"
-                )
-            time.sleep(0.1)
+        try:
+            wait_until(lambda: self.stats()[color].status == "UP", timeout_s, 0.1)
+        except TimedOut:
+            raise DeployError(
+                f"HAProxy's health check never saw {color} UP within {timeout_s:.0f} s "
+                f"(status {self.stats()[color].status})"
+            ) from None
 
     def drain(self, color: str, timeout_s: float = 30) -> None:
         """Disable the slot and wait until its requests under way have finished."""
         self.disable(color)
-        deadline = time.monotonic() + timeout_s
-        while self.stats()[color].current_sessions and time.monotonic() < deadline:
-            time.sleep(0.05)
+        with contextlib.suppress(TimedOut):  # past the timeout, what is left is cut off
+            wait_until(lambda: not self.stats()[color].current_sessions, timeout_s, 0.05)
 
     def stop(self) -> None:
         pid = self.pid()

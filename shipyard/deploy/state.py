@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from shipyard.manifest import Deploy
+from shipyard.manifest import DeployPolicy
 
 
 class Instance(BaseModel):
@@ -26,7 +26,7 @@ class Deployment(BaseModel):
     model: str
     host: str
     port: int
-    policy: Deploy = Deploy()
+    policy: DeployPolicy = DeployPolicy()
     live: str | None = None
     """The color serving before the rollout under way (or after the last one)."""
     candidate: str | None = None

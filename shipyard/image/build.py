@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from docker.errors import APIError, BuildError, DockerException
 
 from shipyard.errors import ImageError
 from shipyard.image.normalize import normalize
+from shipyard.waiting import TimedOut, wait_until
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,14 @@ def build(client: docker.DockerClient, context: Path, reference: str, epoch: int
         client.images.remove(str(image.id), noprune=False)
     size = int(client.images.get(image_id).attrs["Size"])
     return BuiltImage(reference, image_id, size)
+
+
+def ready(url: str) -> bool:
+    """Whether the server at `url` answers its readiness route."""
+    try:
+        return httpx.get(f"{url}/v2/health/ready", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -91,21 +99,19 @@ def smoke_test(
             labels={"ai.shipyard.role": "smoke-test"},
         )
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                if httpx.get(f"{url}/v2/health/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
+
+        def exited() -> bool:
             container.reload()
-            if container.status == "exited" or time.monotonic() > deadline:
-                logs = container.logs(tail=30).decode(errors="replace")
-                raise ImageError(
-                    f"Smoke test: the container did not become ready within {timeout_s:.0f} s "
-                    f"(status {container.status}). Last log lines:\n{logs}"
-                )
-            time.sleep(0.3)
+            return bool(container.status == "exited")
+
+        try:
+            wait_until(lambda: ready(url), timeout_s, 0.3, give_up=exited)
+        except TimedOut:
+            logs = container.logs(tail=30).decode(errors="replace")
+            raise ImageError(
+                f"Smoke test: the container did not become ready within {timeout_s:.0f} s "
+                f"(status {container.status}). Last log lines:\n{logs}"
+            ) from None
         answer = httpx.post(f"{url}/invocations", json={"inputs": x.tolist()}, timeout=30)
         if answer.status_code != 200:
             raise ImageError(

@@ -1,7 +1,9 @@
-"""The build context: Dockerfile, hash-locked wheelhouse, the server package and the model.
+"""The build context: Dockerfile, hash-locked wheelhouse (the server's dependencies and the
+server itself, `shipyard_serving`, as a wheel) and the model.
 
 Every file in it has the same modification time (the commit's), so `COPY` layers depend on
-content only.
+content only. The template, the lock and the server come from the installed packages
+(package data), never from a checkout.
 """
 
 from __future__ import annotations
@@ -11,16 +13,21 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from importlib.resources import files
 from pathlib import Path
 from string import Template
 
-import serving
+import shipyard_serving
 from shipyard.errors import ImageError
 
-TEMPLATE = Path(__file__).with_name("Dockerfile.template")
-LOCK = Path(serving.__file__).with_name("requirements.lock")
+TEMPLATE = files("shipyard.image").joinpath("Dockerfile.template")
+SERVER = Path(shipyard_serving.__file__).parent
+"""The server package as installed: what the image's wheel of it is built from."""
+LOCK = SERVER / "requirements.lock"
+SERVER_DIST = "shipyard-serving"
 NO_COMMIT_EPOCH = 315532800  # 1980-01-01, for working trees outside git
 
 
@@ -87,18 +94,73 @@ def wheelhouse(cache_dir: Path, lock: Path = LOCK) -> Path:
     return target
 
 
-def build_context(spec: ImageSpec, model_files: list[Path], wheels: Path, out: Path) -> Path:
+def _server_sources() -> list[Path]:
+    return sorted(p for p in SERVER.rglob("*.py") if "__pycache__" not in p.parts)
+
+
+def server_wheel(cache_dir: Path, epoch: int = NO_COMMIT_EPOCH) -> Path:
+    """The server package as a wheel, built once per content (and cached): the image installs it
+    hash-checked like its dependencies, instead of copying source onto a PYTHONPATH."""
+    digest = hashlib.sha256()
+    for path in _server_sources():
+        digest.update(path.relative_to(SERVER).as_posix().encode() + b"\0" + path.read_bytes())
+    target = cache_dir / f"server-{digest.hexdigest()[:16]}"
+    wheels = sorted(target.glob("*.whl"))
+    if wheels:
+        return wheels[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        source = Path(tmp) / "src"
+        for path in _server_sources():
+            dest = source / "shipyard_serving" / path.relative_to(SERVER)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, dest)
+        (source / "pyproject.toml").write_text(
+            "[build-system]\nrequires = ['setuptools']\nbuild-backend = 'setuptools.build_meta'\n"
+            f"[project]\nname = '{SERVER_DIST}'\nversion = '{shipyard_serving.__version__}'\n"
+            "requires-python = '>=3.11'\n[tool.setuptools]\npackages = ['shipyard_serving']\n"
+        )
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "wheel",
+                "--quiet",
+                "--no-deps",
+                "--no-index",
+                "--no-build-isolation",
+                "--wheel-dir",
+                str(Path(tmp) / "out"),
+                str(source),
+            ],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "SOURCE_DATE_EPOCH": str(epoch)},
+        )
+        if done.returncode:
+            raise ImageError(f"Building the server's wheel failed: {done.stderr.strip()[-800:]}")
+        target.mkdir(parents=True, exist_ok=True)
+        (built,) = (Path(tmp) / "out").glob("*.whl")
+        return Path(shutil.copy(built, target / built.name))
+
+
+def locked_requirements(lock: Path, server: Path) -> str:
+    """The lock plus the server's wheel, pinned by its sha256: every install is hash-checked."""
+    sha = hashlib.sha256(server.read_bytes()).hexdigest()
+    pin = f"{SERVER_DIST}=={shipyard_serving.__version__} --hash=sha256:{sha}\n"
+    return lock.read_text().rstrip("\n") + "\n" + pin
+
+
+def build_context(
+    spec: ImageSpec, model_files: list[Path], wheels: Path, server: Path, out: Path
+) -> Path:
     """Write the context into `out` and return it."""
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     (out / "Dockerfile").write_text(dockerfile(spec))
-    shutil.copy(LOCK, out / "requirements.lock")
+    (out / "requirements.lock").write_text(locked_requirements(LOCK, server))
     shutil.copytree(wheels, out / "wheels", ignore=shutil.ignore_patterns(".complete"))
-    shutil.copytree(
-        Path(serving.__file__).parent,
-        out / "serving",
-        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "requirements.*"),
-    )
+    shutil.copy(server, out / "wheels" / server.name)
     (out / "model").mkdir()
     for path in model_files:
         shutil.copy(path, out / "model" / path.name)

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import docker
 from docker.errors import APIError, DockerException
 
+from shipyard import engine, registry
+from shipyard.contracts import pinned
+from shipyard.engine import RegistryLogin, push
 from shipyard.errors import ImageError, StackError
-from shipyard.stack import Registry, push
+from shipyard.image.release import ReleaseImage
+from shipyard.settings import Settings
 
 _REFUSED = ("unauthorized", "authentication required", "denied", "no basic auth credentials")
 
@@ -16,7 +21,7 @@ _REFUSED = ("unauthorized", "authentication required", "denied", "no basic auth 
 def push_with_retries(
     client: docker.DockerClient,
     reference: str,
-    registry: Registry,
+    registry: RegistryLogin,
     attempts: int,
     backoff_s: float = 1.0,
 ) -> str:
@@ -38,3 +43,30 @@ def push_with_retries(
                 ) from e
             time.sleep(backoff_s * 2 ** (attempt - 1))
     raise AssertionError("unreachable")
+
+
+@dataclass(frozen=True)
+class PushedImage:
+    reference: str
+    digest: str
+
+    @property
+    def pinned(self) -> str:
+        """repository@digest: what deploys pull."""
+        return pinned(self.reference, self.digest)
+
+
+def push_release(
+    image: ReleaseImage, model: str, version: str, run_id: str, settings: Settings
+) -> PushedImage:
+    """Push with retries; tag the MLflow version with `image` and `image_digest`."""
+    client = engine.engine(settings)
+    login = engine.registry_login(settings)
+    digest = push_with_retries(client, image.reference, login, settings.push_attempts)
+    pushed = PushedImage(image.reference, digest)
+    mlflow = registry.client(settings)
+    registry.tag_image(mlflow, model, version, pushed.reference, digest)
+    mlflow.log_artifact(run_id, str(image.sbom), "image")
+    mlflow.log_artifact(run_id, str(image.golden), "image")
+    mlflow.log_artifact(run_id, str(image.metadata), "image")
+    return pushed

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from serving.metrics import Metrics
-from serving.model import ModelInfo
 from shipyard.deploy.checks import judge, parse, window
-from shipyard.manifest import Deploy
+from shipyard.manifest import DeployPolicy
+from shipyard_serving.metrics import Metrics
+from shipyard_serving.model import ModelInfo
 
 
 def server_metrics() -> Metrics:
@@ -31,10 +31,10 @@ def test_a_window_counts_only_inference_between_two_scrapes() -> None:
 def test_no_traffic_passes_and_the_limits_name_value_and_field() -> None:
     metrics = server_metrics()
     quiet = parse(metrics.render().decode())
-    assert judge(window(quiet, quiet), Deploy()) == []
+    assert judge(window(quiet, quiet), DeployPolicy()) == []
     for status in (200, 500, 500):
         metrics.observe("/invocations", status, 0.03)
-    failures = judge(window(quiet, parse(metrics.render().decode())), Deploy(max_p99_ms=10))
+    failures = judge(window(quiet, parse(metrics.render().decode())), DeployPolicy(max_p99_ms=10))
     assert failures == [
         "Gate 'error_rate' failed: 0.667 (2 of 3 requests answered 5xx) > limit 0.010 "
         "(deploy.max_error_rate)",

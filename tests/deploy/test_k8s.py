@@ -2,23 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import kubernetes_validate
 import pytest
 
 from shipyard.deploy.k8s import Track, render
+from tests.support.k8s import validate_core
 
-KUBERNETES = "1.33"
 DIGEST = "sha256:" + "a" * 64
-
-
-def validate_core(objects: list[dict[str, Any]]) -> None:
-    """Core objects against the cluster's OpenAPI schemas (strict: no unknown fields)."""
-    for obj in objects:
-        if obj["apiVersion"].startswith("gateway.networking.k8s.io"):
-            continue  # a CRD: not in the core schemas (checked by structure below)
-        kubernetes_validate.validate(obj, KUBERNETES, strict=True)
 
 
 def test_a_stable_release_is_a_deployment_pulled_by_digest_and_its_services() -> None:

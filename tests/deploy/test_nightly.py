@@ -3,9 +3,9 @@ gated redeploy of the same version."""
 
 from __future__ import annotations
 
-from flows.nightly import nightly_rebuild
-from shipyard import registry, stack
-from tests.deploy.conftest import MODEL, Endpoint, serving_containers
+from shipyard import engine, registry
+from shipyard.flows.nightly import nightly_rebuild
+from tests.support.endpoints import MODEL, Endpoint, serving_containers
 
 
 def test_an_unchanged_base_rebuilds_the_same_digest_and_does_not_redeploy(
@@ -24,8 +24,8 @@ def test_a_patched_base_changes_the_digest_and_redeploys_the_same_version(
     endpoint: Endpoint,
 ) -> None:
     settings = endpoint.settings
-    client = stack.engine(settings)
-    base = stack.base_image(settings)
+    client = engine.engine(settings)
+    base = engine.base_image(settings)
     context = settings.state_dir / "patched-base"
     context.mkdir()
     (context / "Dockerfile").write_text(
@@ -35,7 +35,7 @@ def test_a_patched_base_changes_the_digest_and_redeploys_the_same_version(
     client.images.build(
         path=str(context), tag=f"{repository}:patched", pull=False, rm=True, forcerm=True
     )
-    digest = stack.push(client, repository, "patched", stack.registry_credentials(settings))
+    digest = engine.push(client, repository, "patched", engine.registry_login(settings))
     patched = settings.model_copy(update={"base_image": f"{repository}@{digest}"})
     aliases = endpoint.aliases()
 

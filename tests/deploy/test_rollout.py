@@ -18,20 +18,21 @@ import pytest
 import yaml
 from prefect.concurrency.sync import concurrency
 
-from flows.deploy import deploy_lock, rollout, target_of_version
-from flows.rollback import rollback
-from shipyard import registry, stack
-from shipyard.deploy.rollout import Target
+from shipyard import engine, registry
+from shipyard.contracts import RolloutResult
+from shipyard.deploy.endpoint import Target
 from shipyard.errors import DeployError, RegistryError, Superseded
-from shipyard.manifest import Deploy
-from tests.deploy.conftest import (
+from shipyard.flows.rollback import rollback
+from shipyard.flows.rollout import rollout, rollout_lock, target_of_version
+from shipyard.manifest import DeployPolicy
+from tests.support.endpoints import (
     MODEL,
     Endpoint,
     derived_image,
     serving_containers,
     steady_load,
 )
-from tests.deploy.test_k8s import validate_core
+from tests.support.k8s import validate_core
 
 
 def served_version(url: str) -> str:
@@ -83,13 +84,13 @@ def test_blue_green_canary_and_rollback_under_steady_load_fail_no_request(
     first = endpoint.aliases()["champion"]
     with steady_load(endpoint.url) as blue_green:
         second = endpoint.release(seed=1, strategy="blue-green")
-    assert second["deployed_version"] != first and second["previous_version"] == first
+    assert second.deployed_version != first and second.previous_version == first
     with steady_load(endpoint.url) as canary:
         third = endpoint.release(seed=2, strategy="canary")
     with steady_load(endpoint.url) as back:
         rolled = rollback(MODEL, settings=endpoint.settings)
 
-    v2, v3 = second["deployed_version"], third["deployed_version"]
+    v2, v3 = second.deployed_version, third.deployed_version
     for counts, before, after in ((blue_green, first, v2), (canary, v2, v3), (back, v3, v2)):
         assert counts["sent"] > 100 and counts["failed"] == 0, counts
         assert counts["versions"].get(before, 0) > 0 and counts["versions"].get(after, 0) > 0
@@ -160,7 +161,7 @@ def test_killing_green_mid_canary_returns_traffic_to_blue(endpoint: Endpoint) ->
             time.sleep(0.1)
         time.sleep(1)  # the canary serves for a while
         green = d.instances[d.candidate].container_id
-        stack.engine(endpoint.settings).containers.get(green).kill()
+        engine.engine(endpoint.settings).containers.get(green).kill()
         thread.join(timeout=60)
     assert len(raised) == 1 and isinstance(raised[0], DeployError), raised
     assert "Gate 'running' failed" in str(raised[0]) or "Gate 'readiness' failed" in str(raised[0])
@@ -185,7 +186,7 @@ def test_the_p99_gate_reads_the_new_containers_own_metrics(endpoint: Endpoint) -
     mlflow = registry.client(endpoint.settings)
     previous = registry.version_by_alias(mlflow, MODEL, registry.PREVIOUS)
     assert previous is not None
-    strict = Deploy(
+    strict = DeployPolicy(
         port=endpoint.deployment().port, canary_steps=[20, 100], step_seconds=3, max_p99_ms=0.1
     )
     with (
@@ -208,8 +209,8 @@ def test_deploys_of_one_model_wait_for_each_other(endpoint: Endpoint) -> None:
     previous = registry.version_by_alias(mlflow, MODEL, registry.PREVIOUS)
     assert previous is not None
     target = target_of_version(endpoint.settings, MODEL, previous)
-    finished: list[dict[str, str]] = []
-    with concurrency(deploy_lock(MODEL), occupy=1, strict=True):  # another deploy holds it
+    finished: list[RolloutResult] = []
+    with concurrency(rollout_lock(MODEL), occupy=1, strict=True):  # another deploy holds it
         thread = threading.Thread(
             target=lambda: finished.append(rollout(target, "blue-green", None, endpoint.settings))
         )
@@ -218,7 +219,7 @@ def test_deploys_of_one_model_wait_for_each_other(endpoint: Endpoint) -> None:
         assert thread.is_alive() and endpoint.deployment().candidate is None
         assert serving_containers(endpoint.settings) == [aliases["champion"]]
     thread.join(timeout=120)
-    assert finished and finished[0]["deployed_version"] == str(previous.version)
+    assert finished and finished[0].deployed_version == str(previous.version)
     assert endpoint.aliases()["champion"] == str(previous.version)
 
 

@@ -12,7 +12,7 @@ from prefect.client.orchestration import get_client
 
 from shipyard import registry
 from shipyard.settings import Settings
-from tests.conftest import ROOT, git
+from tests.support.projects import ROOT, git
 
 
 def test_served_deployment_runs_a_release_triggered_through_the_api(

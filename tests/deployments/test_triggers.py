@@ -23,9 +23,9 @@ from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 
 from shipyard import registry
 from shipyard.deploy import containers
-from shipyard.deploy.rollout import undeploy
+from shipyard.deploy.endpoint import undeploy
 from shipyard.settings import Settings
-from tests.conftest import ROOT, commit_all
+from tests.support.projects import ROOT, commit_all
 
 BIN = Path(sys.executable).parent
 SECRET = "e2e-webhook-secret"

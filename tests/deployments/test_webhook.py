@@ -19,7 +19,7 @@ from prefect.events.worker import EventsWorker
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from pydantic import SecretStr
 
-from deployments.webhook import EVENT, WebhookApp, WebhookSettings
+from shipyard.deployments.webhook import EVENT, WebhookApp, WebhookSettings
 
 SECRET = "s3cret-for-tests"
 

@@ -11,11 +11,11 @@ from mlflow import MlflowClient
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-from flows.release import release
 from shipyard import registry
 from shipyard.errors import GateError, ProjectError, SourceError
+from shipyard.flows.release import release
 from shipyard.settings import Settings
-from tests.conftest import commit_all, edit_manifest, git, make_repo
+from tests.support.projects import commit_all, edit_manifest, git, make_repo
 
 MODEL = "digits-sklearn"
 
@@ -46,16 +46,16 @@ def test_release_from_git_registers_a_traceable_candidate(
     head = git(sklearn_repo, "rev-parse", "HEAD")
     summary = release(source=sklearn_repo.as_uri(), ref="main", until="register", settings=settings)
 
-    assert summary["status"] == "registered" and summary["version"] == "1"
-    assert summary["git_sha"] == head and not summary["reused"]
+    assert summary.status == "registered" and summary.version == "1"
+    assert summary.git_sha == head and not summary.reused
     mlflow = registry.client(settings)
     version = mlflow.get_model_version_by_alias(MODEL, "candidate")
     tags = version.tags
     assert str(version.version) == "1"
     assert tags["git_sha"] == head
-    assert tags["fingerprint"] == summary["fingerprint"]
-    assert tags["prefect_flow_run_id"] == summary["flow_run_id"]
-    assert tags["variant"] == summary["variant"] == "int8"
+    assert tags["fingerprint"] == summary.fingerprint
+    assert tags["prefect_flow_run_id"] == summary.flow_run_id
+    assert tags["variant"] == summary.variant == "int8"
     served = Path(
         mlflow.download_artifacts(
             version.run_id, "model/model.onnx", str(Path(settings.state_dir) / "dl")
@@ -64,7 +64,7 @@ def test_release_from_git_registers_a_traceable_candidate(
     assert (
         hashlib.sha256(served.read_bytes()).hexdigest()
         == tags["onnx_sha256"]
-        == summary["onnx_sha256"]
+        == summary.onnx_sha256
     )
     logged = {a.path for a in mlflow.list_artifacts(version.run_id, "onnx")}
     assert logged == {"onnx/fp32.onnx", "onnx/optimized.onnx", "onnx/int8.onnx"}
@@ -73,9 +73,9 @@ def test_release_from_git_registers_a_traceable_candidate(
     run = mlflow.get_run(version.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.params["hidden_layer_sizes"] == "[256, 128]"
-    assert run.data.metrics["int8.accuracy"] == pytest.approx(summary["metrics"]["accuracy"])
+    assert run.data.metrics["int8.accuracy"] == pytest.approx(summary.metrics["accuracy"])
 
-    assert task_states(summary["flow_run_id"]) == {
+    assert task_states(summary.flow_run_id) == {
         "source": "Completed",
         "data": "Completed",
         "train": "Completed",
@@ -84,7 +84,7 @@ def test_release_from_git_registers_a_traceable_candidate(
         "validate": "Completed",
         "register": "Completed",
     }
-    assert flow_artifacts(summary["flow_run_id"]) == {
+    assert flow_artifacts(summary.flow_run_id) == {
         "digits-sklearn-variants": "table",
         "digits-sklearn-release-report": "markdown",
     }
@@ -96,10 +96,10 @@ def test_a_second_release_of_unchanged_inputs_is_cached_and_reuses_the_version(
     first = release(source=sklearn_repo.as_uri(), ref="main", until="register", settings=settings)
     second = release(source=sklearn_repo.as_uri(), ref="main", until="register", settings=settings)
 
-    assert second["fingerprint"] == first["fingerprint"]
-    assert second["version"] == first["version"] and second["reused"]
-    assert second["mlflow_run_id"] == first["mlflow_run_id"]
-    states = task_states(second["flow_run_id"])
+    assert second.fingerprint == first.fingerprint
+    assert second.version == first.version and second.reused
+    assert second.mlflow_run_id == first.mlflow_run_id
+    states = task_states(second.flow_run_id)
     assert states["train"] == states["export"] == states["optimize"] == "Cached"
     assert versions(registry.client(settings)) == ["1"]
 
@@ -112,12 +112,12 @@ def test_a_new_commit_that_changes_the_model_is_a_new_version(
     sha = commit_all(sklearn_repo, "Smaller MLP")
     second = release(source=sklearn_repo.as_uri(), ref="main", until="register", settings=settings)
 
-    assert second["fingerprint"] != first["fingerprint"]
-    assert second["version"] == "2" and second["git_sha"] == sha
+    assert second.fingerprint != first.fingerprint
+    assert second.version == "2" and second.git_sha == sha
     mlflow = registry.client(settings)
     assert mlflow.get_model_version_by_alias(MODEL, "candidate").version == 2
     assert versions(mlflow) == ["1", "2"]
-    assert task_states(second["flow_run_id"])["train"] == "Completed"
+    assert task_states(second.flow_run_id)["train"] == "Completed"
 
 
 def test_two_clean_releases_of_a_commit_are_byte_identical(
@@ -128,11 +128,11 @@ def test_two_clean_releases_of_a_commit_are_byte_identical(
         release(source=sklearn_repo.as_uri(), ref="main", until="register", settings=s)
         for s in states
     ]
-    assert runs[0]["fingerprint"] == runs[1]["fingerprint"]
-    assert runs[0]["onnx_sha256"] == runs[1]["onnx_sha256"]
+    assert runs[0].fingerprint == runs[1].fingerprint
+    assert runs[0].onnx_sha256 == runs[1].onnx_sha256
     for variant in ("fp32.onnx", "optimized.onnx", "int8.onnx"):
         a, b = (
-            s.builds_dir / r["fingerprint"] / "onnx" / variant
+            s.builds_dir / str(r.fingerprint) / "onnx" / variant
             for s, r in zip(states, runs, strict=True)
         )
         assert a.read_bytes() == b.read_bytes()
@@ -173,7 +173,7 @@ def test_a_candidate_worse_than_the_champion_is_refused(
 ) -> None:
     first = release(source=sklearn_repo.as_uri(), ref="main", until="register", settings=settings)
     mlflow = registry.client(settings)
-    mlflow.set_registered_model_alias(MODEL, "champion", first["version"])
+    mlflow.set_registered_model_alias(MODEL, "champion", first.version)
     edit_manifest(sklearn_repo, "hidden_layer_sizes: [256, 128]", "hidden_layer_sizes: [2]")
     edit_manifest(sklearn_repo, "min_accuracy: 0.95", "min_accuracy: 0.3")
     commit_all(sklearn_repo, "A much weaker model that still clears the absolute floor")
@@ -207,15 +207,15 @@ def test_a_ref_that_does_not_exist(sklearn_repo: Path, settings: Settings) -> No
 
 def test_until_stops_after_the_named_stage(sklearn_repo: Path, settings: Settings) -> None:
     summary = release(source=sklearn_repo.as_uri(), ref="main", until="export", settings=settings)
-    assert summary["status"] == "stopped after export"
-    assert set(task_states(summary["flow_run_id"])) == {"source", "data", "train", "export"}
+    assert summary.status == "stopped after export"
+    assert set(task_states(summary.flow_run_id)) == {"source", "data", "train", "export"}
     assert registry.client(settings).search_model_versions(f"name = '{MODEL}'") == []
 
 
 def test_pytorch_cnn_release_with_static_int8(tmp_path: Path, settings: Settings) -> None:
     repo = make_repo(tmp_path, "digits-cnn")
     summary = release(source=repo.as_uri(), ref="main", until="register", settings=settings)
-    assert summary["status"] == "registered" and summary["variant"] == "int8"
-    assert summary["metrics"]["accuracy"] >= 0.95
+    assert summary.status == "registered" and summary.variant == "int8"
+    assert summary.metrics["accuracy"] >= 0.95
     tags = registry.client(settings).get_model_version_by_alias("digits-cnn", "candidate").tags
-    assert tags["onnx_sha256"] == summary["onnx_sha256"]
+    assert tags["onnx_sha256"] == summary.onnx_sha256

@@ -14,20 +14,20 @@ import numpy as np
 import pytest
 from pydantic import SecretStr
 
-from flows.release import release
-from shipyard import registry, stack
+from shipyard import engine, registry
 from shipyard.errors import ImageError, StackError
+from shipyard.flows.release import release
 from shipyard.image.build import smoke_test
 from shipyard.image.context import ImageSpec, dockerfile
 from shipyard.settings import Settings
-from tests.conftest import git
+from tests.support.projects import git
 
 MODEL = "digits-sklearn"
 
 
 def manifest_exists(reference: str, digest: str, settings: Settings) -> bool:
     repository = reference.split("/", 1)[1].rpartition(":")[0]
-    credentials = stack.registry_credentials(settings)
+    credentials = engine.registry_login(settings)
     answer = httpx.get(
         f"http://{credentials.address}/v2/{repository}/manifests/{digest}",
         auth=(credentials.username, credentials.password),
@@ -63,20 +63,20 @@ def test_release_builds_smoke_tests_and_pushes_a_labelled_image(
         source=sklearn_repo.as_uri(), ref="main", until="push", settings=image_settings
     )
     head = git(sklearn_repo, "rev-parse", "HEAD")
-    assert summary["status"] == "pushed"
-    assert summary["image"].startswith(f"{image_settings.registry}/shipyard/{MODEL}:")
-    assert summary["image_digest"].startswith("sha256:")
-    assert manifest_exists(summary["image"], summary["image_digest"], image_settings)
+    assert summary.status == "pushed"
+    assert summary.image.startswith(f"{image_settings.registry}/shipyard/{MODEL}:")
+    assert summary.image_digest.startswith("sha256:")
+    assert manifest_exists(summary.image, summary.image_digest, image_settings)
 
     tags = registry.client(image_settings).get_model_version_by_alias(MODEL, "candidate").tags
-    assert tags["image"] == summary["image"] and tags["image_digest"] == summary["image_digest"]
+    assert tags["image"] == summary.image and tags["image_digest"] == summary.image_digest
 
-    client = stack.engine(image_settings)
-    config = client.images.get(summary["image"]).attrs["Config"]
+    client = engine.engine(image_settings)
+    config = client.images.get(summary.image).attrs["Config"]
     labels = config["Labels"]
     assert labels["org.opencontainers.image.revision"] == head
-    assert labels["org.opencontainers.image.version"] == summary["fingerprint"]
-    assert labels["ai.shipyard.onnx.sha256"] == summary["onnx_sha256"]
+    assert labels["org.opencontainers.image.version"] == summary.fingerprint
+    assert labels["ai.shipyard.onnx.sha256"] == summary.onnx_sha256
     created = int(git(sklearn_repo, "log", "-1", "--format=%ct"))
     assert labels["org.opencontainers.image.created"] == (
         datetime.fromtimestamp(created, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -84,7 +84,7 @@ def test_release_builds_smoke_tests_and_pushes_a_labelled_image(
     assert config["User"] == "10001:10001"
     assert "/v2/health/ready" in " ".join(config["Healthcheck"]["Test"])
 
-    run = registry.client(image_settings).get_run(summary["mlflow_run_id"])
+    run = registry.client(image_settings).get_run(summary.mlflow_run_id)
     sbom_path = registry.client(image_settings).download_artifacts(
         run.info.run_id, "image/sbom.cdx.json", str(image_settings.state_dir)
     )
@@ -92,8 +92,8 @@ def test_release_builds_smoke_tests_and_pushes_a_labelled_image(
         c["name"]: c["version"] for c in json.loads(Path(sbom_path).read_text())["components"]
     }
     assert components["onnxruntime"] and components["numpy"]
-    shipped = file_in_image(client, summary["image"], "/model/shipyard.json")
-    assert json.loads(shipped)["version"] == summary["version"]  # what /v2/models/{name} reports
+    shipped = file_in_image(client, summary.image, "/model/shipyard.json")
+    assert json.loads(shipped)["version"] == summary.version  # what /v2/models/{name} reports
 
 
 def test_the_pushed_image_pulls_and_serves_anywhere(
@@ -102,18 +102,16 @@ def test_the_pushed_image_pulls_and_serves_anywhere(
     summary = release(
         source=sklearn_repo.as_uri(), ref="main", until="push", settings=image_settings
     )
-    client = stack.engine(image_settings)
-    pinned = f"{summary['image'].rpartition(':')[0]}@{summary['image_digest']}"
-    forget_local_images(client, summary["image"].rpartition(":")[0])
-    credentials = stack.registry_credentials(image_settings)
+    client = engine.engine(image_settings)
+    pinned = f"{summary.image.rpartition(':')[0]}@{summary.image_digest}"
+    forget_local_images(client, summary.image.rpartition(":")[0])
+    credentials = engine.registry_login(image_settings)
     client.images.pull(pinned, auth_config=credentials.auth())
     data = json.loads((Path(__file__).parents[2] / "benchmarks" / "digits_rows.json").read_text())
     x = np.asarray(data, dtype=np.float32)
     from shipyard.inference import predict, session
 
-    build = (
-        image_settings.builds_dir / summary["fingerprint"] / "onnx" / f"{summary['variant']}.onnx"
-    )
+    build = image_settings.builds_dir / summary.fingerprint / "onnx" / f"{summary.variant}.onnx"
     labels, probabilities = predict(session(build), x)
     smoke_test(client, pinned, x, labels, probabilities)  # raises if anything differs
 
@@ -121,14 +119,14 @@ def test_the_pushed_image_pulls_and_serves_anywhere(
 def test_same_commit_from_clean_state_gives_the_same_digest(
     sklearn_repo: Path, make_settings, docker_stack: dict[str, str]
 ) -> None:
-    client = stack.engine(Settings())
+    client = engine.engine(Settings())
     digests = []
     for name in ("clean-a", "clean-b"):
         summary = release(
             source=sklearn_repo.as_uri(), ref="main", until="push", settings=make_settings(name)
         )
-        digests.append(summary["image_digest"])
-        forget_local_images(client, summary["image"].rpartition(":")[0])
+        digests.append(summary.image_digest)
+        forget_local_images(client, summary.image.rpartition(":")[0])
     assert digests[0] == digests[1]
 
 
@@ -150,10 +148,10 @@ def test_a_failing_smoke_test_names_the_difference_and_leaves_no_container(
     summary = release(
         source=sklearn_repo.as_uri(), ref="main", until="build", settings=image_settings
     )
-    client = stack.engine(image_settings)
+    client = engine.engine(image_settings)
     x = np.zeros((4, 64), dtype=np.float32)
     with pytest.raises(ImageError, match=r"differ from the validated model: \d+ of 4 labels"):
-        smoke_test(client, summary["image"], x, np.array([11, 11, 11, 11]), np.zeros((4, 10)))
+        smoke_test(client, summary.image, x, np.array([11, 11, 11, 11]), np.zeros((4, 10)))
     left = client.containers.list(all=True, filters={"label": "ai.shipyard.role=smoke-test"})
     assert left == []
 
@@ -161,8 +159,8 @@ def test_a_failing_smoke_test_names_the_difference_and_leaves_no_container(
 def test_a_broken_image_never_becomes_ready_and_is_removed(
     image_settings: Settings, tmp_path: Path
 ) -> None:
-    client = stack.engine(image_settings)
-    base = stack.base_image(image_settings)
+    client = engine.engine(image_settings)
+    base = engine.base_image(image_settings)
     (tmp_path / "Dockerfile").write_text(
         f'FROM {base}\nENTRYPOINT ["python3", "-c", "raise SystemExit(3)"]\n'
     )
@@ -185,7 +183,7 @@ def test_unreachable_engine_is_named_with_the_fix(monkeypatch: pytest.MonkeyPatc
         StackError,
         match=r"No Docker engine answers at unix:///nonexistent/docker.sock .*shipyard stack up",
     ):
-        stack.engine()
+        engine.engine()
 
 
 def test_a_missing_base_image_says_how_to_get_one(
@@ -194,7 +192,7 @@ def test_a_missing_base_image_says_how_to_get_one(
     missing = image_settings.model_copy(
         update={
             "stack_dir": tmp_path / "empty-stack",
-            "registry_password": SecretStr(stack.registry_credentials(image_settings).password),
+            "registry_password": SecretStr(engine.registry_login(image_settings).password),
             "base_image": f"{image_settings.registry}/shipyard/no-such-base@sha256:{'0' * 64}",
         }
     )
@@ -233,5 +231,5 @@ def test_registry_password_from_a_prefect_secret_block(tmp_path: Path) -> None:
         stack_dir=tmp_path / "no-stack",
         registry_password_block="shipyard-test-registry",
     )
-    credentials = stack.registry_credentials(settings)
+    credentials = engine.registry_login(settings)
     assert credentials.password == "from-the-block" and credentials.username == "shipyard"

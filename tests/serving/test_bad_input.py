@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from shipyard.project import Dataset
-from tests.serving.conftest import KEY, Server, rows
+from tests.support.servers import KEY, Server, rows
 
 AUTH = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
 INFER = "/v2/models/digits-sklearn/infer"

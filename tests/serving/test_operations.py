@@ -17,12 +17,12 @@ import httpx
 import numpy as np
 import pytest
 
-from flows.release import release
-from serving.model import ModelLoadError, ServedModel
 from shipyard import registry
+from shipyard.flows.release import release
 from shipyard.project import Dataset
 from shipyard.settings import Settings
-from tests.serving.conftest import free_port, rows, start_server
+from shipyard_serving.model import ModelLoadError, ServedModel
+from tests.support.servers import free_port, rows, start_server
 
 SHIPYARD = str(Path(sys.executable).parent / "shipyard")
 
@@ -180,7 +180,7 @@ def test_shipyard_serve_a_registered_version(sklearn_repo: Path, settings: Setti
         process.terminate()
         process.wait(timeout=30)
     tags = registry.client(settings).get_model_version_by_alias("digits-sklearn", "candidate").tags
-    assert meta["versions"] == [summary["version"]]
+    assert meta["versions"] == [summary.version]
     assert meta["parameters"]["onnx_sha256"] == tags["onnx_sha256"]
     assert meta["parameters"]["git_sha"] == tags["git_sha"]
     assert meta["parameters"]["labels"] == [str(i) for i in range(10)]

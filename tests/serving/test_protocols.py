@@ -9,7 +9,7 @@ import numpy as np
 import onnxruntime as ort
 
 from shipyard.project import Dataset
-from tests.serving.conftest import KEY, Server, rows
+from tests.support.servers import KEY, Server, rows
 
 AUTH = {"Authorization": f"Bearer {KEY}"}
 

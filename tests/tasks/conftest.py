@@ -2,22 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-from shipyard.manifest import Manifest, load_manifest
-from shipyard.project import Dataset, load_dataset
-from tasks.train import TrainedModel, train_model
-
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-
-
-def trained(name: str, out: Path) -> tuple[Manifest, Dataset, TrainedModel]:
-    project = EXAMPLES / name
-    manifest = load_manifest(project)
-    data = load_dataset(project, manifest)
-    return manifest, data, train_model(project, manifest, data, out)
+from shipyard.manifest import Manifest
+from shipyard.project import Dataset
+from shipyard.training import TrainedModel
+from tests.support.projects import trained
 
 
 @pytest.fixture(scope="module")

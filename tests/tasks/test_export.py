@@ -5,11 +5,10 @@ import onnx
 import pytest
 
 from shipyard.errors import ExportError
+from shipyard.export import export_onnx
 from shipyard.inference import predict, session
-from tasks.export import export_onnx
-from tasks.train import train_model
-from tests.conftest import sklearn_project
-from tests.tasks.conftest import EXAMPLES
+from shipyard.training import train_model
+from tests.support.projects import EXAMPLES, sklearn_project
 
 
 def test_sklearn_export_is_the_whole_pipeline_with_a_dynamic_batch(

@@ -2,10 +2,10 @@ from pathlib import Path
 
 import onnx
 
+from shipyard.export import export_onnx
 from shipyard.manifest import Variant
+from shipyard.optimize import build_variants, measure
 from shipyard.settings import Settings
-from tasks.export import export_onnx
-from tasks.optimize import build_variants, measure
 
 
 def _measured(trained, tmp_path: Path):

@@ -4,9 +4,8 @@ import numpy as np
 import pytest
 
 from shipyard.errors import ProjectError
-from tasks.train import train_model
-from tests.conftest import sklearn_project
-from tests.tasks.conftest import EXAMPLES, trained
+from shipyard.training import train_model
+from tests.support.projects import EXAMPLES, sklearn_project, trained
 
 
 def test_sklearn_training_is_deterministic(sklearn_trained, tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from serving.model import ModelInfo
+from shipyard_serving.model import ModelInfo
 
 
 class RequestError(Exception):

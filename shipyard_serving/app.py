@@ -16,13 +16,13 @@ from typing import Any
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, disable_created_metrics
 
-from serving import __version__, protocol
-from serving.auth import KeyCheck
-from serving.batching import MicroBatcher
-from serving.config import ServeSettings
-from serving.metrics import Metrics
-from serving.model import ServedModel
-from serving.protocol import RequestError
+from shipyard_serving import __version__, protocol
+from shipyard_serving.auth import KeyCheck
+from shipyard_serving.batching import MicroBatcher
+from shipyard_serving.config import ServeSettings
+from shipyard_serving.metrics import Metrics
+from shipyard_serving.model import ServedModel
+from shipyard_serving.protocol import RequestError
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -30,7 +30,7 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 Reply = tuple[int, bytes, bytes]  # status, body, content type
 
 JSON = b"application/json"
-log = logging.getLogger("serving")
+log = logging.getLogger("shipyard_serving")
 
 
 def _json(status: int, body: Any) -> Reply:

@@ -1,8 +1,9 @@
-"""The local stack a release needs: a Docker engine, an authenticated registry, a base image.
+"""Provisioning the engine side of the stack: Debian's dockerd, an htpasswd registry on
+127.0.0.1, the base image, and HAProxy for the deploy target.
 
 `ensure_*` functions bring up only what is missing and say what they did; what they start is
-recorded in `<stack_dir>/stack.json` so `shipyard stack down` stops exactly that. Where an engine
-and a registry already run (a laptop, a CI runner), nothing is installed or started.
+recorded in `stack.json` (pid plus start time) so `shipyard stack down` stops exactly that. Where
+an engine and a registry already run (a laptop, a CI runner), nothing is installed or started.
 """
 
 from __future__ import annotations
@@ -14,9 +15,7 @@ import shutil
 import signal
 import subprocess
 import tarfile
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +24,12 @@ import docker
 import httpx
 from docker.errors import APIError, DockerException, ImageNotFound
 
+from shipyard.engine import RegistryLogin, engine, push, registry_login
 from shipyard.errors import StackError
+from shipyard.processes import Started, background
 from shipyard.settings import Settings
+from shipyard.stack import state as stack_state
+from shipyard.waiting import TimedOut, wait_until
 
 Say = Callable[[str], None]
 BASE_REPOSITORY = "shipyard/base"
@@ -42,26 +45,6 @@ _STRIP = (
     "usr/share/info",
     "usr/lib/x86_64-linux-gnu/gconv",
 )
-
-
-@dataclass(frozen=True)
-class Registry:
-    address: str
-    username: str
-    password: str
-
-    def auth(self) -> dict[str, str]:
-        return {"username": self.username, "password": self.password}
-
-
-def read_state(settings: Settings) -> dict[str, Any]:
-    path = settings.stack_dir / "stack.json"
-    return json.loads(path.read_text()) if path.is_file() else {"started": {}}
-
-
-def write_state(settings: Settings, state: dict[str, Any]) -> None:
-    settings.stack_dir.mkdir(parents=True, exist_ok=True)
-    (settings.stack_dir / "stack.json").write_text(json.dumps(state, indent=2, sort_keys=True))
 
 
 def apt_install(package: str, say: Say) -> None:
@@ -81,30 +64,17 @@ def apt_install(package: str, say: Say) -> None:
             raise StackError(f"{' '.join(args)} failed: {done.stderr.strip()[-500:]}")
 
 
-def background(args: list[str], log: Path) -> int:
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("ab") as out:
-        process = subprocess.Popen(
-            args,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )  # outlives this command
-    return process.pid
+def _record(settings: Settings, name: str, started: Started) -> None:
+    state = stack_state.read(settings)
+    state["started"][name] = started.to_json()
+    stack_state.write(settings, state)
 
 
-def engine(settings: Settings | None = None) -> docker.DockerClient:
-    """A client of the engine at DOCKER_HOST (or the default socket), or a `StackError`."""
+def _engine_answers(settings: Settings) -> docker.DockerClient | None:
     try:
-        client = docker.from_env(timeout=300)
-        client.ping()
-        return client
-    except DockerException as e:
-        raise StackError(
-            f"No Docker engine answers at {os.environ.get('DOCKER_HOST', 'unix:///var/run/docker.sock')} "
-            f"({e}). Start one, or run `shipyard stack up` to start Debian's dockerd."
-        ) from e
+        return engine(settings)
+    except StackError:
+        return None
 
 
 def ensure_engine(settings: Settings, say: Say) -> docker.DockerClient:
@@ -118,44 +88,13 @@ def ensure_engine(settings: Settings, say: Say) -> docker.DockerClient:
     if shutil.which("dockerd") is None:
         apt_install("docker.io", say)
     log = settings.stack_dir / "dockerd.log"
-    pid = background(["dockerd"], log)
-    say(f"engine: started dockerd (pid {pid}, log {log})")
-    state = read_state(settings)
-    state["started"]["dockerd"] = pid
-    write_state(settings, state)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            return engine(settings)
-        except StackError:
-            if time.monotonic() > deadline:
-                raise StackError(f"dockerd did not answer within 60 s; see {log}") from None
-            time.sleep(0.5)
-
-
-def registry_credentials(settings: Settings) -> Registry:
-    """The configured credentials, a Prefect Secret block's, or the local stack's generated ones."""
-    if settings.registry_password is not None:
-        return Registry(
-            settings.registry,
-            settings.registry_username,
-            settings.registry_password.get_secret_value(),
-        )
-    if settings.registry_password_block:
-        from prefect.blocks.system import Secret
-
-        return Registry(
-            settings.registry,
-            settings.registry_username,
-            str(Secret.load(settings.registry_password_block).get()),  # type: ignore[union-attr]
-        )
-    stored = settings.stack_dir / "registry-password"
-    if stored.is_file():
-        return Registry(settings.registry, settings.registry_username, stored.read_text().strip())
-    raise StackError(
-        f"No password for registry {settings.registry}: set SHIPYARD_REGISTRY_PASSWORD, "
-        "SHIPYARD_REGISTRY_PASSWORD_BLOCK, or run `shipyard stack up` for a local registry."
-    )
+    started = background(["dockerd"], log)
+    _record(settings, "dockerd", started)
+    say(f"engine: started dockerd (pid {started.pid}, log {log})")
+    try:
+        return wait_until(lambda: _engine_answers(settings), 60, 0.5)
+    except TimedOut:
+        raise StackError(f"dockerd did not answer within 60 s; see {log}") from None
 
 
 def _registry_answers(address: str) -> bool:
@@ -165,10 +104,10 @@ def _registry_answers(address: str) -> bool:
         return False
 
 
-def ensure_registry(settings: Settings, say: Say) -> Registry:
+def ensure_registry(settings: Settings, say: Say) -> RegistryLogin:
     if _registry_answers(settings.registry):
         say(f"registry: {settings.registry} answers; nothing started")
-        return registry_credentials(settings)
+        return registry_login(settings)
     host, _, port = settings.registry.rpartition(":")
     if host not in ("127.0.0.1", "localhost"):
         raise StackError(
@@ -177,8 +116,8 @@ def ensure_registry(settings: Settings, say: Say) -> Registry:
     if shutil.which("docker-registry") is None:
         apt_install("docker-registry", say)
     stack = settings.stack_dir
-    stack.mkdir(parents=True, exist_ok=True)
-    password_file = stack / "registry-password"
+    stack_state.private_dir(settings)
+    password_file = settings.registry_password_file
     if settings.registry_password is not None:
         password = settings.registry_password.get_secret_value()
     elif password_file.is_file():
@@ -211,22 +150,20 @@ def ensure_registry(settings: Settings, say: Say) -> Registry:
             indent=2,
         )
     )
-    pid = background(["docker-registry", "serve", str(config)], stack / "registry.log")
-    state = read_state(settings)
-    state["started"]["registry"] = pid
-    write_state(settings, state)
-    deadline = time.monotonic() + 30
-    while not _registry_answers(settings.registry):
-        if time.monotonic() > deadline:
-            raise StackError(
-                f"docker-registry did not answer within 30 s; see {stack / 'registry.log'}"
-            )
-        time.sleep(0.3)
+    started = background(["docker-registry", "serve", str(config)], stack / "registry.log")
+    _record(settings, "registry", started)
+    try:
+        wait_until(lambda: _registry_answers(settings.registry), 30, 0.3)
+    except TimedOut:
+        raise StackError(
+            f"docker-registry did not answer within 30 s; see {stack / 'registry.log'}"
+        ) from None
     say(
-        f"registry: started docker-registry on {settings.registry} with htpasswd auth (pid {pid}); "
+        f"registry: started docker-registry on {settings.registry} with htpasswd auth "
+        f"(pid {started.pid}); "
         f"user {settings.registry_username}, password in {password_file}"
     )
-    return Registry(settings.registry, settings.registry_username, password)
+    return RegistryLogin(settings.registry, settings.registry_username, password)
 
 
 def _debian_rootfs(root: Path, say: Say) -> Path:
@@ -256,22 +193,8 @@ def _debian_rootfs(root: Path, say: Say) -> Path:
     return rootfs
 
 
-def push(client: docker.DockerClient, repository: str, tag: str, registry: Registry) -> str:
-    """Push `repository:tag`; return the manifest digest the registry stored."""
-    digest = None
-    for line in client.images.push(
-        repository, tag, auth_config=registry.auth(), stream=True, decode=True
-    ):
-        if "error" in line:
-            raise StackError(f"push of {repository}:{tag} failed: {line['error']}")
-        digest = line.get("aux", {}).get("Digest", digest)
-    if digest is None:
-        raise StackError(f"push of {repository}:{tag} reported no digest")
-    return str(digest)
-
-
 def ensure_base(
-    settings: Settings, client: docker.DockerClient, registry: Registry, say: Say
+    settings: Settings, client: docker.DockerClient, registry: RegistryLogin, say: Say
 ) -> str:
     """The base image reference, by digest: the configured one if it can be had, else ours."""
     try:
@@ -286,7 +209,7 @@ def ensure_base(
         return settings.base_image
     except (APIError, DockerException):
         say(f"base: {settings.base_image} cannot be pulled here")
-    state = read_state(settings)
+    state = stack_state.read(settings)
     recorded = state.get("base_image")
     if recorded:
         try:
@@ -314,8 +237,9 @@ def ensure_base(
     shutil.rmtree(rootfs, ignore_errors=True)
     digest = push(client, repository, BASE_TAG, registry)
     reference = f"{repository}@{digest}"
+    state = stack_state.read(settings)
     state["base_image"] = reference
-    write_state(settings, state)
+    stack_state.write(settings, state)
     size = client.images.get(reference).attrs["Size"] / 1e6
     say(f"base: built and pushed {reference} ({size:.0f} MB)")
     return reference
@@ -332,49 +256,40 @@ def up(settings: Settings, say: Say) -> dict[str, str]:
     return {"engine": client.api.base_url, "registry": registry.address, "base_image": base}
 
 
-def base_image(settings: Settings) -> str:
-    """The base a build uses: the configured image if the engine has it, else the stack's."""
-    recorded = read_state(settings).get("base_image")
-    if recorded:
-        try:
-            engine(settings).images.get(settings.base_image)
-        except (ImageNotFound, APIError, StackError):
-            return str(recorded)
-    return settings.base_image
-
-
 def status(settings: Settings) -> dict[str, Any]:
     try:
         client = engine(settings)
         engine_state = f"running ({client.version()['Version']})"
     except StackError as e:
         engine_state = f"down: {e}"
-    state = read_state(settings)
+    state = stack_state.read(settings)
+    answers = _registry_answers(settings.registry)
     return {
         "engine": engine_state,
-        "registry": f"{settings.registry} {'answers' if _registry_answers(settings.registry) else 'down'}",
+        "registry": f"{settings.registry} {'answers' if answers else 'down'}",
         "base_image": state.get("base_image") or settings.base_image,
-        "started_by_shipyard": state["started"],
+        "started_by_shipyard": {
+            name: entry for name, entry in state["started"].items() if _ours(entry) is not None
+        },
     }
 
 
+def _ours(entry: object) -> Started | None:
+    started = Started.from_json(entry)
+    return started if started is not None and started.alive() else None
+
+
 def down(settings: Settings, say: Say) -> None:
-    """Stop what `up` started (and nothing else)."""
-    state = read_state(settings)
+    """Stop what `up` started (and nothing else: a pid is ours only with its start time)."""
+    state = stack_state.read(settings)
     for name in ("registry", "dockerd"):
-        pid = state["started"].pop(name, None)
-        if pid is None:
+        entry = state["started"].pop(name, None)
+        if entry is None:
             continue
-        try:
-            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            command = ""
-        if ("docker-registry" if name == "registry" else "dockerd") not in command:
-            say(f"{name} (pid {pid}) is no longer running; nothing to stop")
+        started = _ours(entry)
+        if started is None:
+            say(f"{name} is no longer the process the stack started; nothing to stop")
             continue
-        try:
-            os.kill(pid, signal.SIGTERM)
-            say(f"stopped {name} (pid {pid})")
-        except ProcessLookupError:
-            say(f"{name} (pid {pid}) was not running")
-    write_state(settings, state)
+        os.kill(started.pid, signal.SIGTERM)
+        say(f"stopped {name} (pid {started.pid})")
+    stack_state.write(settings, state)

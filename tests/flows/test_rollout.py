@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from flows.deploy import _not_undone
 from shipyard import registry
 from shipyard.deploy import state
+from shipyard.flows.rollout import _not_undone
 from shipyard.settings import Settings
 
 MODEL = "digits-sklearn"

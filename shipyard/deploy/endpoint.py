@@ -1,4 +1,4 @@
-"""Rollout strategies on the Docker target, in three moves a flow can undo one by one.
+"""A model's endpoint on the Docker target, and the rollout moves a flow can undo one by one.
 
 1. `start`: run the new version in the idle slot; gate readiness and golden smoke requests
    directly on the container, before it gets any traffic.
@@ -20,16 +20,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
+import docker
 import httpx
 from docker.errors import DockerException
 
-from shipyard import stack
+from shipyard import engine
 from shipyard.deploy import checks, containers, state
 from shipyard.deploy.checks import Golden
 from shipyard.deploy.proxy import Proxy, Slot
 from shipyard.deploy.state import Deployment, Instance
 from shipyard.errors import DeployError
-from shipyard.manifest import Deploy
+from shipyard.manifest import DeployPolicy
 from shipyard.settings import Settings
 
 Strategy = Literal["blue-green", "canary", "recreate"]
@@ -47,24 +48,39 @@ class Target:
     golden: Golden
 
 
-class Rollout:
-    """The endpoint of one model: its state, its proxy, and the engine its containers run on."""
+class Endpoint:
+    """One model's stable endpoint: its recorded state, its proxy, and the engine its slots'
+    containers run on. Built by `open`; the constructor only holds what it is given."""
 
     def __init__(
         self,
         settings: Settings,
+        deployment: Deployment,
+        recorded: DeployPolicy,
+        client: docker.DockerClient,
+        proxy: Proxy,
+        say: Say = lambda _: None,
+    ) -> None:
+        self.settings, self.deployment, self.recorded = settings, deployment, recorded
+        self.client, self.proxy, self.say = client, proxy, say
+        self.reverted = False
+
+    @classmethod
+    def open(
+        cls,
+        settings: Settings,
         model: str,
-        policy: Deploy | None,
+        policy: DeployPolicy | None,
         say: Say = lambda _: None,
         keep: bool = True,
-    ) -> None:
-        """`policy` (default: the recorded one) governs this rollout, and is recorded unless
+    ) -> Endpoint:
+        """The endpoint of `model` as recorded (a new one if none is), its proxy running.
+
+        `policy` (default: the recorded one) governs this rollout, and is recorded unless
         `keep` is False (a one-off override, like rollback's)."""
-        self.settings, self.say = settings, say
-        self.reverted = False
-        self.client = stack.engine(settings)
+        client = engine.engine(settings)
         existing = state.load(settings.deploy_dir, model)
-        policy = policy or (existing.policy if existing else Deploy())
+        policy = policy or (existing.policy if existing else DeployPolicy())
         if existing is None:
             existing = Deployment(model=model, host=settings.deploy_host, port=policy.port)
         elif existing.port != policy.port:
@@ -72,13 +88,12 @@ class Rollout:
                 f"endpoint: {model} already serves on port {existing.port}; deploy.port "
                 f"{policy.port} applies after `shipyard undeploy {model}`"
             )
-        self.recorded = (policy if keep else existing.policy).model_copy(
-            update={"port": existing.port}
-        )
+        recorded = (policy if keep else existing.policy).model_copy(update={"port": existing.port})
         existing.policy = policy.model_copy(update={"port": existing.port})
-        self.deployment = existing
-        self.proxy = Proxy(settings.deploy_dir / model, existing.host, existing.port)
-        self.proxy.ensure(self._slots(), say)
+        proxy = Proxy(settings.deploy_dir / model, existing.host, existing.port)
+        endpoint = cls(settings, existing, recorded, client, proxy, say)
+        proxy.ensure(endpoint._slots(), say)
+        return endpoint
 
     # -- state ---------------------------------------------------------------------------
 
@@ -115,6 +130,23 @@ class Rollout:
         if self.settings.serve_workers:
             environment["SHIPYARD_SERVE_WORKERS"] = str(self.settings.serve_workers)
         return environment
+
+    def deploy(self, target: Target, strategy: Strategy) -> str:
+        """`start` then `shift`; any failure (a gate, the engine, the proxy, an interruption)
+        reverts before it propagates. Returns the new version's slot color."""
+        if self.deployment.live is None and strategy != "recreate":
+            self.say(f"deploy: nothing serves {target.model} yet: a first deploy is a recreate")
+        try:
+            color = self.start(target, strategy)
+            self.shift(strategy)
+        except BaseException as e:
+            if not self.reverted:  # errors that are not gates (engine, proxy) revert here
+                if isinstance(e, Exception):
+                    self.revert_after(e)
+                else:
+                    self.revert()  # interrupted: undo, and let the interruption through
+            raise
+        return color
 
     # -- 1. start ------------------------------------------------------------------------
 
@@ -358,7 +390,7 @@ def undeploy(settings: Settings, model: str, say: Say = lambda _: None) -> bool:
     deployment = state.load(settings.deploy_dir, model)
     if deployment is None:
         return False
-    client = stack.engine(settings)
+    client = engine.engine(settings)
     proxy = Proxy(settings.deploy_dir / model, deployment.host, deployment.port)
     for color, instance in deployment.instances.items():
         if proxy.pid() is not None:

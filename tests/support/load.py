@@ -1,4 +1,4 @@
-"""A steady, bounded load on an endpoint: `python -m tests.deploy.load URL MODEL`.
+"""A steady, bounded load on an endpoint: `python -m tests.support.load URL MODEL`.
 
 Threads send one-row V2 inference requests over keep-alive connections until SIGTERM, the
 time limit or the request limit; then one JSON line: requests sent and failed, failures by

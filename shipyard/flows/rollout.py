@@ -9,22 +9,22 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any
 
 from mlflow.entities.model_registry import ModelVersion
 from prefect import get_client
 from prefect.concurrency.sync import concurrency
 from prefect.transactions import transaction
 
-from flows.stages import run_stage
 from shipyard import registry
+from shipyard.contracts import RolloutResult
 from shipyard.deploy import state
 from shipyard.deploy.checks import Golden
-from shipyard.deploy.rollout import Strategy, Target, serving
+from shipyard.deploy.endpoint import Strategy, Target, serving
 from shipyard.errors import DeployError, RegistryError, Superseded
-from shipyard.manifest import Deploy
+from shipyard.flows.stages import run_stage
+from shipyard.manifest import DeployPolicy
 from shipyard.settings import Settings
-from tasks.deploy import crown, deploy, retire
+from shipyard.tasks.deploy import crown, deploy, retire
 
 LOCK_WAIT_S = 1800
 
@@ -35,12 +35,12 @@ def _one_slot(name: str) -> str:
     return name
 
 
-def deploy_lock(model: str) -> str:
+def rollout_lock(model: str) -> str:
     """The model's deploy concurrency limit (one slot, created if missing)."""
     return _one_slot(f"deploy-{model}")
 
 
-def model_lock(model: str) -> str:
+def build_lock(model: str) -> str:
     """The model's build limit: a webhook release and a nightly rebuild never build at once."""
     return _one_slot(f"build-{model}")
 
@@ -48,11 +48,11 @@ def model_lock(model: str) -> str:
 def rollout(
     target: Target,
     strategy: Strategy,
-    policy: Deploy | None,
+    policy: DeployPolicy | None,
     settings: Settings,
     record_policy: bool = False,
     expect_champion: str | None = None,
-) -> dict[str, Any]:
+) -> RolloutResult:
     """Deploy `target`; on success `champion` names it. On any failure, nothing changed.
 
     `policy` governs this rollout (default: the endpoint's recorded one); it is recorded for
@@ -60,7 +60,7 @@ def rollout(
     With `expect_champion`, the rollout happens only if that version is still `champion` once
     the deploy lock is held (else `Superseded`): a redeploy never undoes a newer release.
     """
-    lock = deploy_lock(target.model)
+    lock = rollout_lock(target.model)
     with concurrency(lock, occupy=1, timeout_seconds=LOCK_WAIT_S, strict=True):
         if expect_champion is not None:
             _check_champion(settings, target.model, expect_champion)
@@ -68,8 +68,8 @@ def rollout(
         serving_before = serving(settings, target.model)
         try:
             with transaction():
-                deployed = run_stage(deploy, target, strategy, policy, record_policy, settings)
-                aliases = run_stage(crown, target.model, target.version, settings)
+                endpoint = run_stage(deploy, target, strategy, policy, record_policy, settings)
+                previous = run_stage(crown, target.model, target.version, settings)
                 run_stage(retire, target.model, policy, record_policy, settings)
         except Exception as e:
             # Prefect logs a rollback hook that fails and goes on: say so in the error itself.
@@ -89,12 +89,13 @@ def rollout(
                     getattr(e, "failures", []),
                 ) from e
             raise
-    return {
-        "endpoint": deployed["endpoint"],
-        "deployed_version": target.version,
-        "previous_version": aliases["previous"],
-        "strategy": strategy,
-    }
+    return RolloutResult(
+        model=target.model,
+        endpoint=endpoint,
+        deployed_version=target.version,
+        previous_version=previous,
+        strategy=strategy,
+    )
 
 
 def _not_undone(
@@ -141,13 +142,12 @@ def target_of_release(model: str, version: str, image: str, golden: Path) -> Tar
 
 def target_of_version(settings: Settings, model: str, version: ModelVersion) -> Target:
     """A registered version's pushed image (by digest) and golden data, from MLflow."""
-    tags = version.tags
-    if not tags.get("image") or not tags.get("image_digest"):
+    image = registry.tags_of(version).pinned_image
+    if image is None:
         raise RegistryError(
             f"{model} v{version.version} has no pushed image (tags image, image_digest): release "
             "it through the push stage first (shipyard release SOURCE)."
         )
-    image = f"{tags['image'].rpartition(':')[0]}@{tags['image_digest']}"
     mlflow = registry.client(settings)
     with tempfile.TemporaryDirectory() as tmp:
         try:

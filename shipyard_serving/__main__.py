@@ -10,7 +10,7 @@ import os
 import shutil
 import tempfile
 
-from serving.config import ServeSettings
+from shipyard_serving.config import ServeSettings
 
 
 def _export(settings: ServeSettings) -> None:
@@ -33,7 +33,7 @@ def run(settings: ServeSettings) -> None:
 
     try:
         uvicorn.run(
-            "serving.app:create_app",
+            "shipyard_serving.app:create_app",
             factory=True,
             workers=settings.workers,
             host=settings.host,

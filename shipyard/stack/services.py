@@ -1,9 +1,9 @@
 """The operations half of the local stack: a Prefect server (with its UI), a process worker, an
 MLflow tracking server (with its UI), the webhook receiver, and the deployments of prefect.yaml.
 
-Like the engine and registry in `stack`, each is started only when nothing answers at its
-address, recorded in `stack.json` with its pid and command, and stopped by `stack down` only if
-this stack started it. Teams point Shipyard at Postgres-backed servers with settings instead
+Like the engine and registry in `shipyard.stack.engine`, each is started only when nothing
+answers at its address, recorded in `stack.json` (pid plus start time), and stopped by
+`stack down` only if this stack started it. Teams point Shipyard at Postgres-backed servers with settings instead
 (PREFECT_API_URL, MLFLOW_TRACKING_URI); nothing here changes.
 """
 
@@ -14,20 +14,24 @@ import secrets
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
+from importlib.resources import as_file, files
 from pathlib import Path
-from typing import Any
 
 import httpx
 
-from shipyard import stack
+from shipyard.deployments.webhook import WebhookSettings
 from shipyard.errors import StackError
+from shipyard.processes import Started, background
 from shipyard.settings import Settings
+from shipyard.stack import state as stack_state
+from shipyard.stack.engine import Say
+from shipyard.waiting import TimedOut, wait_until
 
-ROOT = Path(__file__).resolve().parent.parent
-"""The checkout holding prefect.yaml and the flows the worker runs."""
 BIN = Path(sys.executable).parent
+PREFECT_YAML = files("shipyard.deployments").joinpath("prefect.yaml")
+"""The deployments the stack registers: package data, with module entrypoints, so an installed
+Shipyard needs no checkout."""
 
 
 @dataclass(frozen=True)
@@ -45,7 +49,7 @@ def webhook_secret(settings: Settings) -> str:
         return os.environ["SHIPYARD_WEBHOOK_SECRET"]
     path = settings.stack_dir / "webhook-secret"
     if not path.is_file():
-        settings.stack_dir.mkdir(parents=True, exist_ok=True)
+        stack_state.private_dir(settings)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as out:
             out.write(secrets.token_urlsafe(32))
@@ -92,8 +96,6 @@ def plan(settings: Settings) -> list[Service]:
     api = prefect_api(settings)
     prefect_url = api.removesuffix("/api")
     base_env = _prefect_env(settings)
-    from deployments.webhook import WebhookSettings
-
     webhook = WebhookSettings()
     services = [
         Service(
@@ -176,67 +178,56 @@ def _answers(url: str) -> bool:
         return False
 
 
-def _running(entry: dict[str, Any] | None) -> bool:
-    if not entry:
-        return False
-    try:
-        command = Path(f"/proc/{entry['pid']}/cmdline").read_bytes().replace(b"\0", b" ")
-    except OSError:
-        return False
-    return bool(entry["match"].encode() in command)
+def _ours(entry: object) -> Started | None:
+    started = Started.from_json(entry)
+    return started if started is not None and started.alive() else None
 
 
-def _start(settings: Settings, service: Service, say: stack.Say) -> None:
-    state = stack.read_state(settings)
-    services = state.setdefault("services", {})
-    if _answers(service.health) or _running(services.get(service.name)):
+def _start(settings: Settings, service: Service, say: Say) -> None:
+    state = stack_state.read(settings)
+    if _answers(service.health) or _ours(state["services"].get(service.name)):
         say(f"{service.name}: {service.url} answers; nothing started")
         return
     log = settings.stack_dir / f"{service.name}.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("ab") as out:
-        process = subprocess.Popen(
-            service.args,
-            cwd=ROOT,
-            env={**os.environ, **service.env},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
+    started = background(service.args, log, cwd=Path.cwd(), env={**os.environ, **service.env})
+    state["services"][service.name] = started.to_json()
+    stack_state.write(settings, state)
+    try:
+        wait_until(
+            lambda: not service.health or _answers(service.health),
+            90,
+            0.5,
+            give_up=lambda: not started.alive(),
         )
-    services[service.name] = {"pid": process.pid, "match": " ".join(service.args[1:3])}
-    stack.write_state(settings, state)
-    deadline = time.monotonic() + 90
-    while service.health and not _answers(service.health):
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise StackError(
-                f"{service.name} did not come up ({service.health}); see {log}: "
-                + log.read_text(errors="replace")[-600:]
-            )
-        time.sleep(0.5)
-    say(f"{service.name}: started on {service.url} (pid {process.pid}, log {log})")
+    except TimedOut:
+        raise StackError(
+            f"{service.name} did not come up ({service.health}); see {log}: "
+            + log.read_text(errors="replace")[-600:]
+        ) from None
+    say(f"{service.name}: started on {service.url} (pid {started.pid}, log {log})")
 
 
-def register_deployments(settings: Settings, say: stack.Say) -> None:
+def register_deployments(settings: Settings, say: Say) -> None:
     """`prefect deploy --all` from prefect.yaml, on a `shipyard` process pool."""
-    # prefect.yaml's pull step is `{{ $PWD }}`, filled in at deploy time: the checkout, wherever
-    # `stack up` was started from.
-    env = {**os.environ, **_prefect_env(settings), "PWD": str(ROOT)}
-    for args in (
-        ["work-pool", "create", "shipyard", "--type", "process", "--overwrite"],
-        ["--no-prompt", "deploy", "--all"],
-    ):
-        done = subprocess.run(
-            [str(BIN / "prefect"), *args], cwd=ROOT, env=env, capture_output=True, text=True
-        )
-        if done.returncode:
-            raise StackError(
-                f"prefect {' '.join(args)} failed: {done.stdout[-800:]}{done.stderr[-800:]}"
+    # prefect.yaml's pull step is `{{ $PWD }}`, filled in at deploy time: the directory
+    # `stack up` was started from, where the worker's runs resolve relative sources.
+    env = {**os.environ, **_prefect_env(settings), "PWD": str(Path.cwd())}
+    with as_file(PREFECT_YAML) as prefect_yaml:
+        for args in (
+            ["work-pool", "create", "shipyard", "--type", "process", "--overwrite"],
+            ["--no-prompt", "deploy", "--all", "--prefect-file", str(prefect_yaml)],
+        ):
+            done = subprocess.run(
+                [str(BIN / "prefect"), *args], env=env, capture_output=True, text=True
             )
+            if done.returncode:
+                raise StackError(
+                    f"prefect {' '.join(args)} failed: {done.stdout[-800:]}{done.stderr[-800:]}"
+                )
     say("deployments: release (webhook trigger), nightly-rebuild (cron), rollback, promote")
 
 
-def up(settings: Settings, say: stack.Say) -> dict[str, str]:
+def up(settings: Settings, say: Say) -> dict[str, str]:
     """Start what is missing; return the URLs."""
     services = plan(settings)
     api = prefect_api(settings)
@@ -260,30 +251,30 @@ def up(settings: Settings, say: stack.Say) -> dict[str, str]:
 
 
 def status(settings: Settings) -> dict[str, str]:
-    services = stack.read_state(settings).get("services", {})
+    services = stack_state.read(settings)["services"]
     out = {}
     for service in plan(settings):
-        entry = services.get(service.name)
+        ours = _ours(services.get(service.name))
         if service.health:
             health = "healthy" if _answers(service.health) else "down"
         else:
-            health = "running" if _running(entry) else "down"
-        mine = f" (started by shipyard, pid {entry['pid']})" if _running(entry) else ""
+            health = "running" if ours else "down"
+        mine = f" (started by shipyard, pid {ours.pid})" if ours else ""
         out[service.name] = f"{health}: {service.url}{mine}"
     return out
 
 
-def down(settings: Settings, say: stack.Say) -> None:
+def down(settings: Settings, say: Say) -> None:
     """Stop the services this stack started, last started first."""
-    state = stack.read_state(settings)
-    services = state.get("services", {})
+    state = stack_state.read(settings)
+    services = state["services"]
     # What was recorded as started, not what `plan` would start now: the environment may
     # name other servers by the time `down` runs.
     order = ["webhook", "prefect-worker", "prefect-server", "mlflow-server"]  # clients first
     for name in sorted(services, key=lambda n: order.index(n) if n in order else -1):
-        entry = services.pop(name)
-        if not _running(entry):
+        ours = _ours(services.pop(name))
+        if ours is None:
             continue
-        os.killpg(entry["pid"], signal.SIGTERM)  # its own session: the server's children too
-        say(f"stopped {name} (pid {entry['pid']})")
-    stack.write_state(settings, state)
+        os.killpg(ours.pid, signal.SIGTERM)  # its own session: the server's children too
+        say(f"stopped {name} (pid {ours.pid})")
+    stack_state.write(settings, state)

@@ -1,0 +1,62 @@
+"""The `export` stage's logic: the trained model, preprocessing included, as one checked ONNX graph."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+
+from shipyard.errors import ExportError
+from shipyard.frameworks import OUTPUTS, adapter_for
+from shipyard.manifest import Manifest
+from shipyard.training import TrainedModel
+
+OPSET = 18
+
+
+def check_contract(path: Path, manifest: Manifest) -> None:
+    """The served contract: one float input named as in the manifest; `label` and `probabilities`."""
+    model = onnx.load(str(path))
+    inputs = [
+        i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}
+    ]
+    outputs = [o.name for o in model.graph.output]
+    problems = []
+    if inputs != [manifest.input.name]:
+        problems.append(
+            f"inputs {inputs}, expected [{manifest.input.name!r}] (manifest input.name)"
+        )
+    if list(OUTPUTS) != outputs[:2]:
+        problems.append(f"outputs {outputs}, expected {list(OUTPUTS)}")
+    if problems:
+        raise ExportError(f"{path.name} breaks the served contract: " + "; ".join(problems))
+
+
+def strip_debug_info(path: Path) -> Path:
+    """Drop what serving never reads: doc strings and per-node metadata (exporter stack
+    traces that hold the checkout's file paths, so two checkouts would differ byte-wise)."""
+    model = onnx.load(str(path))
+    model.doc_string = ""
+    model.graph.doc_string = ""
+    for node in model.graph.node:
+        node.doc_string = ""
+        del node.metadata_props[:]
+    onnx.save(model, str(path))
+    return path
+
+
+def export_onnx(
+    trained: TrainedModel, manifest: Manifest, out_dir: Path, opset: int = OPSET
+) -> Path:
+    """Export to `out_dir/fp32.onnx`, run the full ONNX checker, and return the path."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = adapter_for(manifest.framework).export(
+        trained.load(), manifest, out_dir / "fp32.onnx", opset
+    )
+    strip_debug_info(path)
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except onnx.checker.ValidationError as e:
+        raise ExportError(f"The exported graph fails onnx.checker: {e}") from e
+    check_contract(path, manifest)
+    return path

@@ -1,0 +1,275 @@
+"""The `release` flow: source → data → train → export → optimize → validate → register →
+build → push → deploy (→ crown → retire).
+
+Each stage is one Prefect task, visible in the UI; the expensive ones are cached by the
+release fingerprint. DeployPolicy is `flows/deploy.py`, shared with `promote` and `rollback`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_link_artifact, create_markdown_artifact
+from prefect.concurrency.sync import concurrency
+from prefect.runtime import flow_run
+from prefect.utilities.urls import url_for
+
+from shipyard import registry, report
+from shipyard.contracts import ReleaseSummary
+from shipyard.deploy.endpoint import Strategy
+from shipyard.fingerprint import fingerprint as compute_fingerprint
+from shipyard.fingerprint import package_versions
+from shipyard.flows.rollout import LOCK_WAIT_S, build_lock, rollout, target_of_release
+from shipyard.flows.stages import run_stage
+from shipyard.frameworks import adapter_for
+from shipyard.manifest import Manifest
+from shipyard.project import Dataset
+from shipyard.settings import Settings
+from shipyard.source import Checkout, redact
+from shipyard.tasks.build_image import build_image
+from shipyard.tasks.caching import by_fingerprint
+from shipyard.tasks.data import load_data
+from shipyard.tasks.export import export
+from shipyard.tasks.optimize import optimize
+from shipyard.tasks.push_image import push_image
+from shipyard.tasks.register import register
+from shipyard.tasks.source import checkout
+from shipyard.tasks.train import train
+from shipyard.tasks.validate import validate
+
+Stage = Literal[
+    "source",
+    "data",
+    "train",
+    "export",
+    "optimize",
+    "validate",
+    "register",
+    "build",
+    "push",
+    "deploy",
+]
+STAGES: tuple[Stage, ...] = get_args(Stage)
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What every stage after `data` works from: one release's fixed inputs."""
+
+    tree: Checkout
+    manifest: Manifest
+    data: Dataset
+    data_hash: str
+    fingerprint: str
+    run_id: str
+    settings: Settings
+
+
+@dataclass(frozen=True)
+class Report:
+    """What the release report shows besides the summary: the variants, gates and pictures."""
+
+    rows: list[dict[str, Any]]
+    gates: list[str]
+    pictures: list[Path]
+
+
+def _urls(
+    settings: Settings, experiment: str, run_id: str, model: str, version: str | None
+) -> dict[str, str]:
+    base = settings.mlflow_ui_url or (
+        settings.tracking_uri if settings.tracking_uri.startswith("http") else None
+    )
+    urls = {}
+    if base:
+        base = base.rstrip("/")
+        urls["mlflow_run_url"] = f"{base}/#/experiments/{experiment}/runs/{run_id}"
+        if version:
+            urls["mlflow_version_url"] = f"{base}/#/models/{model}/versions/{version}"
+    # Not `prefect.runtime.flow_run.ui_url`: it builds a route the UI no longer serves.
+    if flow_url := url_for("flow-run", obj_id=flow_run.get_id()):
+        urls["flow_run_url"] = flow_url
+    return urls
+
+
+def _run_name() -> str:
+    return f"release-{redact(str(flow_run.parameters['source']))}"
+
+
+@flow(name="release", flow_run_name=_run_name, validate_parameters=True)
+def release(
+    source: str,
+    ref: str | None = None,
+    subdir: str | None = None,
+    until: Stage = "deploy",
+    strategy: Strategy | None = None,
+    settings: Settings | None = None,
+) -> ReleaseSummary:
+    """Release the model project at SOURCE (a directory, or a git URL at `ref`).
+
+    Returns the release summary; raises on the first failed stage, after marking the
+    MLflow run failed. Nothing is registered unless every gate passed; `champion` moves only
+    when the deploy (by `strategy`, default the manifest's `deploy.strategy`) passed every step.
+    """
+    settings = settings or Settings()
+    logger = get_run_logger()
+    tree, manifest = run_stage(checkout, source, ref, subdir, settings)
+    summary = ReleaseSummary(
+        model=manifest.name,
+        status="stopped after source",
+        source=tree.source,
+        ref=ref,
+        git_sha=tree.commit,
+        git_dirty=tree.dirty,
+        flow_run_id=str(flow_run.get_id()),
+    )
+    if until == "source":
+        return summary
+    data, data_hash = run_stage(load_data, tree, manifest)
+    packages = package_versions(adapter_for(manifest.framework).packages)
+    fp = compute_fingerprint(tree.tree_hash, data_hash, manifest.canonical_json(), packages)
+    logger.info(
+        "Release %s at %s: fingerprint %s", manifest.name, tree.commit or "working tree", fp
+    )
+    mlflow = registry.client(settings)
+    experiment = registry.experiment_id(mlflow, settings, manifest.name)
+    run_id = registry.release_run(
+        mlflow,
+        experiment,
+        fp,
+        registry.summary_tags(
+            {
+                "git_sha": tree.commit,
+                "source": tree.source,
+                "data_sha256": data_hash,
+                "prefect_flow_run_id": summary.flow_run_id,
+            }
+        ),
+    )
+    summary = summary.model_copy(update={"fingerprint": fp, "mlflow_run_id": run_id})
+    inputs = Inputs(tree, manifest, data, data_hash, fp, run_id, settings)
+    try:
+        with concurrency(
+            build_lock(manifest.name), occupy=1, timeout_seconds=LOCK_WAIT_S, strict=True
+        ):
+            summary, shown = _stages(inputs, summary, until, strategy)
+    except BaseException:
+        mlflow.set_terminated(run_id, "FAILED")
+        raise
+    mlflow.set_terminated(run_id, "FINISHED")
+    summary = summary.model_copy(
+        update=_urls(settings, experiment, run_id, manifest.name, summary.version)
+    )
+    if shown is not None:
+        _publish(summary, shown)
+    return summary
+
+
+def _publish(summary: ReleaseSummary, shown: Report) -> None:
+    """The release report (and a link to the MLflow run) as Prefect artifacts."""
+    markdown = report.release_markdown(summary, shown.rows, shown.gates, shown.pictures)
+    create_markdown_artifact(
+        markdown,
+        key=report.artifact_key(summary.model, "release-report"),
+        description=f"Release report of {summary.model}",
+    )
+    if summary.mlflow_run_url:
+        create_link_artifact(
+            summary.mlflow_run_url,
+            link_text="MLflow run",
+            key=report.artifact_key(summary.model, "mlflow-run"),
+        )
+
+
+def _stages(
+    inputs: Inputs, summary: ReleaseSummary, until: Stage, strategy: Strategy | None
+) -> tuple[ReleaseSummary, Report | None]:
+    """The stages after `data`, up to `until`: the summary they fill, and the report's parts
+    once `validate` has run."""
+
+    def stop_after(stage: Stage) -> bool:
+        return STAGES.index(stage) >= STAGES.index(until)
+
+    def status(text: str, **fields: Any) -> ReleaseSummary:
+        return summary.model_copy(update={"status": text, **fields})
+
+    tree, manifest, data, fp, settings = (
+        inputs.tree,
+        inputs.manifest,
+        inputs.data,
+        inputs.fingerprint,
+        inputs.settings,
+    )
+    cache = by_fingerprint(settings)
+    if stop_after("data"):
+        return status("stopped after data"), None
+    trained = run_stage(
+        train.with_options(cache_policy=cache), tree, manifest, data, fp, inputs.run_id, settings
+    )
+    summary = status("stopped after train", metrics=dict(trained.metrics))
+    if stop_after("train"):
+        return summary, None
+    fp32 = run_stage(export.with_options(cache_policy=cache), trained, manifest, fp, settings)
+    if stop_after("export"):
+        return status("stopped after export"), None
+    measurements = run_stage(
+        optimize.with_options(cache_policy=cache), fp32, trained, manifest, data, fp, settings
+    )
+    if stop_after("optimize"):
+        return status("stopped after optimize"), None
+    verdict = run_stage(validate, measurements, manifest, fp, inputs.run_id, settings)
+    chosen = next(m for m in measurements if m.variant == verdict.chosen)
+    shown = Report(
+        rows=report.variant_rows(measurements, verdict),
+        gates=[r.message for r in verdict.results if r.variant == verdict.chosen],
+        pictures=[
+            settings.builds_dir / fp / "report" / name for name in ("variants.png", "confusion.png")
+        ],
+    )
+    summary = status(
+        "validated",
+        variant=chosen.variant.value,
+        onnx_sha256=chosen.sha256,
+        metrics={
+            **(summary.metrics or {}),
+            "accuracy": chosen.accuracy,
+            "size_bytes": chosen.size_bytes,
+            "p50_b1_ms": chosen.batch1.p50_ms,
+            "p99_b1_ms": chosen.batch1.p99_ms,
+            "p50_b32_ms": chosen.batch32.p50_ms,
+            "p99_b32_ms": chosen.batch32.p99_ms,
+        },
+    )
+    if stop_after("validate"):
+        return summary, shown
+    version = run_stage(
+        register,
+        manifest,
+        tree,
+        data,
+        inputs.data_hash,
+        measurements,
+        verdict,
+        fp,
+        inputs.run_id,
+        settings,
+    )
+    summary = status("registered", version=version.version, reused=version.reused)
+    if stop_after("register"):
+        return summary, shown
+    image = run_stage(build_image, manifest, tree, chosen, data, fp, version.version, settings)
+    summary = status("built", image_size_bytes=image.size_bytes)
+    if stop_after("build"):
+        return status("built", image=image.reference), shown
+    pushed = run_stage(push_image, image, manifest.name, version.version, inputs.run_id, settings)
+    summary = status("pushed", image=pushed.reference, image_digest=pushed.digest)
+    if stop_after("push"):
+        return summary, shown
+    target = target_of_release(manifest.name, version.version, pushed.pinned, image.golden)
+    deployed = rollout(
+        target, strategy or manifest.deploy.strategy, manifest.deploy, settings, record_policy=True
+    )
+    return summary.deployed(deployed), shown

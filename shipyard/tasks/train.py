@@ -1,0 +1,40 @@
+"""Stage `train`: run the project's training entrypoint deterministically, log it to MLflow."""
+
+from __future__ import annotations
+
+from prefect import task
+
+from shipyard import registry
+from shipyard.manifest import Manifest
+from shipyard.project import Dataset
+from shipyard.settings import Settings
+from shipyard.source import Checkout
+from shipyard.training import TrainedModel, train_model
+
+
+@task(name="train", persist_result=True)
+def train(
+    tree: Checkout,
+    manifest: Manifest,
+    data: Dataset,
+    fingerprint: str,
+    run_id: str,
+    settings: Settings,
+) -> TrainedModel:
+    """Train the model and log its parameters and metrics to the release's MLflow run."""
+    trained = train_model(
+        tree.project_dir, manifest, data, settings.builds_dir / fingerprint / "train"
+    )
+    mlflow = registry.client(settings)
+    params = {
+        "framework": manifest.framework.value,
+        "seed": manifest.seed,
+        "n_train": len(data.x_train),
+        "n_test": len(data.x_test),
+        **manifest.params,
+    }
+    for key, value in params.items():
+        mlflow.log_param(run_id, key, value)
+    for key, value in trained.metrics.items():
+        mlflow.log_metric(run_id, key, value)
+    return trained

@@ -1,0 +1,51 @@
+"""Stage `validate`: every gate on every variant, the chosen variant, and a report of both."""
+
+from __future__ import annotations
+
+from prefect import task
+from prefect.artifacts import create_table_artifact
+
+from shipyard import registry, report
+from shipyard.errors import GateError
+from shipyard.gates import Measurement, Verdict, decide
+from shipyard.manifest import Manifest
+from shipyard.settings import Settings
+
+
+@task(name="validate")
+def validate(
+    measurements: list[Measurement],
+    manifest: Manifest,
+    fingerprint: str,
+    run_id: str,
+    settings: Settings,
+) -> Verdict:
+    """Decide the release against the manifest's gates and the current champion.
+
+    The report is logged and published whatever the outcome; a failed gate then fails the run.
+    """
+    mlflow = registry.client(settings)
+    champion = registry.champion(mlflow, manifest.name)
+    verdict = decide(measurements, manifest.gates, champion, manifest.optimize.prefer)
+    out_dir = settings.builds_dir / fingerprint / "report"
+    for path in report.write_report(measurements, verdict, manifest, out_dir):
+        mlflow.log_artifact(run_id, str(path), "report")
+    for m in measurements:
+        for key, value in {
+            "accuracy": m.accuracy,
+            "size_bytes": m.size_bytes,
+            "p50_b1_ms": m.batch1.p50_ms,
+            "p99_b1_ms": m.batch1.p99_ms,
+            "p50_b32_ms": m.batch32.p50_ms,
+            "p99_b32_ms": m.batch32.p99_ms,
+        }.items():
+            mlflow.log_metric(run_id, f"{m.variant}.{key}", value)
+    create_table_artifact(
+        table=report.variant_rows(measurements, verdict),
+        key=report.artifact_key(manifest.name, "variants"),
+        description=f"{manifest.name}: ONNX variants, measurements and gate verdicts "
+        f"(chosen: {verdict.chosen or 'none'})",
+    )
+    if not verdict.passed:
+        raise GateError(verdict.failures)
+    return verdict

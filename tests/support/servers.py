@@ -1,0 +1,69 @@
+"""Real inference servers for tests: `python -m shipyard_serving` on 127.0.0.1 with given
+settings."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from shipyard.image.build import free_port
+from shipyard.project import Dataset
+
+__all__ = ["KEY", "Server", "free_port", "rows", "start_server"]
+
+KEY = "test-key-0123456789"
+
+
+class Server:
+    def __init__(self, process: subprocess.Popen[bytes], url: str) -> None:
+        self.process, self.url = process, url
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.terminate()
+        return self.process.wait(timeout=30)
+
+
+def start_server(bundle: Path, **settings: object) -> Server:
+    port = free_port()
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("SHIPYARD_SERVE_") and k != "PROMETHEUS_MULTIPROC_DIR"
+    }
+    env.update(
+        {
+            "SHIPYARD_SERVE_MODEL_DIR": str(bundle),
+            "SHIPYARD_SERVE_PORT": str(port),
+            "SHIPYARD_SERVE_WORKERS": "1",
+        }
+    )
+    env.update({f"SHIPYARD_SERVE_{k.upper()}": str(v) for k, v in settings.items()})
+    log = tempfile.NamedTemporaryFile(prefix="shipyard-serve-", suffix=".log", delete=False)  # noqa: SIM115
+    process = subprocess.Popen(
+        [sys.executable, "-m", "shipyard_serving"], env=env, stdout=subprocess.DEVNULL, stderr=log
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited: {Path(log.name).read_text()}")
+        try:
+            # 401: up, with health behind a key
+            if httpx.get(f"{url}/v2/health/ready", timeout=1).status_code in (200, 401):
+                return Server(process, url)
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    process.kill()
+    raise RuntimeError("server not ready within 60 s")
+
+
+def rows(data: Dataset, n: int) -> list[list[float]]:
+    return np.asarray(data.x_test[:n]).tolist()
