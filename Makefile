@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: install stack demo test lint bench bench-serving bench-image bench-rollout lock clean
+.PHONY: install stack demo test test-fast lint bench bench-all bench-serving bench-image bench-rollout lock clean
 
 # Everything is pinned by constraints.txt (regenerate: make lock). torch 2.13.0 is the CPU
 # wheel pip finds on this machine's disk; an unpinned torch would pull a multi-GB CUDA build.
@@ -36,9 +36,16 @@ test: lint install
 	@command -v chromium >/dev/null || { echo "installing chromium"; apt-get update -qq && apt-get install -y -qq chromium; }
 	$(BIN)/pytest
 
+# The fast tier: no engine, no Prefect server, no browser (pytest -m unit); seconds, not minutes.
+test-fast: install
+	SHIPYARD_FUZZ_EXAMPLES=25 $(BIN)/pytest -m unit -q
+
+# ruff, mypy --strict, and the import contracts in pyproject.toml (imports point one way).
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 bench: install
 	$(BIN)/python benchmarks/release_variants.py

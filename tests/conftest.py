@@ -10,7 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.projects import make_repo
+from shipyard.manifest import Manifest
+from shipyard.project import Dataset
+from shipyard.training import TrainedModel
+from tests.support.projects import make_repo, trained
 
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
@@ -21,10 +24,35 @@ from prefect.testing.utilities import prefect_test_harness
 from shipyard import registry
 from shipyard.settings import Settings
 
+TIERS = ("unit", "services", "docker", "e2e")
+NEEDS_SERVICES = {"prefect_server", "docker_stack", "image_settings", "endpoint"}
 
-@pytest.fixture(scope="session", autouse=True)
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test names its tier, and a `unit` test uses no service: `make test-fast` (-m unit)
+    must never start a Prefect server or touch the engine."""
+    problems = []
+    for item in items:
+        tiers = [t for t in TIERS if item.get_closest_marker(t)]
+        if len(tiers) != 1:
+            problems.append(f"{item.nodeid}: tier markers {tiers}, expected exactly one of {TIERS}")
+        elif tiers == ["unit"] and NEEDS_SERVICES & set(getattr(item, "fixturenames", ())):
+            used = sorted(NEEDS_SERVICES & set(item.fixturenames))  # type: ignore[attr-defined]
+            problems.append(f"{item.nodeid}: marked unit but uses {used}; mark it services/docker")
+    if problems:
+        raise pytest.UsageError("Test tiers:\n" + "\n".join(problems))
+
+
+def pytest_report_header() -> str:
+    from tests.support import fuzz
+
+    return f"fuzz seed: {fuzz.SEED} (SHIPYARD_FUZZ_SEED={fuzz.SEED} replays it), {fuzz.EXAMPLES} examples"
+
+
+@pytest.fixture(scope="session")
 def prefect_server() -> Iterator[str]:
-    """A real Prefect server (SQLite) for the whole run; yields its API URL."""
+    """A real Prefect server (SQLite) for the whole run, started by the first test that needs
+    it (the `unit` tier never does); yields its API URL."""
     with prefect_test_harness(server_startup_timeout=120):
         yield str(PREFECT_API_URL.value())
 
@@ -90,3 +118,17 @@ def docker_stack() -> dict[str, str]:
 def image_settings(settings: Settings, docker_stack: dict[str, str]) -> Settings:
     """Fresh release state on the shared stack."""
     return settings
+
+
+@pytest.fixture(scope="session")
+def sklearn_trained(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Manifest, Dataset, TrainedModel]:
+    """digits-sklearn trained once per run by the plain stage function (tests read it only)."""
+    return trained("digits-sklearn", tmp_path_factory.mktemp("sk"))
+
+
+@pytest.fixture(scope="session")
+def cnn_trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Manifest, Dataset, TrainedModel]:
+    """digits-cnn trained once per run by the plain stage function (tests read it only)."""
+    return trained("digits-cnn", tmp_path_factory.mktemp("cnn"))

@@ -8,7 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.support.projects import commit_all, edit_manifest, git
+
+pytestmark = [pytest.mark.services, pytest.mark.usefixtures("prefect_server")]
 
 SHIPYARD = str(Path(sys.executable).parent / "shipyard")
 

@@ -3,9 +3,13 @@
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
+
 from shipyard.gates import Champion, Measurement, decide
 from shipyard.inference import Latency
 from shipyard.manifest import Gates, Variant
+
+pytestmark = pytest.mark.unit
 
 GATES = Gates(min_accuracy=0.95, max_accuracy_drop=0.01, max_latency_p99_ms=5.0, max_size_mb=1.0)
 
@@ -13,6 +17,7 @@ GATES = Gates(min_accuracy=0.95, max_accuracy_drop=0.01, max_latency_p99_ms=5.0,
 def measured(
     variant: Variant, size: int, accuracy: float = 0.97, p99: float = 0.5, delta: float = 1e-6
 ) -> Measurement:
+
     return Measurement(
         variant,
         Path(f"{variant}.onnx"),

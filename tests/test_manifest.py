@@ -6,6 +6,8 @@ import yaml
 from shipyard.errors import ManifestError
 from shipyard.manifest import Framework, Variant, load_manifest, parse_manifest
 
+pytestmark = pytest.mark.unit
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 

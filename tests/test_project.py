@@ -10,6 +10,8 @@ from shipyard.manifest import load_manifest
 from shipyard.project import check_dataset, load_dataset
 from tests.support.projects import sklearn_project
 
+pytestmark = pytest.mark.unit
+
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "digits-sklearn"
 
 

@@ -51,6 +51,8 @@ def chromium(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.e2e
+@pytest.mark.usefixtures("prefect_server")
 def test_the_stack_runs_a_release_the_ui_shows_and_down_stops_only_its_services(
     tmp_path: Path, sklearn_repo: Path, docker_stack: dict[str, str]
 ) -> None:
@@ -168,6 +170,7 @@ def test_the_stack_runs_a_release_the_ui_shows_and_down_stops_only_its_services(
     assert httpx.get(f"http://{credentials.address}/v2/", timeout=5).status_code == 401
 
 
+@pytest.mark.unit
 def test_a_team_server_configured_in_the_environment_is_used_not_started(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

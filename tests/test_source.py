@@ -6,10 +6,13 @@ from shipyard.errors import SourceError
 from shipyard.source import checkout, tree_hash
 from tests.support.projects import commit_all, edit_manifest, git, sklearn_project
 
+pytestmark = pytest.mark.unit
+
 
 def test_git_source_checks_out_the_exact_commit_of_a_ref(
     sklearn_repo: Path, tmp_path: Path
 ) -> None:
+
     first = git(sklearn_repo, "rev-parse", "HEAD")
     edit_manifest(sklearn_repo, "max_iter: 300", "max_iter: 200")
     with (sklearn_repo / "train.py").open("a") as train:

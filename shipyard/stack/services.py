@@ -28,7 +28,10 @@ from shipyard.stack import state as stack_state
 from shipyard.stack.engine import Say
 from shipyard.waiting import TimedOut, wait_until
 
-BIN = Path(sys.executable).parent
+# By module, with this interpreter: whatever directory its scripts were installed in.
+PREFECT = [sys.executable, "-m", "prefect"]
+MLFLOW = [sys.executable, "-m", "mlflow"]
+SHIPYARD = [sys.executable, "-m", "shipyard"]
 PREFECT_YAML = files("shipyard.deployments").joinpath("prefect.yaml")
 """The deployments the stack registers: package data, with module entrypoints, so an installed
 Shipyard needs no checkout."""
@@ -101,7 +104,7 @@ def plan(settings: Settings) -> list[Service]:
         Service(
             "prefect-server",
             [
-                str(BIN / "prefect"),
+                *PREFECT,
                 "server",
                 "start",
                 "--host",
@@ -116,7 +119,7 @@ def plan(settings: Settings) -> list[Service]:
         Service(
             "mlflow-server",
             [
-                str(BIN / "mlflow"),
+                *MLFLOW,
                 "server",
                 "--host",
                 host,
@@ -135,7 +138,7 @@ def plan(settings: Settings) -> list[Service]:
         ),
         Service(
             "prefect-worker",
-            [str(BIN / "prefect"), "worker", "start", "--pool", "shipyard", "--type", "process"],
+            [*PREFECT, "worker", "start", "--pool", "shipyard", "--type", "process"],
             "",
             "pool shipyard",
             {
@@ -147,7 +150,7 @@ def plan(settings: Settings) -> list[Service]:
         ),
         Service(
             "webhook",
-            [str(BIN / "shipyard"), "webhook", "serve"],
+            [*SHIPYARD, "webhook", "serve"],
             f"http://{webhook.host}:{webhook.port}/health",
             f"http://{webhook.host}:{webhook.port}/hooks/git",
             {
@@ -217,9 +220,7 @@ def register_deployments(settings: Settings, say: Say) -> None:
             ["work-pool", "create", "shipyard", "--type", "process", "--overwrite"],
             ["--no-prompt", "deploy", "--all", "--prefect-file", str(prefect_yaml)],
         ):
-            done = subprocess.run(
-                [str(BIN / "prefect"), *args], env=env, capture_output=True, text=True
-            )
+            done = subprocess.run([*PREFECT, *args], env=env, capture_output=True, text=True)
             if done.returncode:
                 raise StackError(
                     f"prefect {' '.join(args)} failed: {done.stdout[-800:]}{done.stderr[-800:]}"

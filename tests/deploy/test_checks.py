@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
+
 from shipyard.deploy.checks import judge, parse, window
 from shipyard.manifest import DeployPolicy
 from shipyard_serving.metrics import Metrics
 from shipyard_serving.model import ModelInfo
+
+pytestmark = pytest.mark.unit
 
 
 def server_metrics() -> Metrics:

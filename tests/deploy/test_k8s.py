@@ -8,6 +8,8 @@ import pytest
 from shipyard.deploy.k8s import Track, render
 from tests.support.k8s import validate_core
 
+pytestmark = pytest.mark.unit
+
 DIGEST = "sha256:" + "a" * 64
 
 

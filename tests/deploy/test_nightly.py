@@ -3,14 +3,19 @@ gated redeploy of the same version."""
 
 from __future__ import annotations
 
+import pytest
+
 from shipyard import engine, registry
 from shipyard.flows.nightly import nightly_rebuild
 from tests.support.endpoints import MODEL, Endpoint, serving_containers
+
+pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("prefect_server")]
 
 
 def test_an_unchanged_base_rebuilds_the_same_digest_and_does_not_redeploy(
     endpoint: Endpoint,
 ) -> None:
+
     before = endpoint.deployment()
     [result] = nightly_rebuild(models=[MODEL], settings=endpoint.settings)
     version = registry.client(endpoint.settings).get_model_version(MODEL, result["version"])

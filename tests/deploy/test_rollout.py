@@ -34,6 +34,8 @@ from tests.support.endpoints import (
 )
 from tests.support.k8s import validate_core
 
+pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("prefect_server")]
+
 
 def served_version(url: str) -> str:
     return str(httpx.get(f"{url}/v2/models/{MODEL}", timeout=5).json()["versions"][0])

@@ -8,16 +8,20 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from prefect.client.orchestration import get_client
 
 from shipyard import registry
 from shipyard.settings import Settings
 from tests.support.projects import ROOT, git
 
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("prefect_server")]
+
 
 def test_served_deployment_runs_a_release_triggered_through_the_api(
     sklearn_repo: Path, settings: Settings, prefect_server: str
 ) -> None:
+
     env = {
         **os.environ,
         "PREFECT_API_URL": prefect_server,
@@ -25,7 +29,7 @@ def test_served_deployment_runs_a_release_triggered_through_the_api(
         "SHIPYARD_LATENCY_RUNS": "50",
     }
     server = subprocess.Popen(
-        [sys.executable, "-m", "deployments.serve"],
+        [sys.executable, "-m", "shipyard.deployments.serve"],
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,

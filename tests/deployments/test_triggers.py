@@ -27,6 +27,8 @@ from shipyard.deploy.endpoint import undeploy
 from shipyard.settings import Settings
 from tests.support.projects import ROOT, commit_all
 
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("prefect_server")]
+
 BIN = Path(sys.executable).parent
 SECRET = "e2e-webhook-secret"
 MODEL = "digits-sklearn"

@@ -21,6 +21,8 @@ from pydantic import SecretStr
 
 from shipyard.deployments.webhook import EVENT, WebhookApp, WebhookSettings
 
+pytestmark = [pytest.mark.services, pytest.mark.usefixtures("prefect_server")]
+
 SECRET = "s3cret-for-tests"
 
 

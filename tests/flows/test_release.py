@@ -17,6 +17,8 @@ from shipyard.flows.release import release
 from shipyard.settings import Settings
 from tests.support.projects import commit_all, edit_manifest, git, make_repo
 
+pytestmark = [pytest.mark.services, pytest.mark.usefixtures("prefect_server")]
+
 MODEL = "digits-sklearn"
 
 

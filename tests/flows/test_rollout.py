@@ -11,6 +11,8 @@ from shipyard.deploy import state
 from shipyard.flows.rollout import _not_undone
 from shipyard.settings import Settings
 
+pytestmark = pytest.mark.unit
+
 MODEL = "digits-sklearn"
 
 

@@ -22,6 +22,8 @@ from shipyard.image.context import ImageSpec, dockerfile
 from shipyard.settings import Settings
 from tests.support.projects import git
 
+pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("prefect_server")]
+
 MODEL = "digits-sklearn"
 
 

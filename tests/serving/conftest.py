@@ -1,5 +1,6 @@
-"""Serving fixtures: a release bundle of the reference scikit-learn model, and real servers
-(`python -m serving`, uvicorn on 127.0.0.1) started with given settings."""
+"""Serving fixtures: a release bundle of the reference scikit-learn model; the app in-process
+for protocol tests, and real servers (`python -m shipyard_serving`, uvicorn on 127.0.0.1) for
+what needs a process."""
 
 from __future__ import annotations
 
@@ -10,21 +11,21 @@ from pathlib import Path
 import pytest
 
 from shipyard.export import export_onnx
-from shipyard.manifest import load_manifest
+from shipyard.manifest import Manifest, load_manifest
 from shipyard.project import Dataset, load_dataset
-from shipyard.training import train_model
+from shipyard.training import TrainedModel
 from tests.support.projects import EXAMPLES
-from tests.support.servers import KEY, Server, start_server
+from tests.support.servers import KEY, InProcessServer, Server, start_server
 
 
 @pytest.fixture(scope="session")
-def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def bundle(
+    tmp_path_factory: pytest.TempPathFactory,
+    sklearn_trained: tuple[Manifest, Dataset, TrainedModel],
+) -> Path:
     """model.onnx + shipyard.json for digits-sklearn (fp32), as a release writes them."""
-    project = EXAMPLES / "digits-sklearn"
-    manifest = load_manifest(project)
-    data = load_dataset(project, manifest)
+    manifest, _, trained = sklearn_trained
     out = tmp_path_factory.mktemp("bundle")
-    trained = train_model(project, manifest, data, out / "train")
     export_onnx(trained, manifest, out).rename(out / "model.onnx")
     (out / "shipyard.json").write_text(
         json.dumps(
@@ -62,8 +63,9 @@ def serve(bundle: Path) -> Iterator[Callable[..., Server]]:
 
 
 @pytest.fixture(scope="module")
-def server(bundle: Path) -> Iterator[Server]:
-    """One server with an API key, shared by a module's tests."""
-    running = start_server(bundle, api_keys=KEY, max_batch_rows=64, max_body_bytes=65536)
-    yield running
-    running.stop()
+def server(bundle: Path) -> Iterator[InProcessServer]:
+    """The app with an API key, in this process, shared by a module's protocol tests."""
+    with InProcessServer(
+        bundle, api_keys=[KEY], max_batch_rows=64, max_body_bytes=65536
+    ) as running:
+        yield running

@@ -38,6 +38,7 @@ def metric(text: str, name: str, /, **labels: str) -> float:
     raise AssertionError(f"no sample {name} {labels} in metrics")
 
 
+@pytest.mark.unit
 def test_metrics_count_requests_latency_rows_and_model(serve, digits: Dataset) -> None:
     server = serve()
     for n in (1, 3, 5):
@@ -59,6 +60,7 @@ def test_metrics_count_requests_latency_rows_and_model(serve, digits: Dataset) -
     assert "_created" not in text
 
 
+@pytest.mark.unit
 def test_two_workers_share_one_view_of_the_metrics(serve, digits: Dataset) -> None:
     server = serve(workers=2)
     for _ in range(40):  # a new connection each: the kernel spreads them over both workers
@@ -70,6 +72,7 @@ def test_two_workers_share_one_view_of_the_metrics(serve, digits: Dataset) -> No
     assert metric(text, "shipyard_requests_total", route="/invocations", status="200") == 40
 
 
+@pytest.mark.unit
 def test_micro_batching_answers_each_request_with_its_own_rows(
     serve, bundle: Path, digits: Dataset
 ) -> None:
@@ -96,6 +99,7 @@ def test_micro_batching_answers_each_request_with_its_own_rows(
     assert metric(text, "shipyard_inference_batch_rows_count") < 32  # some calls held several rows
 
 
+@pytest.mark.unit
 def test_sigterm_lets_an_in_flight_request_finish(serve, digits: Dataset) -> None:
     server = serve()
     port = int(server.url.rsplit(":", 1)[1])
@@ -125,6 +129,7 @@ def test_sigterm_lets_an_in_flight_request_finish(serve, digits: Dataset) -> Non
         httpx.get(f"{server.url}/v2/health/live")
 
 
+@pytest.mark.unit
 def test_keys_from_a_mounted_file(serve, tmp_path: Path, digits: Dataset) -> None:
     keys = tmp_path / "keys"
     keys.write_text("first-key\n\nsecond-key\n")
@@ -140,6 +145,7 @@ def test_keys_from_a_mounted_file(serve, tmp_path: Path, digits: Dataset) -> Non
     assert httpx.get(f"{server.url}/metrics", headers={"X-API-Key": "first-key"}).status_code == 200
 
 
+@pytest.mark.unit
 def test_a_directory_without_a_model_is_refused_at_startup(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match="No model.onnx"):
         ServedModel(tmp_path)
@@ -147,6 +153,8 @@ def test_a_directory_without_a_model_is_refused_at_startup(tmp_path: Path) -> No
         start_server(tmp_path)
 
 
+@pytest.mark.services
+@pytest.mark.usefixtures("prefect_server")
 def test_shipyard_serve_a_registered_version(sklearn_repo: Path, settings: Settings) -> None:
     summary = release(source=sklearn_repo.as_uri(), ref="main", until="register", settings=settings)
     port = free_port()
@@ -186,6 +194,7 @@ def test_shipyard_serve_a_registered_version(sklearn_repo: Path, settings: Setti
     assert meta["parameters"]["labels"] == [str(i) for i in range(10)]
 
 
+@pytest.mark.unit
 def test_a_body_that_never_arrives_gets_408(serve) -> None:
     server = serve(request_timeout_s=1)
     port = int(server.url.rsplit(":", 1)[1])

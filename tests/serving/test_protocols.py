@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import httpx
 import numpy as np
 import onnxruntime as ort
+import pytest
 
 from shipyard.project import Dataset
-from tests.support.servers import KEY, Server, rows
+from tests.support.servers import KEY, InProcessServer, rows
+
+pytestmark = pytest.mark.unit
 
 AUTH = {"Authorization": f"Bearer {KEY}"}
 
@@ -28,10 +30,12 @@ def v2_request(data: list[list[float]]) -> dict:
     }
 
 
-def test_v2_infer_matches_the_onnx_model(server: Server, bundle: Path, digits: Dataset) -> None:
+def test_v2_infer_matches_the_onnx_model(
+    server: InProcessServer, bundle: Path, digits: Dataset
+) -> None:
     x = digits.x_test[:5]
-    answer = httpx.post(
-        f"{server.url}/v2/models/digits-sklearn/infer",
+    answer = server.client.post(
+        "/v2/models/digits-sklearn/infer",
         json=v2_request(rows(digits, 5)),
         headers=AUTH,
     )
@@ -53,38 +57,38 @@ def test_v2_infer_matches_the_onnx_model(server: Server, bundle: Path, digits: D
 
 
 def test_v2_nested_data_versioned_route_and_output_selection(
-    server: Server, digits: Dataset
+    server: InProcessServer, digits: Dataset
 ) -> None:
     request = v2_request(rows(digits, 2))
     request["inputs"][0]["data"] = rows(digits, 2)  # nested rows are accepted too
     request["outputs"] = [{"name": "label"}]
-    answer = httpx.post(
-        f"{server.url}/v2/models/digits-sklearn/versions/7/infer", json=request, headers=AUTH
+    answer = server.client.post(
+        "/v2/models/digits-sklearn/versions/7/infer", json=request, headers=AUTH
     )
     assert answer.status_code == 200, answer.text
     assert [o["name"] for o in answer.json()["outputs"]] == ["label"]
-    wrong = httpx.post(
-        f"{server.url}/v2/models/digits-sklearn/versions/6/infer", json=request, headers=AUTH
+    wrong = server.client.post(
+        "/v2/models/digits-sklearn/versions/6/infer", json=request, headers=AUTH
     )
     assert wrong.status_code == 404 and "version '7'" in wrong.json()["error"]
 
 
-def test_v2_metadata_health_and_server(server: Server) -> None:
-    meta = httpx.get(f"{server.url}/v2/models/digits-sklearn", headers=AUTH).json()
+def test_v2_metadata_health_and_server(server: InProcessServer) -> None:
+    meta = server.client.get("/v2/models/digits-sklearn", headers=AUTH).json()
     assert meta["inputs"] == [{"name": "pixels", "datatype": "FP32", "shape": [-1, 64]}]
     assert [o["name"] for o in meta["outputs"]] == ["label", "probabilities", "label_name"]
     assert meta["versions"] == ["7"] and meta["platform"] == "onnxruntime_onnx"
     assert meta["parameters"]["git_sha"] == "a" * 40
     assert len(meta["parameters"]["onnx_sha256"]) == 64
-    assert httpx.get(f"{server.url}/v2/health/live").json() == {"live": True}
-    assert httpx.get(f"{server.url}/v2/health/ready").json() == {"ready": True}
-    assert (
-        httpx.get(f"{server.url}/v2/models/digits-sklearn/ready", headers=AUTH).status_code == 200
-    )
-    assert httpx.get(f"{server.url}/v2", headers=AUTH).json()["name"] == "shipyard"
+    assert server.client.get("/v2/health/live").json() == {"live": True}
+    assert server.client.get("/v2/health/ready").json() == {"ready": True}
+    assert server.client.get("/v2/models/digits-sklearn/ready", headers=AUTH).status_code == 200
+    assert server.client.get("/v2", headers=AUTH).json()["name"] == "shipyard"
 
 
-def test_mlflow_scoring_formats_agree(server: Server, bundle: Path, digits: Dataset) -> None:
+def test_mlflow_scoring_formats_agree(
+    server: InProcessServer, bundle: Path, digits: Dataset
+) -> None:
     data = rows(digits, 3)
     label, probabilities = expected(bundle, digits.x_test[:3])
     bodies = [
@@ -95,10 +99,10 @@ def test_mlflow_scoring_formats_agree(server: Server, bundle: Path, digits: Data
         {"dataframe_split": {"columns": [f"p{i}" for i in range(64)], "data": data}},
     ]
     for body in bodies:
-        answer = httpx.post(f"{server.url}/invocations", json=body, headers=AUTH)
+        answer = server.client.post("/invocations", json=body, headers=AUTH)
         assert answer.status_code == 200, (body.keys(), answer.text)
         predictions = answer.json()["predictions"]
         assert predictions["label"] == label.tolist()
         assert np.allclose(predictions["probabilities"], probabilities, atol=1e-6)
         assert predictions["label_name"] == [str(v) for v in label.tolist()]
-    assert httpx.get(f"{server.url}/ping").status_code == 200
+    assert server.client.get("/ping").status_code == 200

@@ -1,5 +1,6 @@
-"""Real inference servers for tests: `python -m shipyard_serving` on 127.0.0.1 with given
-settings."""
+"""Inference servers for tests: the app in this process (protocol tests: no socket, no second
+process), or a real `python -m shipyard_serving` on 127.0.0.1 (what must be a process:
+workers, signals, timeouts, sockets)."""
 
 from __future__ import annotations
 
@@ -12,11 +13,14 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from starlette.testclient import TestClient
 
 from shipyard.image.build import free_port
 from shipyard.project import Dataset
+from shipyard_serving.app import create_app
+from shipyard_serving.config import ServeSettings
 
-__all__ = ["KEY", "Server", "free_port", "rows", "start_server"]
+__all__ = ["KEY", "InProcessServer", "Server", "free_port", "rows", "start_server"]
 
 KEY = "test-key-0123456789"
 
@@ -67,3 +71,22 @@ def start_server(bundle: Path, **settings: object) -> Server:
 
 def rows(data: Dataset, n: int) -> list[list[float]]:
     return np.asarray(data.x_test[:n]).tolist()
+
+
+class InProcessServer:
+    """The server's ASGI app in this process, its lifespan run by Starlette's test client.
+
+    Exceptions come back as the 500 a client would see, not raised into the test.
+    """
+
+    def __init__(self, bundle: Path, **settings: object) -> None:
+        app = create_app(ServeSettings(model_dir=bundle, workers=1, **settings))  # type: ignore[arg-type]
+        self._client = TestClient(app, raise_server_exceptions=False)
+        self.client = self._client
+
+    def __enter__(self) -> InProcessServer:
+        self.client = self._client.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._client.__exit__(*exc)

@@ -10,10 +10,13 @@ from shipyard.inference import predict, session
 from shipyard.training import train_model
 from tests.support.projects import EXAMPLES, sklearn_project
 
+pytestmark = pytest.mark.unit
+
 
 def test_sklearn_export_is_the_whole_pipeline_with_a_dynamic_batch(
     sklearn_trained, tmp_path: Path
 ) -> None:
+
     manifest, data, model = sklearn_trained
     path = export_onnx(model, manifest, tmp_path)
     ops = {n.op_type for n in onnx.load(str(path)).graph.node}

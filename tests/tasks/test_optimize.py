@@ -1,11 +1,14 @@
 from pathlib import Path
 
 import onnx
+import pytest
 
 from shipyard.export import export_onnx
 from shipyard.manifest import Variant
 from shipyard.optimize import build_variants, measure
 from shipyard.settings import Settings
+
+pytestmark = pytest.mark.unit
 
 
 def _measured(trained, tmp_path: Path):

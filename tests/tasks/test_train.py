@@ -7,6 +7,8 @@ from shipyard.errors import ProjectError
 from shipyard.training import train_model
 from tests.support.projects import EXAMPLES, sklearn_project, trained
 
+pytestmark = pytest.mark.unit
+
 
 def test_sklearn_training_is_deterministic(sklearn_trained, tmp_path: Path) -> None:
     manifest, data, first = sklearn_trained
