@@ -47,6 +47,12 @@ lint: install
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
+# Every benchmark in turn; writes BENCHMARKS.md (machine, date, commit, each script's figures).
+bench-all: install
+	$(BIN)/shipyard stack up --no-services
+	@command -v wrk >/dev/null || { echo "installing wrk"; apt-get update -qq && apt-get install -y -qq wrk; }
+	$(BIN)/python benchmarks/all.py
+
 bench: install
 	$(BIN)/python benchmarks/release_variants.py
 
@@ -63,7 +69,7 @@ bench-serving: install
 
 lock: install
 	$(BIN)/pip freeze --exclude-editable | grep -v '^shipyard' > constraints.txt
-	cd serving && ../$(BIN)/pip-compile --quiet --generate-hashes --allow-unsafe --no-header \
+	cd shipyard_serving && ../$(BIN)/pip-compile --quiet --generate-hashes --allow-unsafe --no-header \
 	  --output-file requirements.lock requirements.in
 
 clean:

@@ -4,7 +4,7 @@ Run: `make bench-rollout` (after `shipyard stack up`). It starts its own Prefect
 releases the reference scikit-learn project twice (two training seeds, two registered versions
 with pushed images), deploys the first, then rolls the endpoint between the two versions with
 `recreate`, `blue-green` and `canary` in turn (each strategy `ROUNDS` times), while a steady
-two-client load (`tests/deploy/load.py`, 127.0.0.1 only, bounded) runs against the stable
+two-client load (`tests/support/load.py`, 127.0.0.1 only, bounded) runs against the stable
 endpoint. Per strategy: rollout time, requests sent, requests failed.
 """
 
@@ -45,7 +45,7 @@ STRATEGIES: tuple[Strategy, ...] = ("recreate", "blue-green", "canary")
 def under_load(url: str, action: Callable[[], object]) -> tuple[float, dict[str, Any]]:
     """Run `action()` while two clients send one-row requests to `url`; its time and the counts."""
     load = subprocess.Popen(
-        [sys.executable, "-m", "tests.deploy.load", url, MODEL, "--seconds", "300"],
+        [sys.executable, "-m", "tests.support.load", url, MODEL, "--seconds", "300"],
         stdout=subprocess.PIPE,
         cwd=ROOT,
     )

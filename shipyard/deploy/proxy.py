@@ -104,12 +104,19 @@ def _socket_path(directory: Path) -> Path:
     beside = directory.resolve() / "haproxy.sock"
     if len(str(beside)) <= 96:
         return beside
-    runtime = Path(f"/tmp/shipyard-{os.getuid()}")
+    digest = hashlib.sha256(str(directory.resolve()).encode()).hexdigest()[:16]
+    return Path(f"/tmp/shipyard-{os.getuid()}") / f"haproxy-{digest}.sock"
+
+
+def _private_parent(socket_path: Path) -> None:
+    """The per-user socket directory exists and is private (mode 700, ours) before HAProxy
+    creates its admin socket in it."""
+    runtime = socket_path.parent
+    if runtime.name != f"shipyard-{os.getuid()}":
+        return  # beside the config, in the state directory
     runtime.mkdir(mode=0o700, exist_ok=True)
     if runtime.stat().st_uid != os.getuid() or runtime.stat().st_mode & 0o077:
         raise DeployError(f"{runtime} is not private to this user: remove it and retry.")
-    digest = hashlib.sha256(str(directory.resolve()).encode()).hexdigest()[:16]
-    return runtime / f"haproxy-{digest}.sock"
 
 
 class Proxy:
@@ -152,6 +159,7 @@ class Proxy:
                     f"Endpoint port {self.host}:{self.port} is taken by another process: choose "
                     "another with `deploy.port` in shipyard.yaml, or stop what listens there."
                 )
+        _private_parent(self.socket)
         self.socket.unlink(missing_ok=True)
         started = background(["haproxy", "-f", str(self.config)], self.directory / "haproxy.log")
         self.pid_file.write_text(f"{started.pid} {started.start_time}")
