@@ -42,7 +42,7 @@ class InferenceApp:
         disable_created_metrics()  # type: ignore[no-untyped-call]  # no `_created` series: half the scrape for nothing we use
         self.settings = settings
         self.model = model
-        self.keys = KeyCheck(settings.keys())
+        self.keys = KeyCheck([])  # read in `load`: the keys file is a mounted secret
         self.metrics: Metrics | None = None
         self.batcher: MicroBatcher | None = None
         self.inflight = 0
@@ -50,6 +50,7 @@ class InferenceApp:
     # -- lifecycle -------------------------------------------------------------------------
 
     def load(self) -> None:
+        self.keys = KeyCheck(self.settings.keys())
         if self.model is None:
             self.model = ServedModel(self.settings.model_dir, self.settings.threads)
         self.metrics = Metrics(self.model.info)

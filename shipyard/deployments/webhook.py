@@ -166,13 +166,19 @@ def ignored(push: Push, settings: WebhookSettings) -> str | None:
 
 
 class Deliveries:
-    """Delivery ids and commits seen, in memory and optionally in a file (one per line)."""
+    """Delivery ids and commits seen, in memory and optionally in a file (one per line), read
+    on first use."""
 
     def __init__(self, file: Path | None) -> None:
         self.file = file
-        self.seen: set[str] = set()
-        if file is not None and file.is_file():
-            self.seen = set(file.read_text().split())
+        self._seen: set[str] | None = None
+
+    @property
+    def seen(self) -> set[str]:
+        if self._seen is None:
+            file = self.file
+            self._seen = set(file.read_text().split()) if file and file.is_file() else set()
+        return self._seen
 
     def __contains__(self, key: str) -> bool:
         return key in self.seen
