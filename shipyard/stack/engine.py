@@ -274,6 +274,12 @@ def status(settings: Settings) -> dict[str, Any]:
     }
 
 
+def _not_ours(entry: object) -> str:
+    if Started.from_json(entry) is None:  # a bare pid, as Shipyard 0.1 recorded processes
+        return f"recorded as pid {entry} only, which cannot tell it from a reused pid: check it and stop it by hand"
+    return "no longer the process the stack started"
+
+
 def _ours(entry: object) -> Started | None:
     started = Started.from_json(entry)
     return started if started is not None and started.alive() else None
@@ -288,7 +294,7 @@ def down(settings: Settings, say: Say) -> None:
             continue
         started = _ours(entry)
         if started is None:
-            say(f"{name} is no longer the process the stack started; nothing to stop")
+            say(f"{name}: {_not_ours(entry)}; nothing to stop")
             continue
         os.kill(started.pid, signal.SIGTERM)
         say(f"stopped {name} (pid {started.pid})")
