@@ -17,6 +17,9 @@ from tests.support.projects import make_repo, trained
 
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
+# The test server stores events every 0.5 s instead of 5: tests that wait for an event to be
+# stored (or for a sentinel after which nothing else may be) wait that much less.
+os.environ.setdefault("PREFECT_SERVER_SERVICES_EVENT_PERSISTER_FLUSH_INTERVAL", "0.5")
 
 from prefect.settings import PREFECT_API_URL
 from prefect.testing.utilities import prefect_test_harness
