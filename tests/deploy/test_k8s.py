@@ -7,6 +7,7 @@ import pytest
 
 from shipyard.deploy.k8s import Track, render
 from tests.support.k8s import validate_core
+from tests.support.projects import ROOT
 
 pytestmark = pytest.mark.unit
 
@@ -47,3 +48,36 @@ def test_a_broken_object_is_caught_by_the_schema_check() -> None:
         validate_core([deployment])
     with pytest.raises(ValueError, match="canary weight must be 0..100 %, got 120"):
         render("digits", Track("stable", "3", "r"), Track("canary", "4", "r"), weight=120)
+
+
+def test_every_pod_runs_as_the_images_non_root_user_read_only_and_unprivileged() -> None:
+    objects = render(
+        "digits",
+        Track("stable", "3", f"r/digits@{DIGEST}"),
+        Track("canary", "4", f"r/digits@sha256:{'b' * 64}"),
+    )
+    validate_core(objects)
+    # The user the release image declares (`USER uid:gid`), not root.
+    image_uid = next(
+        int(line.split()[1].split(":")[0])
+        for line in (ROOT / "shipyard" / "image" / "Dockerfile.template").read_text().splitlines()
+        if line.startswith("USER ")
+    )
+    assert image_uid != 0
+    deployments = [o for o in objects if o["kind"] == "Deployment"]
+    assert [d["metadata"]["name"] for d in deployments] == ["digits", "digits-canary"]
+    for deployment in deployments:
+        pod = deployment["spec"]["template"]["spec"]
+        assert pod["securityContext"] == {"runAsNonRoot": True, "runAsUser": image_uid}
+        [container] = pod["containers"]
+        assert container["securityContext"] == {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        }
+        # The root filesystem is read-only: the one writable place is an emptyDir on /tmp.
+        assert container["volumeMounts"] == [{"name": "tmp", "mountPath": "/tmp"}]
+        assert pod["volumes"] == [{"name": "tmp", "emptyDir": {}}]
+        assert not any(key.startswith("host") for key in pod)  # no hostNetwork/PID/IPC
+        assert container["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": 8080}
+        assert container["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": 8080}

@@ -19,7 +19,7 @@ from prefect.events.worker import EventsWorker
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from pydantic import SecretStr
 
-from shipyard.deployments.webhook import EVENT, WebhookApp, WebhookSettings
+from shipyard.deployments.webhook import EVENT, Push, WebhookApp, WebhookSettings, emit
 
 pytestmark = [pytest.mark.services, pytest.mark.usefixtures("prefect_server")]
 
@@ -48,9 +48,23 @@ def github_headers(body: bytes, delivery: str, secret: str = SECRET) -> dict[str
     }
 
 
-def post(body: bytes, headers: dict[str, str], **settings: Any) -> httpx.Response:
+class CountingEmitter:
+    """The receiver's real `emit`, counted: every call still sends its event to the server."""
+
+    def __init__(self) -> None:
+        self.deliveries: list[str] = []
+
+    async def __call__(self, push: Push, settings: WebhookSettings) -> str:
+        self.deliveries.append(push.delivery)
+        return await emit(push, settings)
+
+
+def post(
+    body: bytes, headers: dict[str, str], emitter: Any = emit, **settings: Any
+) -> httpx.Response:
     app = WebhookApp(
-        WebhookSettings(secret=SecretStr(SECRET), project="model", **settings)  # type: ignore[arg-type]
+        WebhookSettings(secret=SecretStr(SECRET), project="model", **settings),  # type: ignore[arg-type]
+        emitter,
     )
 
     async def call() -> httpx.Response:
@@ -59,6 +73,35 @@ def post(body: bytes, headers: dict[str, str], **settings: Any) -> httpx.Respons
             return await client.post("/hooks/git", content=body, headers=headers)
 
     return asyncio.run(call())
+
+
+def stored(repo: str) -> list[Any]:
+    """The events the server has stored for `repo` now."""
+    with get_client(sync_client=True) as client:
+        page = client.read_events(
+            filter=EventFilter(
+                event=EventNameFilter(name=[EVENT]),
+                resource=EventResourceFilter(id=[f"shipyard.repo.{repo}"]),
+            ),
+            limit=50,  # the client's default (100) is over the server's maximum
+        )
+    return list(page.events)
+
+
+def sentinel(repo: str) -> str:
+    """Send one accepted push for `repo` through a fresh receiver and wait until the server has
+    stored its event; returns the event's id. The server persists events in the order it takes
+    them, so whatever was emitted for `repo` before the sentinel is stored by then too."""
+    EventsWorker.drain_all()  # anything this process queued in the background goes first
+    body = push_body(repo, changed="model/sentinel.py")
+    answer = post(body, github_headers(body, f"sentinel-{uuid.uuid4().hex}"))
+    assert answer.status_code == 202, answer.text
+    event_id = answer.json()["event_id"]
+    deadline = time.monotonic() + 30
+    while event_id not in {str(event.id) for event in stored(repo)}:
+        assert time.monotonic() < deadline, f"the sentinel event {event_id} was not stored in 30 s"
+        time.sleep(0.25)
+    return str(event_id)
 
 
 def events_for(repo: str, wait_s: float = 8) -> list[Any]:
@@ -163,21 +206,33 @@ def test_bad_requests_get_a_4xx_naming_the_problem_and_emit_nothing(
         headers = {**headers, "content-type": "application/x-www-form-urlencoded"}
     elif case == "no provider":
         headers = {k: v for k, v in headers.items() if k != "x-github-event"}
-    answer = post(body, headers, max_body_bytes=1024)
+    emitted = CountingEmitter()
+    answer = post(body, headers, emitter=emitted, max_body_bytes=1024)
     assert answer.status_code == status, answer.text
     assert message in answer.json()["error"]
     assert events_for(repo, wait_s=2) == []
+    assert emitted.deliveries == []
+    mark = sentinel(repo)
+    assert [str(event.id) for event in stored(repo)] == [mark]
 
 
 def test_a_replayed_delivery_is_refused_and_emits_no_second_event(tmp_path: Any) -> None:
     repo = unique_repo()
     body = push_body(repo)
     remembered = tmp_path / "deliveries"
-    assert post(body, github_headers(body, "d-once"), deliveries_file=remembered).status_code == 202
+    emitted = CountingEmitter()
+    first = post(body, github_headers(body, "d-once"), emitted, deliveries_file=remembered)
+    assert first.status_code == 202
     # a restarted receiver still knows the delivery
-    again = post(body, github_headers(body, "d-once"), deliveries_file=remembered)
+    again = post(body, github_headers(body, "d-once"), emitted, deliveries_file=remembered)
     assert again.status_code == 409 and "received before" in again.json()["error"]
     assert len(events_for(repo)) == 1
+    # The replay would carry the same event id (the store would drop it): count at the receiver.
+    assert emitted.deliveries == ["d-once"]
+    mark = sentinel(repo)
+    assert sorted(str(event.id) for event in stored(repo)) == sorted(
+        [first.json()["event_id"], mark]
+    )
 
 
 @pytest.mark.parametrize(
@@ -193,9 +248,13 @@ def test_pushes_that_do_not_touch_the_model_are_acknowledged_and_ignored(
 ) -> None:
     repo = unique_repo()
     body = push_body(repo, ref, changed)
-    answer = post(body, github_headers(body, f"d-{uuid.uuid4().hex}"))
+    emitted = CountingEmitter()
+    answer = post(body, github_headers(body, f"d-{uuid.uuid4().hex}"), emitted)
     assert answer.status_code == 202 and reason in answer.json()["ignored"]
     assert events_for(repo, wait_s=2) == []
+    assert emitted.deliveries == []
+    mark = sentinel(repo)
+    assert [str(event.id) for event in stored(repo)] == [mark]
 
 
 def test_the_receiver_refuses_to_start_without_a_secret() -> None:
@@ -206,7 +265,8 @@ def test_the_receiver_refuses_to_start_without_a_secret() -> None:
 def test_a_signed_body_resent_under_a_new_delivery_id_is_a_replay() -> None:
     repo = unique_repo()
     body = push_body(repo)
-    app = WebhookApp(WebhookSettings(secret=SecretStr(SECRET), project="model"))
+    emitted = CountingEmitter()
+    app = WebhookApp(WebhookSettings(secret=SecretStr(SECRET), project="model"), emitted)
 
     async def send(delivery: str) -> httpx.Response:
         transport = httpx.ASGITransport(app=app)
@@ -215,10 +275,16 @@ def test_a_signed_body_resent_under_a_new_delivery_id_is_a_replay() -> None:
                 "/hooks/git", content=body, headers=github_headers(body, delivery)
             )
 
-    assert asyncio.run(send("d-original")).status_code == 202
+    original = asyncio.run(send("d-original"))
+    assert original.status_code == 202
     replay = asyncio.run(send("d-new-id"))
     assert replay.status_code == 409 and "a" * 40 in replay.json()["error"]
     assert len(events_for(repo)) == 1
+    assert emitted.deliveries == ["d-original"]
+    mark = sentinel(repo)
+    assert sorted(str(event.id) for event in stored(repo)) == sorted(
+        [original.json()["event_id"], mark]
+    )
 
 
 def test_a_push_listing_only_part_of_its_commits_releases_even_without_a_model_path() -> None:

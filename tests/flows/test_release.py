@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
 from pathlib import Path
 from uuid import UUID
 
@@ -15,7 +16,7 @@ from shipyard import registry
 from shipyard.errors import GateError, ProjectError, SourceError
 from shipyard.flows.release import release
 from shipyard.settings import Settings
-from tests.support.projects import commit_all, edit_manifest, git, make_repo
+from tests.support.projects import EXAMPLES, commit_all, edit_manifest, git, make_repo
 
 pytestmark = [pytest.mark.services, pytest.mark.usefixtures("prefect_server")]
 
@@ -212,6 +213,40 @@ def test_until_stops_after_the_named_stage(sklearn_repo: Path, settings: Setting
     assert summary.status == "stopped after export"
     assert set(task_states(summary.flow_run_id)) == {"source", "data", "train", "export"}
     assert registry.client(settings).search_model_versions(f"name = '{MODEL}'") == []
+
+
+def test_a_project_in_a_subdirectory_releases_with_the_fingerprint_of_its_tree(
+    tmp_path: Path, sklearn_repo: Path, settings: Settings
+) -> None:
+    monorepo = tmp_path / "monorepo"
+    shutil.copytree(
+        EXAMPLES / MODEL,
+        monorepo / "models" / "digits",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    (monorepo / "README.md").write_text("Services and models; not part of the model project.\n")
+    (monorepo / "service.py").write_text("print('an unrelated service')\n")
+    git(monorepo, "init", "-q", "-b", "main")
+    head = commit_all(monorepo, "Models live in models/")
+
+    nested = release(
+        source=monorepo.as_uri(),
+        ref="main",
+        subdir="models/digits",
+        until="register",
+        settings=settings,
+    )
+    assert nested.status == "registered" and nested.version == "1" and not nested.reused
+    assert nested.git_sha == head
+    tags = registry.client(settings).get_model_version(MODEL, "1").tags
+    assert tags["git_sha"] == head and tags["source"] == monorepo.as_uri()
+
+    # The project's tree is what is hashed, not where it sits or what surrounds it.
+    at_root = release(source=sklearn_repo.as_uri(), ref="main", until="register", settings=settings)
+    assert at_root.fingerprint == nested.fingerprint
+    assert at_root.version == "1" and at_root.reused
+    assert at_root.onnx_sha256 == nested.onnx_sha256
+    assert versions(registry.client(settings)) == ["1"]
 
 
 def test_pytorch_cnn_release_with_static_int8(tmp_path: Path, settings: Settings) -> None:

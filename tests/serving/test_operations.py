@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -15,7 +16,10 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from shipyard import registry
 from shipyard.flows.release import release
@@ -60,16 +64,49 @@ def test_metrics_count_requests_latency_rows_and_model(serve, digits: Dataset) -
     assert "_created" not in text
 
 
-@pytest.mark.unit
-def test_two_workers_share_one_view_of_the_metrics(serve, digits: Dataset) -> None:
-    server = serve(workers=2)
-    for _ in range(40):  # a new connection each: the kernel spreads them over both workers
-        assert (
-            httpx.post(f"{server.url}/invocations", json={"inputs": rows(digits, 1)}).status_code
-            == 200
+def invocations_by_pid(metrics_dir: Path) -> dict[int, float]:
+    """`/invocations` 200s counted by each worker process, read from its own counter file."""
+    counts = {}
+    for path in metrics_dir.glob("counter_*.db"):
+        try:
+            families = MultiProcessCollector.merge([str(path)])
+        except struct.error:  # the worker is creating the file right now: nothing counted yet
+            continue
+        counts[int(path.stem.rsplit("_", 1)[1])] = sum(
+            sample.value
+            for family in families
+            for sample in family.samples
+            if sample.name == "shipyard_requests_total"
+            and sample.labels == {"route": "/invocations", "status": "200"}
         )
-    text = httpx.get(f"{server.url}/metrics").text
-    assert metric(text, "shipyard_requests_total", route="/invocations", status="200") == 40
+    return counts
+
+
+def parent_of(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+@pytest.mark.unit
+def test_two_workers_share_one_view_of_the_metrics(serve, digits: Dataset, tmp_path: Path) -> None:
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    server = serve(workers=2, env={"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)})
+    sent = 0
+    # A new connection each: the kernel spreads them over both workers, but not by turns.
+    while sum(count > 0 for count in invocations_by_pid(metrics_dir).values()) < 2:
+        assert sent < 400, (
+            f"after {sent} requests, /invocations 200s by worker pid in the metrics files: "
+            f"{invocations_by_pid(metrics_dir)}; expected two workers with some"
+        )
+        answer = httpx.post(f"{server.url}/invocations", json={"inputs": rows(digits, 1)})
+        assert answer.status_code == 200
+        sent += 1
+    by_pid = invocations_by_pid(metrics_dir)
+    served = {pid for pid, count in by_pid.items() if count > 0}
+    assert len(served) == 2 and all(parent_of(pid) == server.process.pid for pid in served)
+    assert sum(by_pid.values()) == sent
+    text = httpx.get(f"{server.url}/metrics").text  # a scrape of one worker counts both
+    assert metric(text, "shipyard_requests_total", route="/invocations", status="200") == sent
 
 
 @pytest.mark.unit
@@ -97,6 +134,87 @@ def test_micro_batching_answers_each_request_with_its_own_rows(
     text = httpx.get(f"{server.url}/metrics").text
     assert metric(text, "shipyard_inference_batch_rows_sum") == 32
     assert metric(text, "shipyard_inference_batch_rows_count") < 32  # some calls held several rows
+
+
+@pytest.fixture(scope="module")
+def slow_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model served like any release (`pixels` [N, 64] → `label`, `probabilities`) whose graph
+    is 64 dense 1024x1024 layers: ~1 ms of ONNX Runtime per row where digits-sklearn takes 2 µs,
+    so a batch outlasts a timeout by far while its body arrives in well under a millisecond."""
+    layers, width = 64, 1024
+    rng = np.random.default_rng(0)
+    weights = {
+        "w_in": rng.normal(0, 1 / 8, (64, width)),
+        "w": rng.normal(0, 1 / np.sqrt(width), (width, width)),
+        "w_out": rng.normal(0, 1 / np.sqrt(width), (width, 10)),
+    }
+    nodes = [helper.make_node("MatMul", ["pixels", "w_in"], ["h0"])]
+    for i in range(layers):  # one shared weight: a 4 MB file
+        nodes.append(helper.make_node("MatMul", [f"h{i}", "w"], [f"m{i}"]))
+        nodes.append(helper.make_node("Relu", [f"m{i}"], [f"h{i + 1}"]))
+    nodes += [
+        helper.make_node("MatMul", [f"h{layers}", "w_out"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
+        helper.make_node("ArgMax", ["logits"], ["label"], axis=1, keepdims=0),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "slow",
+        [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["N", 64])],
+        [
+            helper.make_tensor_value_info("label", TensorProto.INT64, ["N"]),
+            helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 10]),
+        ],
+        [numpy_helper.from_array(w.astype(np.float32), name) for name, w in weights.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
+    onnx.checker.check_model(model, full_check=True)
+    out = tmp_path_factory.mktemp("slow-bundle")
+    onnx.save(model, out / "model.onnx")
+    (out / "shipyard.json").write_text(json.dumps({"name": "slow", "version": "1"}))
+    return out
+
+
+@pytest.mark.unit
+def test_an_inference_that_outlasts_the_request_timeout_gets_504_and_the_server_goes_on(
+    slow_bundle: Path,
+) -> None:
+    # REQUEST_TIMEOUT_S bounds the wait for a batch on the batched path (the unbatched one calls
+    # ONNX Runtime inline). 2048 rows take ~2 s here; their 262 kB body arrives in ~1 ms.
+    timeout_s, n = 0.1, 2048
+    server = start_server(
+        slow_bundle, batching="true", request_timeout_s=timeout_s, max_batch_rows=n
+    )
+    try:
+        started = time.monotonic()
+        answer = httpx.post(
+            f"{server.url}/invocations", json={"inputs": [[0] * 64] * n}, timeout=30
+        )
+        waited = time.monotonic() - started
+        assert answer.status_code == 504, answer.text[:300]
+        assert answer.headers["content-type"] == "application/json"
+        assert answer.json() == {"error": f"request took longer than {timeout_s} s"}
+        assert waited < 0.6  # answered at the timeout, not once the inference is done
+        assert httpx.get(f"{server.url}/v2/health/live").status_code == 200
+
+        # The abandoned batch runs to its end (ONNX Runtime cannot be interrupted); then the
+        # server infers again.
+        deadline = time.monotonic() + 30
+        while (
+            metric(httpx.get(f"{server.url}/metrics").text, "shipyard_inference_batch_rows_count")
+            < 1
+        ):
+            assert time.monotonic() < deadline, "the abandoned batch never finished"
+            time.sleep(0.05)
+        small = httpx.post(f"{server.url}/invocations", json={"inputs": [[0] * 64] * 2})
+        assert small.status_code == 200, small.text
+        assert small.json()["predictions"]["label"] == [0, 0]
+        text = httpx.get(f"{server.url}/metrics").text
+        assert metric(text, "shipyard_requests_total", route="/invocations", status="504") == 1
+        assert metric(text, "shipyard_requests_total", route="/invocations", status="200") == 1
+        assert metric(text, "shipyard_inference_batch_rows_sum") == n + 2
+    finally:
+        server.stop()
 
 
 @pytest.mark.unit

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import httpx
@@ -35,24 +36,31 @@ class Server:
         return self.process.wait(timeout=30)
 
 
-def start_server(bundle: Path, **settings: object) -> Server:
+def start_server(bundle: Path, env: Mapping[str, str] | None = None, **settings: object) -> Server:
+    """`python -m shipyard_serving` on a free port with `settings` as SHIPYARD_SERVE_* variables
+    and `env` added to a copy of this environment (without its SHIPYARD_SERVE_* and
+    PROMETHEUS_MULTIPROC_DIR)."""
     port = free_port()
-    env = {
+    environment = {
         k: v
         for k, v in os.environ.items()
         if not k.startswith("SHIPYARD_SERVE_") and k != "PROMETHEUS_MULTIPROC_DIR"
     }
-    env.update(
+    environment.update(env or {})
+    environment.update(
         {
             "SHIPYARD_SERVE_MODEL_DIR": str(bundle),
             "SHIPYARD_SERVE_PORT": str(port),
             "SHIPYARD_SERVE_WORKERS": "1",
         }
     )
-    env.update({f"SHIPYARD_SERVE_{k.upper()}": str(v) for k, v in settings.items()})
+    environment.update({f"SHIPYARD_SERVE_{k.upper()}": str(v) for k, v in settings.items()})
     log = tempfile.NamedTemporaryFile(prefix="shipyard-serve-", suffix=".log", delete=False)  # noqa: SIM115
     process = subprocess.Popen(
-        [sys.executable, "-m", "shipyard_serving"], env=env, stdout=subprocess.DEVNULL, stderr=log
+        [sys.executable, "-m", "shipyard_serving"],
+        env=environment,
+        stdout=subprocess.DEVNULL,
+        stderr=log,
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
