@@ -1,5 +1,5 @@
-"""A model deployed behind its own endpoint for the whole module, a steady load on it, and
-images that fail in chosen ways."""
+"""A model deployed behind its own endpoint, shared by the deploy tests of a run; each test
+starts from one version serving (`Endpoint.settle`) and asks for what else it needs."""
 
 from __future__ import annotations
 
@@ -13,15 +13,19 @@ from shipyard.deploy import containers
 from shipyard.deploy.endpoint import undeploy
 from shipyard.flows.release import release
 from shipyard.settings import Settings
-from tests.support.endpoints import MODEL, Endpoint
+from tests.support.endpoints import MODEL, Endpoint, aliases
 from tests.support.projects import EXAMPLES
 
 
-@pytest.fixture(scope="module")
-def endpoint(
-    tmp_path_factory: pytest.TempPathFactory, _mlflow_template: Path, docker_stack: dict[str, str]
+@pytest.fixture(scope="session")
+def _deployed(
+    tmp_path_factory: pytest.TempPathFactory,
+    _mlflow_template: Path,
+    docker_stack: dict[str, str],
+    prefect_server: str,
 ) -> Iterator[Endpoint]:
-    """digits-sklearn released and deployed (a first deploy) on a free port of 127.0.0.1."""
+    """digits-sklearn released and deployed (a first deploy) on a free port of 127.0.0.1,
+    once per run: a release costs most of a minute."""
     root = tmp_path_factory.mktemp("deploy")
     (root / "state").mkdir()
     shutil.copy(_mlflow_template, root / "state" / "mlflow.db")
@@ -35,5 +39,13 @@ def endpoint(
         )
     summary = release(source=str(project), settings=settings)
     assert summary.status == "deployed", summary
-    yield Endpoint(settings, project, summary.endpoint)
+    assert summary.endpoint is not None
+    yield Endpoint(settings, project, summary.endpoint, summary, aliases(settings, MODEL))
     undeploy(settings, MODEL)
+
+
+@pytest.fixture
+def endpoint(_deployed: Endpoint) -> Endpoint:
+    """The shared endpoint with one version, `champion`, serving all traffic."""
+    _deployed.settle()
+    return _deployed

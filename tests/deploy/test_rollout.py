@@ -1,19 +1,17 @@
 """Rollouts on the real engine behind a real HAProxy: under load, and when they must fail.
 
-Tests run in file order on one endpoint; each leaves one version serving.
+Every test starts with one version serving on the shared endpoint (`Endpoint.settle`), asks
+for what else it needs (`Endpoint.previous()`), and leaves one version serving: any test runs
+alone or in any order.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 import yaml
 from prefect.concurrency.sync import concurrency
@@ -29,6 +27,7 @@ from tests.support.endpoints import (
     MODEL,
     Endpoint,
     derived_image,
+    served_version,
     serving_containers,
     steady_load,
 )
@@ -37,15 +36,18 @@ from tests.support.k8s import validate_core
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("prefect_server")]
 
 
-def served_version(url: str) -> str:
-    return str(httpx.get(f"{url}/v2/models/{MODEL}", timeout=5).json()["versions"][0])
-
-
 def champion_target(endpoint: Endpoint) -> Target:
     mlflow = registry.client(endpoint.settings)
     champion = registry.version_by_alias(mlflow, MODEL, registry.CHAMPION)
     assert champion is not None
     return target_of_version(endpoint.settings, MODEL, champion)
+
+
+def previous_target(endpoint: Endpoint) -> Target:
+    """The `previous` version's target, released first when there is none."""
+    number = endpoint.previous()
+    mlflow = registry.client(endpoint.settings)
+    return target_of_version(endpoint.settings, MODEL, mlflow.get_model_version(MODEL, number))
 
 
 def assert_still_serving(endpoint: Endpoint, version: str, aliases: dict[str, str]) -> None:
@@ -58,21 +60,17 @@ def assert_still_serving(endpoint: Endpoint, version: str, aliases: dict[str, st
     assert endpoint.aliases() == aliases
 
 
-def cli(endpoint: Endpoint, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(Path(sys.executable).parent / "shipyard"), *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "SHIPYARD_STATE_DIR": str(endpoint.settings.state_dir)},
-        timeout=120,
-    )
-
-
 def test_a_first_release_is_deployed_and_becomes_champion(endpoint: Endpoint) -> None:
-    aliases = endpoint.aliases()
-    assert aliases["champion"] == aliases["candidate"] and "previous" not in aliases
+    first = endpoint.first
+    assert first.status == "deployed" and first.previous_version is None
+    assert first.endpoint == endpoint.url
+    assert endpoint.first_aliases == {
+        "candidate": first.deployed_version,
+        "champion": first.deployed_version,
+    }
+    aliases = endpoint.aliases()  # what serves now, after whichever tests ran before
     assert_still_serving(endpoint, aliases["champion"], aliases)
-    status = json.loads(cli(endpoint, "status", MODEL, "--json").stdout)
+    status = json.loads(endpoint.cli("status", MODEL, "--json").stdout)
     [slot] = status["deployment"]["slots"]
     assert status["deployment"]["endpoint"] == endpoint.url
     assert slot["version"] == aliases["champion"] and slot["weight"] == 100
@@ -85,10 +83,10 @@ def test_blue_green_canary_and_rollback_under_steady_load_fail_no_request(
 ) -> None:
     first = endpoint.aliases()["champion"]
     with steady_load(endpoint.url) as blue_green:
-        second = endpoint.release(seed=1, strategy="blue-green")
+        second = endpoint.release(strategy="blue-green")
     assert second.deployed_version != first and second.previous_version == first
     with steady_load(endpoint.url) as canary:
-        third = endpoint.release(seed=2, strategy="canary")
+        third = endpoint.release(strategy="canary")
     with steady_load(endpoint.url) as back:
         rolled = rollback(MODEL, settings=endpoint.settings)
 
@@ -96,10 +94,32 @@ def test_blue_green_canary_and_rollback_under_steady_load_fail_no_request(
     for counts, before, after in ((blue_green, first, v2), (canary, v2, v3), (back, v3, v2)):
         assert counts["sent"] > 100 and counts["failed"] == 0, counts
         assert counts["versions"].get(before, 0) > 0 and counts["versions"].get(after, 0) > 0
-    assert rolled["deployed_version"] == v2 and rolled["rolled_back_to"] == v2
+    assert rolled.deployed_version == v2 and rolled.rolled_back_to == v2
     aliases = endpoint.aliases()
     assert (aliases["champion"], aliases["previous"]) == (v2, v3)
     assert_still_serving(endpoint, v2, aliases)
+
+
+def test_the_rollback_command_serves_previous_again_and_swaps_the_aliases(
+    endpoint: Endpoint,
+) -> None:
+    previous = endpoint.previous()
+    champion = endpoint.aliases()["champion"]
+    done = endpoint.cli("rollback", MODEL, "--json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.splitlines()[-1])
+    assert result == {
+        "model": MODEL,
+        "endpoint": endpoint.url,
+        "deployed_version": previous,
+        "previous_version": champion,
+        "strategy": "blue-green",
+        "rolled_back_to": previous,
+    }
+    assert f"{MODEL}: v{previous} serves on {endpoint.url} (previous: v{champion})" in done.stderr
+    aliases = endpoint.aliases()
+    assert (aliases["champion"], aliases["previous"]) == (previous, champion)
+    assert_still_serving(endpoint, previous, aliases)  # what /v2/models/digits-sklearn names
 
 
 def test_a_version_that_never_gets_ready_leaves_blue_serving(endpoint: Endpoint) -> None:
@@ -137,12 +157,9 @@ def test_a_version_answering_unlike_its_golden_outputs_leaves_blue_serving(
 
 
 def test_killing_green_mid_canary_returns_traffic_to_blue(endpoint: Endpoint) -> None:
+    target = previous_target(endpoint)
     aliases = endpoint.aliases()
     serving = aliases["champion"]
-    mlflow = registry.client(endpoint.settings)
-    previous = registry.version_by_alias(mlflow, MODEL, registry.PREVIOUS)
-    assert previous is not None
-    target = target_of_version(endpoint.settings, MODEL, previous)
     policy = endpoint.deployment().policy.model_copy(
         update={"canary_steps": [50, 100], "step_seconds": 60}
     )
@@ -165,10 +182,12 @@ def test_killing_green_mid_canary_returns_traffic_to_blue(endpoint: Endpoint) ->
         green = d.instances[d.candidate].container_id
         engine.engine(endpoint.settings).containers.get(green).kill()
         thread.join(timeout=60)
-    assert len(raised) == 1 and isinstance(raised[0], DeployError), raised
-    assert "Gate 'running' failed" in str(raised[0]) or "Gate 'readiness' failed" in str(raised[0])
     assert counts["versions"].get(target.version, 0) > 0  # the canary did serve
-    assert counts["ok"] > 0
+    # Only a response cut mid-flight may fail: at most 0.1 % of the requests (README).
+    assert counts["sent"] > 500 and counts["failed"] * 1000 <= counts["sent"], counts
+    assert len(raised) == 1 and isinstance(raised[0], DeployError), raised
+    assert str(raised[0]).startswith(f"Gate 'running' failed: {d.candidate} v{target.version}")
+    assert "at canary step 50%; traffic is back on" in str(raised[0])
     assert_still_serving(endpoint, serving, aliases)
 
 
@@ -184,10 +203,8 @@ def test_a_failure_after_traffic_moved_puts_traffic_back(endpoint: Endpoint) -> 
 
 
 def test_the_p99_gate_reads_the_new_containers_own_metrics(endpoint: Endpoint) -> None:
+    target = previous_target(endpoint)
     aliases = endpoint.aliases()
-    mlflow = registry.client(endpoint.settings)
-    previous = registry.version_by_alias(mlflow, MODEL, registry.PREVIOUS)
-    assert previous is not None
     strict = DeployPolicy(
         port=endpoint.deployment().port, canary_steps=[20, 100], step_seconds=3, max_p99_ms=0.1
     )
@@ -195,22 +212,14 @@ def test_the_p99_gate_reads_the_new_containers_own_metrics(endpoint: Endpoint) -
         steady_load(endpoint.url) as counts,
         pytest.raises(DeployError, match=r"Gate 'p99_latency' failed: [\d.]+ ms > limit 0.1 ms"),
     ):
-        rollout(
-            target_of_version(endpoint.settings, MODEL, previous),
-            "canary",
-            strict,
-            endpoint.settings,
-        )
+        rollout(target, "canary", strict, endpoint.settings)
     assert counts["failed"] == 0, counts
     assert_still_serving(endpoint, aliases["champion"], aliases)
 
 
 def test_deploys_of_one_model_wait_for_each_other(endpoint: Endpoint) -> None:
+    target = previous_target(endpoint)
     aliases = endpoint.aliases()
-    mlflow = registry.client(endpoint.settings)
-    previous = registry.version_by_alias(mlflow, MODEL, registry.PREVIOUS)
-    assert previous is not None
-    target = target_of_version(endpoint.settings, MODEL, previous)
     finished: list[RolloutResult] = []
     with concurrency(rollout_lock(MODEL), occupy=1, strict=True):  # another deploy holds it
         thread = threading.Thread(
@@ -221,8 +230,8 @@ def test_deploys_of_one_model_wait_for_each_other(endpoint: Endpoint) -> None:
         assert thread.is_alive() and endpoint.deployment().candidate is None
         assert serving_containers(endpoint.settings) == [aliases["champion"]]
     thread.join(timeout=120)
-    assert finished and finished[0].deployed_version == str(previous.version)
-    assert endpoint.aliases()["champion"] == str(previous.version)
+    assert finished and finished[0].deployed_version == target.version
+    assert endpoint.aliases()["champion"] == target.version
 
 
 def test_a_redeploy_expecting_another_champion_is_skipped(endpoint: Endpoint) -> None:
@@ -237,7 +246,7 @@ def test_a_redeploy_expecting_another_champion_is_skipped(endpoint: Endpoint) ->
 
 
 def test_logs_show_the_serving_containers_lines(endpoint: Endpoint) -> None:
-    done = cli(endpoint, "logs", MODEL, "--tail", "5")
+    done = endpoint.cli("logs", MODEL, "--tail", "5")
     assert done.returncode == 0, done.stderr
     version = endpoint.aliases()["champion"]
     lines = done.stdout.splitlines()
@@ -246,8 +255,9 @@ def test_logs_show_the_serving_containers_lines(endpoint: Endpoint) -> None:
 
 
 def test_render_k8s_pins_the_registered_images_of_champion_and_canary(endpoint: Endpoint) -> None:
-    done = cli(
-        endpoint, "render", "k8s", MODEL, "--canary", "previous", "--weight", "25",
+    endpoint.previous()
+    done = endpoint.cli(
+        "render", "k8s", MODEL, "--canary", "previous", "--weight", "25",
         "--registry", "registry.example:443",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -19,12 +20,29 @@ from shipyard.errors import ImageError, StackError
 from shipyard.flows.release import release
 from shipyard.image.build import smoke_test
 from shipyard.image.context import ImageSpec, dockerfile
+from shipyard.image.push import push_release
+from shipyard.image.release import ReleaseImage
 from shipyard.settings import Settings
+from tests.image.conftest import BURST_GAP_S, PUSHED, RegistryProxy, bursts
 from tests.support.projects import git
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("prefect_server")]
 
 MODEL = "digits-sklearn"
+
+
+def manifest_digest(reference: str, settings: Settings) -> str:
+    """The digest the stack's registry holds for `reference`'s tag (whatever address the
+    reference names)."""
+    repository, _, tag = reference.split("/", 1)[1].rpartition(":")
+    credentials = engine.registry_login(settings)
+    answer = httpx.head(
+        f"http://{credentials.address}/v2/{repository}/manifests/{tag}",
+        auth=(credentials.username, credentials.password),
+        headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"},
+    )
+    assert answer.status_code == 200, answer
+    return answer.headers["Docker-Content-Digest"]
 
 
 def manifest_exists(reference: str, digest: str, settings: Settings) -> bool:
@@ -132,15 +150,68 @@ def test_same_commit_from_clean_state_gives_the_same_digest(
     assert digests[0] == digests[1]
 
 
-def test_a_refused_password_fails_the_push_and_tags_nothing(
-    sklearn_repo: Path, image_settings: Settings
+def test_refused_credentials_fail_the_push_at_once_naming_the_user_and_tag_nothing(
+    sklearn_repo: Path, image_settings: Settings, registry_proxy: Callable[[int], RegistryProxy]
 ) -> None:
+    proxy = registry_proxy(0)
     wrong = image_settings.model_copy(
-        update={"registry_password": SecretStr("not-the-password"), "push_attempts": 2}
+        update={
+            "registry": proxy.address,
+            "registry_username": "intruder",
+            "registry_password": SecretStr("not-the-password"),
+            "push_attempts": 4,
+        }
     )
-    with pytest.raises(ImageError, match="refused the credentials of user 'shipyard'"):
+    with pytest.raises(ImageError) as refused:
         release(source=sklearn_repo.as_uri(), ref="main", until="push", settings=wrong)
+    # One attempt: no retry, so no backoff (a second attempt would come ≥ 1 s later).
+    times = [at for at, dropped in proxy.connections if not dropped]
+    assert len(times) == len(proxy.connections) > 0
+    assert bursts(times) == [0.0] and times[-1] - times[0] < BURST_GAP_S, times
+    assert str(refused.value) == (
+        f"Registry {proxy.address} refused the credentials of user 'intruder': check "
+        "SHIPYARD_REGISTRY_USERNAME / SHIPYARD_REGISTRY_PASSWORD (or the Secret block)."
+    )
     tags = registry.client(image_settings).get_model_version_by_alias(MODEL, "candidate").tags
+    assert "image" not in tags and "image_digest" not in tags
+
+
+def test_a_transient_registry_failure_is_retried_and_the_push_then_succeeds(
+    image_settings: Settings,
+    registry_proxy: Callable[[int], RegistryProxy],
+    base_as_release: Callable[[str], tuple[ReleaseImage, str, str]],
+) -> None:
+    # The engine opens two connections per failed attempt (TLS first, then plain HTTP for an
+    # insecure registry): four dropped are two failed attempts; the third gets through.
+    proxy = registry_proxy(4)
+    image, version, run_id = base_as_release(proxy.address)
+    settings = image_settings.model_copy(update={"registry": proxy.address, "push_attempts": 3})
+
+    pushed = push_release(image, PUSHED, version, run_id, settings)
+
+    assert proxy.attempts() == pytest.approx([0.0, 1.0, 3.0], abs=0.3)  # backoff 1 s, then 2 s
+    assert pushed.digest == manifest_digest(image.reference, image_settings)
+    tags = registry.client(settings).get_model_version(PUSHED, version).tags
+    assert (tags["image"], tags["image_digest"]) == (image.reference, pushed.digest)
+
+
+def test_a_registry_failing_more_often_than_push_attempts_fails_the_push_and_tags_nothing(
+    image_settings: Settings,
+    registry_proxy: Callable[[int], RegistryProxy],
+    base_as_release: Callable[[str], tuple[ReleaseImage, str, str]],
+) -> None:
+    proxy = registry_proxy(4)
+    image, version, run_id = base_as_release(proxy.address)
+    settings = image_settings.model_copy(update={"registry": proxy.address, "push_attempts": 2})
+
+    with pytest.raises(
+        ImageError, match=rf"^Push of {image.reference} failed after 2 attempts: push of"
+    ):
+        push_release(image, PUSHED, version, run_id, settings)
+
+    assert proxy.attempts() == pytest.approx([0.0, 1.0], abs=0.3)
+    assert [dropped for _, dropped in proxy.connections] == [True] * 4
+    tags = registry.client(settings).get_model_version(PUSHED, version).tags
     assert "image" not in tags and "image_digest" not in tags
 
 
