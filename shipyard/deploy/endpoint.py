@@ -32,6 +32,7 @@ from shipyard.deploy.state import Deployment, Instance
 from shipyard.errors import DeployError
 from shipyard.manifest import DeployPolicy
 from shipyard.settings import Settings
+from shipyard.waiting import TimedOut, wait_until
 
 Strategy = Literal["blue-green", "canary", "recreate"]
 Say = Callable[[str], None]
@@ -250,6 +251,13 @@ class Endpoint:
             except httpx.HTTPError:
                 ready = False
             if not ready:
+                # A killed container stops answering before the engine reports it stopped: ask
+                # the engine again for a moment, so a crash is named as one.
+                with contextlib.suppress(TimedOut):
+                    wait_until(
+                        lambda: not containers.running(self.client, instance.container_id), 1, 0.1
+                    )
+                    return [f"Gate 'running' failed: {d.candidate} v{instance.version} has stopped"]
                 return [f"Gate 'readiness' failed: {d.candidate} v{instance.version} is not ready"]
             failures = checks.judge(checks.window(baseline, current), d.policy)
             if failures or time.monotonic() >= deadline:
