@@ -17,15 +17,16 @@ from tests.support.endpoints import MODEL, Endpoint, aliases
 from tests.support.projects import EXAMPLES
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def _deployed(
     tmp_path_factory: pytest.TempPathFactory,
     _mlflow_template: Path,
     docker_stack: dict[str, str],
     prefect_server: str,
 ) -> Iterator[Endpoint]:
-    """digits-sklearn released and deployed (a first deploy) on a free port of 127.0.0.1,
-    once per run: a release costs most of a minute."""
+    """digits-sklearn released and deployed (a first deploy) on a free port of 127.0.0.1, once
+    for the tests/deploy package (a release costs most of a minute), and undeployed when the
+    package is done: later tests (the image tests) remove this model's local images."""
     root = tmp_path_factory.mktemp("deploy")
     (root / "state").mkdir()
     shutil.copy(_mlflow_template, root / "state" / "mlflow.db")
