@@ -77,7 +77,7 @@ def main() -> None:
         mlflow = registry.client(settings)
         targets = [
             target_of_version(settings, MODEL, mlflow.get_model_version(MODEL, v))
-            for v in (first["version"], second["version"])
+            for v in (first.version, second.version)
         ]
         # Canary steps and hold times as a user would set them, shortened for a benchmark.
         policy = DeployPolicy(
@@ -91,7 +91,7 @@ def main() -> None:
                     target = targets[turn % 2]
                     turn += 1
                     seconds, counts = under_load(
-                        first["endpoint"], partial(rollout, target, strategy, policy, settings)
+                        str(first.endpoint), partial(rollout, target, strategy, policy, settings)
                     )
                     rows.append((strategy, seconds, counts))
                     print(f"{strategy}: {seconds:.1f} s, {counts}", file=sys.stderr)
