@@ -7,9 +7,13 @@ clock ticks since boot), and is "still ours" only while both match.
 
 from __future__ import annotations
 
+import hashlib
+import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+
+from shipyard.errors import ShipyardError
 
 
 @dataclass(frozen=True)
@@ -65,3 +69,32 @@ def background(args: list[str], log: Path, **popen: object) -> Started:
     started = identify(process.pid)
     # It may already have exited (a bad config): record it anyway, `alive()` then says no.
     return started or Started(process.pid, -1)
+
+
+def short_socket_path(directory: Path, name: str) -> Path:
+    """`directory/name` when short enough for a unix socket (at most ~100 bytes), else a fixed
+    per-user directory (mode 700) named by the directory's hash, so every process (CLI, worker,
+    a container with both bind-mounted) finds the same socket whatever its environment."""
+    beside = directory.resolve() / name
+    if len(str(beside)) <= 96:
+        return beside
+    digest = hashlib.sha256(str(directory.resolve()).encode()).hexdigest()[:16]
+    stem, dot, suffix = name.partition(".")
+    return RUNTIME_DIR / f"{stem}-{digest}{dot}{suffix}"
+
+
+RUNTIME_DIR = Path(f"/tmp/shipyard-{os.getuid()}")
+
+
+def private_parent(socket_path: Path) -> None:
+    """The per-user socket directory exists and is private (mode 700, ours) before a socket is
+    created in it. A directory the engine created for a bind mount after a reboot (root, 755)
+    is made private when it is ours; one of another user is refused."""
+    runtime = socket_path.parent
+    if runtime != RUNTIME_DIR:
+        return  # beside its config, in a directory of ours
+    runtime.mkdir(mode=0o700, exist_ok=True)
+    if runtime.stat().st_uid != os.getuid():
+        raise ShipyardError(f"{runtime} belongs to another user: remove it and retry.")
+    if runtime.stat().st_mode & 0o077:
+        runtime.chmod(0o700)

@@ -7,6 +7,7 @@ import contextlib
 import docker
 from docker.errors import APIError, DockerException, NotFound
 from docker.models.containers import Container
+from docker.types import LogConfig
 
 from shipyard.errors import DeployError
 from shipyard.image.build import free_port, ready
@@ -14,6 +15,8 @@ from shipyard.waiting import TimedOut, wait_until
 
 ROLE = "serving"
 LABEL = "ai.shipyard"
+LOGS = LogConfig(type="json-file", config={"max-size": "10m", "max-file": "3"})
+"""Every container Shipyard runs keeps at most 30 MB of logs (the engine rotates them)."""
 
 
 def name(model: str, endpoint_port: int, color: str) -> str:
@@ -53,6 +56,7 @@ def run(
                 f"{LABEL}.endpoint": f"{host}:{endpoint_port}",
             },
             restart_policy={"Name": "unless-stopped"},
+            log_config=LOGS,
             stop_signal="SIGTERM",
         )
     except DockerException as e:
@@ -60,19 +64,24 @@ def run(
     return container, port
 
 
-def _crashed(container: Container) -> bool:
+def _crashed(container: Container, restarts: int) -> bool:
     container.reload()
-    return container.status in ("exited", "dead") or container.attrs["RestartCount"] > 0
+    return container.status in ("exited", "dead") or container.attrs["RestartCount"] > restarts
 
 
 def wait_ready(container: Container, url: str, timeout_s: float) -> None:
-    """Poll readiness; fail early if the container exits, with its last log lines."""
+    """Poll readiness; fail early if the container exits or restarts (from now on), with its
+    last log lines."""
+    container.reload()
+    restarts = int(container.attrs["RestartCount"])
     try:
-        wait_until(lambda: ready(url), timeout_s, 0.2, give_up=lambda: _crashed(container))
+        wait_until(
+            lambda: ready(url), timeout_s, 0.2, give_up=lambda: _crashed(container, restarts)
+        )
         return
     except TimedOut:
         pass
-    crashed = _crashed(container)
+    crashed = _crashed(container, restarts)
     logs = container.logs(tail=20).decode(errors="replace")
     raise DeployError(
         f"Gate 'readiness' failed: {container.name} "

@@ -15,6 +15,7 @@ container removed. A failed gate reverts before it raises, naming the gate, valu
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,9 +23,9 @@ from typing import Literal
 
 import docker
 import httpx
-from docker.errors import DockerException
+from docker.errors import DockerException, NotFound
 
-from shipyard import engine
+from shipyard import engine, processes
 from shipyard.deploy import checks, containers, state
 from shipyard.deploy.checks import Golden
 from shipyard.deploy.proxy import Proxy, Slot
@@ -91,7 +92,7 @@ class Endpoint:
             )
         recorded = (policy if keep else existing.policy).model_copy(update={"port": existing.port})
         existing.policy = policy.model_copy(update={"port": existing.port})
-        proxy = Proxy(settings.deploy_dir / model, existing.host, existing.port)
+        proxy = Proxy(settings.deploy_dir / model, existing.host, existing.port, client)
         endpoint = cls(settings, existing, recorded, client, proxy, say)
         proxy.ensure(endpoint._slots(), say)
         return endpoint
@@ -106,6 +107,9 @@ class Endpoint:
         }
 
     def _save(self) -> None:
+        d = self.deployment
+        if d.candidate is None and d.replaced is None:
+            d.rollout_by = None  # no rollout under way
         state.save(
             self.settings.deploy_dir, self.deployment.model_copy(update={"policy": self.recorded})
         )
@@ -154,9 +158,11 @@ class Endpoint:
     def start(self, target: Target, strategy: Strategy) -> str:
         """Run `target` in the idle slot and gate it; return that slot's color."""
         d = self.deployment
-        if d.candidate is not None:
+        if d.candidate is not None or d.replaced is not None:
             self.say(f"deploy: reverting an interrupted rollout of {d.candidate} first")
             self.revert()
+        me = processes.identify(os.getpid())
+        d.rollout_by = me.to_json() if me else None
         if strategy == "recreate" and d.live is not None:
             self.say(f"deploy: recreate: stopping v{d.instances[d.live].version} first")
             d.replaced = d.instances[d.live]
@@ -384,6 +390,69 @@ class Endpoint:
         self._weigh({instance.color: 100})
 
 
+def recover(settings: Settings, model: str, say: Say = lambda _: None) -> str:
+    """After a restart (of the engine, the machine, or a killed rollout): the endpoint serves
+    what its state records, and a rollout that was cut off is undone. Returns what it did.
+
+    The engine's restart policy brings the proxy and the slots' containers back by themselves;
+    this starts what it did not (a container stopped by hand, or removed with the engine's
+    data: run again from its recorded image, by digest) and undoes a half-done rollout whose
+    process is gone, so the endpoint is never left half-switched."""
+    recorded = state.load(settings.deploy_dir, model)
+    if recorded is None:
+        return "not deployed"
+    endpoint = Endpoint.open(settings, model, None, say)
+    d = endpoint.deployment
+    done = []
+    if d.candidate is not None or d.replaced is not None:
+        owner = processes.Started.from_json(d.rollout_by)
+        cut = (
+            d.instances[d.candidate].version
+            if d.candidate in d.instances
+            else d.replaced.version
+            if d.replaced
+            else "?"
+        )
+        if owner is not None and owner.alive():
+            return f"a rollout is under way (pid {owner.pid}): left to it"
+        endpoint.revert()
+        done.append(f"the rollout of v{cut} was cut off: undone")
+    for color, instance in sorted(d.instances.items()):
+        try:
+            container = endpoint.client.containers.get(instance.container_id)
+        except NotFound:
+            container = None
+        if container is not None and container.status in ("running", "restarting"):
+            # The engine brought it back: recorded as serving once it answers again.
+            containers.wait_ready(container, endpoint._url(color), d.policy.ready_seconds)
+            continue
+        if container is not None:
+            container.start()
+            port = instance.port
+            done.append(f"{color} v{instance.version} started again")
+        else:
+            container, port = containers.run(
+                endpoint.client,
+                instance.image,
+                model=d.model,
+                version=instance.version,
+                color=color,
+                host=d.host,
+                endpoint_port=d.port,
+                environment=endpoint._environment(),
+            )
+            d.instances[color] = instance.model_copy(
+                update={"container_id": str(container.id), "port": port}
+            )
+            done.append(f"{color} v{instance.version} run again from {instance.image}")
+        containers.wait_ready(container, f"http://{d.host}:{port}", d.policy.ready_seconds)
+        endpoint.proxy.point(color, d.host, port)
+        endpoint._weigh({color: d.weights.get(color, 0)})
+    live = d.serving()
+    serves = f"v{live.version} serves {d.url}" if live else f"nothing serves {d.url}"
+    return "; ".join([serves, *done])
+
+
 def serving(settings: Settings, model: str) -> Instance | None:
     """The instance that serves `model` now, if any."""
     deployment = state.load(settings.deploy_dir, model)
@@ -399,7 +468,7 @@ def undeploy(settings: Settings, model: str, say: Say = lambda _: None) -> bool:
     if deployment is None:
         return False
     client = engine.engine(settings)
-    proxy = Proxy(settings.deploy_dir / model, deployment.host, deployment.port)
+    proxy = Proxy(settings.deploy_dir / model, deployment.host, deployment.port, client)
     for color, instance in deployment.instances.items():
         if proxy.pid() is not None:
             with contextlib.suppress(DeployError):  # a proxy that does not answer: remove anyway

@@ -19,22 +19,30 @@ def describe(settings: Settings, model: str) -> dict[str, Any] | None:
     deployment = state.load(settings.deploy_dir, model)
     if deployment is None:
         return None
-    proxy = Proxy(settings.deploy_dir / model, deployment.host, deployment.port)
-    try:
-        checks = proxy.stats() if proxy.pid() else {}
-    except DeployError:
-        checks = {}
     try:
         client = engine.engine(settings)
     except ShipyardError:
         client = None
+    proxy = (
+        Proxy(settings.deploy_dir / model, deployment.host, deployment.port, client)
+        if client
+        else None
+    )
+    try:
+        checks = proxy.stats() if proxy and proxy.pid() else {}
+    except DeployError:
+        checks = {}
     slots = []
     for color, instance in sorted(deployment.instances.items()):
         if client is None:
             health = "engine down"
         else:
             try:
-                health = containers.health(client.containers.get(instance.container_id))
+                container = client.containers.get(instance.container_id)
+                restarts = int(container.attrs["RestartCount"])
+                health = f"{containers.health(container)}, {restarts} restart" + (
+                    "s" if restarts != 1 else ""
+                )
             except NotFound:
                 health = "missing"
         slots.append(
@@ -52,7 +60,7 @@ def describe(settings: Settings, model: str) -> dict[str, Any] | None:
         )
     return {
         "endpoint": deployment.url,
-        "proxy": f"running (pid {proxy.pid()})" if proxy.pid() else "down",
+        "proxy": proxy.describe() if proxy else "engine down",
         "strategy": deployment.policy.strategy,
         "slots": slots,
     }

@@ -3,7 +3,8 @@
 The backend has two fixed server slots, `blue` and `green`; a rollout points the idle slot at
 the new container and moves weights through HAProxy's runtime API (a unix socket), so traffic
 moves without a reload and without dropping a connection. The config file is rewritten on every
-change, so a restarted HAProxy comes back with the same routing.
+change, so a restarted HAProxy comes back with the same routing; it runs in a container under
+the engine's restart policy, so it does restart, by itself.
 https://docs.haproxy.org/2.6/management.html#9.3
 """
 
@@ -11,18 +12,21 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import hashlib
 import io
 import os
-import shutil
 import signal
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import docker
+from docker.errors import APIError, DockerException, ImageNotFound, NotFound
+from docker.models.containers import Container
+
+from shipyard.deploy.containers import LABEL, LOGS
 from shipyard.errors import DeployError
-from shipyard.processes import Started, background
+from shipyard.processes import Started, private_parent, short_socket_path
 from shipyard.waiting import TimedOut, wait_until
 
 COLORS = ("blue", "green")
@@ -95,80 +99,145 @@ def render(bind: str, slots: dict[str, Slot], socket_path: Path) -> str:
     )
 
 
-def _socket_path(directory: Path) -> Path:
-    """Beside the config when short enough; a unix socket path holds at most ~100 bytes.
-
-    Otherwise a fixed per-user directory (mode 700), named by the state directory's hash, so
-    every process (CLI, worker, cron) finds the same socket whatever its environment.
-    """
-    beside = directory.resolve() / "haproxy.sock"
-    if len(str(beside)) <= 96:
-        return beside
-    digest = hashlib.sha256(str(directory.resolve()).encode()).hexdigest()[:16]
-    return Path(f"/tmp/shipyard-{os.getuid()}") / f"haproxy-{digest}.sock"
-
-
-def _private_parent(socket_path: Path) -> None:
-    """The per-user socket directory exists and is private (mode 700, ours) before HAProxy
-    creates its admin socket in it."""
-    runtime = socket_path.parent
-    if runtime.name != f"shipyard-{os.getuid()}":
-        return  # beside the config, in the state directory
-    runtime.mkdir(mode=0o700, exist_ok=True)
-    if runtime.stat().st_uid != os.getuid() or runtime.stat().st_mode & 0o077:
-        raise DeployError(f"{runtime} is not private to this user: remove it and retry.")
+PROXY_IMAGE = "shipyard/haproxy:bookworm"
+"""Debian's haproxy on the stack's base image; `shipyard stack up` builds it."""
 
 
 class Proxy:
-    """One endpoint's HAProxy: its files live in `directory`."""
+    """One endpoint's HAProxy, as a container under the engine's restart policy: it comes back
+    by itself when its process dies and when the engine (or the machine) restarts.
 
-    def __init__(self, directory: Path, host: str, port: int) -> None:
-        self.directory = directory
+    It shares the host's network (it binds the endpoint's address and reaches the slots'
+    published ports on it) and nothing else: its own user, no capabilities, a read-only root,
+    its config and runtime socket bind-mounted from `directory` at the same paths."""
+
+    def __init__(self, directory: Path, host: str, port: int, client: docker.DockerClient) -> None:
+        self.directory = directory.resolve()
         self.host, self.port = host, port
-        self.config = directory / "haproxy.cfg"
-        self.socket = _socket_path(directory)
-        self.pid_file = directory / "haproxy.pid"
+        self.client = client
+        self.config = self.directory / "haproxy.cfg"
+        self.socket = short_socket_path(self.directory, "haproxy.sock")
+        self.legacy_pid_file = self.directory / "haproxy.pid"
+        self.name = f"shipyard-{self.directory.name}-{port}-proxy"
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    def pid(self) -> int | None:
-        """The running HAProxy's pid: the process recorded at start (pid and start time), if it
-        still runs; a stale pid file, or a pid the kernel gave to another process, is None."""
+    def container(self) -> Container | None:
         try:
-            started = Started(*map(int, self.pid_file.read_text().split()))
-        except (OSError, ValueError, TypeError):
+            return self.client.containers.get(self.name)
+        except NotFound:
             return None
-        return started.pid if started.alive() else None
+
+    def pid(self) -> int | None:
+        """The running HAProxy's pid on this host, or None when it does not run."""
+        container = self.container()
+        if container is None or container.status != "running":
+            return None
+        return int(container.attrs["State"]["Pid"]) or None
+
+    def restarts(self) -> int:
+        """How often the engine restarted HAProxy after it died."""
+        container = self.container()
+        return int(container.attrs["RestartCount"]) if container is not None else 0
+
+    def describe(self) -> str:
+        """`running (pid 123, 0 restarts)`, as `shipyard status` prints it."""
+        container = self.container()
+        if container is None:
+            return "down (no proxy container)"
+        n = int(container.attrs["RestartCount"])
+        pid = f"pid {container.attrs['State']['Pid']}, " if container.status == "running" else ""
+        return f"{container.status} ({pid}{n} restart{'s' if n != 1 else ''})"
+
+    def answers(self) -> bool:
+        try:
+            self.command("show info")
+        except DeployError:
+            return False
+        return True
 
     def ensure(self, slots: dict[str, Slot], say: Callable[[str], None]) -> None:
-        """Write the config and start HAProxy if it is not running."""
+        """Write the config (what a restarted HAProxy reads) and start HAProxy if it is not
+        running."""
         self.directory.mkdir(parents=True, exist_ok=True)
         self.config.write_text(render(f"{self.host}:{self.port}", slots, self.socket))
-        if self.pid() is not None:
+        container = self.container()
+        if container is not None and container.status in ("running", "restarting"):
+            self._wait(container)
             return
-        if shutil.which("haproxy") is None:
-            raise DeployError(
-                "HAProxy is not installed, and the Docker target's endpoints run on it: "
-                "`shipyard stack up` installs Debian's haproxy (or apt-get install haproxy)."
-            )
+        private_parent(self.socket)
+        self.socket.unlink(missing_ok=True)
+        if container is not None:  # stopped (by hand, or the engine was stopped with it)
+            container.start()
+            self._wait(container)
+            say(f"proxy: started HAProxy on {self.url} again")
+            return
+        self._stop_legacy(say)
         with socket.socket() as probe:
             if probe.connect_ex((self.host, self.port)) == 0:
                 raise DeployError(
                     f"Endpoint port {self.host}:{self.port} is taken by another process: choose "
                     "another with `deploy.port` in shipyard.yaml, or stop what listens there."
                 )
-        _private_parent(self.socket)
-        self.socket.unlink(missing_ok=True)
-        started = background(["haproxy", "-f", str(self.config)], self.directory / "haproxy.log")
-        self.pid_file.write_text(f"{started.pid} {started.start_time}")
+        mounts = {str(self.directory): {"bind": str(self.directory), "mode": "rw"}}
+        if self.socket.parent != self.directory:
+            mounts[str(self.socket.parent)] = {"bind": str(self.socket.parent), "mode": "rw"}
         try:
-            wait_until(self.socket.exists, 10, 0.05, give_up=lambda: not started.alive())
+            container = self.client.containers.run(
+                PROXY_IMAGE,
+                ["haproxy", "-db", "-f", str(self.config)],
+                detach=True,
+                name=self.name,
+                network_mode="host",
+                user=f"{os.getuid()}:{os.getgid()}",
+                volumes=mounts,
+                read_only=True,
+                cap_drop=["ALL"],
+                security_opt=["no-new-privileges"],
+                restart_policy={"Name": "unless-stopped"},
+                log_config=LOGS,
+                labels={
+                    f"{LABEL}.role": "proxy",
+                    f"{LABEL}.model": self.directory.name,
+                    f"{LABEL}.endpoint": f"{self.host}:{self.port}",
+                },
+            )
+        except ImageNotFound:
+            raise DeployError(
+                f"The endpoint proxy's image {PROXY_IMAGE} is missing from the engine: "
+                "`shipyard stack up` builds it (Debian's haproxy on the stack's base image)."
+            ) from None
+        except DockerException as e:
+            raise DeployError(f"The engine could not start HAProxy for {self.url}: {e}") from e
+        self._wait(container)
+        say(f"proxy: started HAProxy on {self.url} (container {self.name}, restart unless-stopped)")
+
+    def _wait(self, container: Container) -> None:
+        try:
+            wait_until(self.answers, 10, 0.05)
         except TimedOut:
-            log = (self.directory / "haproxy.log").read_text()[-800:]
-            raise DeployError(f"HAProxy did not start on {self.host}:{self.port}: {log}") from None
-        say(f"proxy: started HAProxy on {self.url} (pid {started.pid})")
+            container.reload()
+            logs = container.logs(tail=15).decode(errors="replace")
+            raise DeployError(
+                f"HAProxy did not answer on {self.url} (container {self.name}, {container.status}"
+                f", {container.attrs['RestartCount']} restarts): {logs}"
+            ) from None
+
+    def _stop_legacy(self, say: Callable[[str], None]) -> None:
+        """An endpoint of Shipyard 0.1 ran HAProxy as a bare host process (pid file): stop it,
+        so its container can take the port."""
+        try:
+            legacy = Started(*map(int, self.legacy_pid_file.read_text().split()))
+        except (OSError, ValueError, TypeError):
+            return
+        self.legacy_pid_file.unlink()
+        if legacy.alive():
+            os.kill(legacy.pid, signal.SIGTERM)
+            with contextlib.suppress(TimedOut):
+                wait_until(lambda: not legacy.alive(), 10, 0.05)
+            say(f"proxy: stopped the unsupervised HAProxy of {self.url} (pid {legacy.pid})")
 
     def command(self, line: str) -> str:
         """One runtime API command; its answer (an error answer raises)."""
@@ -241,7 +310,11 @@ class Proxy:
             wait_until(lambda: not self.stats()[color].current_sessions, timeout_s, 0.05)
 
     def stop(self) -> None:
-        pid = self.pid()
-        if pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
+        """Remove the proxy container (and an unsupervised HAProxy of an older Shipyard)."""
+        container = self.container()
+        if container is not None:
+            with contextlib.suppress(NotFound, APIError):
+                container.stop(timeout=5)
+            with contextlib.suppress(NotFound):
+                container.remove(force=True)
+        self._stop_legacy(lambda _: None)

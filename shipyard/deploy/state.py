@@ -33,6 +33,9 @@ class Deployment(BaseModel):
     """The color of a rollout under way, until it is retired or reverted."""
     replaced: Instance | None = None
     """What a `recreate` rollout stopped, restarted if the rollout is reverted."""
+    rollout_by: dict[str, int] | None = None
+    """The process (pid and start time) running the rollout under way: once it is gone, the
+    rollout was cut off, and `shipyard stack up` undoes it."""
     instances: dict[str, Instance] = Field(default_factory=dict)
     weights: dict[str, int] = Field(default_factory=dict)
 

@@ -1,13 +1,16 @@
 """Provisioning the engine side of the stack: Debian's dockerd, an htpasswd registry on
-127.0.0.1, the base image, and HAProxy for the deploy target.
+127.0.0.1 (both under the stack's supervisord), the base image, and the endpoint proxy's image.
 
-`ensure_*` functions bring up only what is missing and say what they did; what they start is
-recorded in `stack.json` (pid plus start time) so `shipyard stack down` stops exactly that. Where
-an engine and a registry already run (a laptop, a CI runner), nothing is installed or started.
+`ensure_*` functions bring up only what is missing and say what they did; what they start is a
+supervisord program (`shipyard.stack.supervisor`), restarted when it dies, and `shipyard stack
+down` stops exactly that. Where an engine and a registry already run (a laptop, a CI runner),
+nothing is installed or started.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import secrets
@@ -24,11 +27,15 @@ import docker
 import httpx
 from docker.errors import APIError, DockerException, ImageNotFound
 
+from shipyard.deploy import endpoint
+from shipyard.deploy.containers import LABEL
+from shipyard.deploy.proxy import PROXY_IMAGE
 from shipyard.engine import RegistryLogin, engine, push, registry_login
-from shipyard.errors import StackError
-from shipyard.processes import Started, background
+from shipyard.errors import ShipyardError, StackError
+from shipyard.processes import Started
 from shipyard.settings import Settings
 from shipyard.stack import state as stack_state
+from shipyard.stack import supervisor
 from shipyard.waiting import TimedOut, wait_until
 
 Say = Callable[[str], None]
@@ -64,12 +71,6 @@ def apt_install(package: str, say: Say) -> None:
             raise StackError(f"{' '.join(args)} failed: {done.stderr.strip()[-500:]}")
 
 
-def _record(settings: Settings, name: str, started: Started) -> None:
-    state = stack_state.read(settings)
-    state["started"][name] = started.to_json()
-    stack_state.write(settings, state)
-
-
 def _engine_answers(settings: Settings) -> docker.DockerClient | None:
     try:
         return engine(settings)
@@ -77,24 +78,54 @@ def _engine_answers(settings: Settings) -> docker.DockerClient | None:
         return None
 
 
-def ensure_engine(settings: Settings, say: Say) -> docker.DockerClient:
+def _adopt(settings: Settings, name: str, say: Say) -> bool:
+    """Stop `name` if an older `stack up` started it as a bare (unsupervised) process, so it
+    can run under supervisord; returns whether it did."""
+    state = stack_state.read(settings)
+    entry = state["started"].pop(name, None)
+    stack_state.write(settings, state)
+    started = Started.from_json(entry)
+    if started is None or not started.alive():
+        return False
+    say(
+        f"{name}: moving pid {started.pid} (started unsupervised by an older stack up) under supervisord"
+    )
+    os.kill(started.pid, signal.SIGTERM)
     try:
-        client = engine(settings)
+        wait_until(lambda: not started.alive(), 60, 0.2)
+    except TimedOut:
+        raise StackError(
+            f"{name} (pid {started.pid}) did not stop within 60 s of SIGTERM"
+        ) from None
+    return True
+
+
+def ensure_engine(settings: Settings, say: Say) -> docker.DockerClient:
+    """The engine that answers; else dockerd started under the stack's supervisord (which
+    restarts it if it dies; its containers come back by their restart policy)."""
+    ours = "dockerd" in supervisor.programs(settings)
+    client = _engine_answers(settings)
+    if client is not None and not ours and not _adopt(settings, "dockerd", say):
         say("engine: a Docker engine answers; nothing started")
         return client
-    except StackError:
-        if os.environ.get("DOCKER_HOST"):
-            raise  # the user chose an engine: starting another one would not be it
+    if client is None and not ours and os.environ.get("DOCKER_HOST"):
+        engine(settings)  # the user chose an engine: starting another one would not be it: raise
     if shutil.which("dockerd") is None:
         apt_install("docker.io", say)
+    supervisor.ensure(settings, say)
+    changed = supervisor.add(
+        settings, supervisor.Program("dockerd", ["dockerd"], stop_group=False, stop_wait_s=60)
+    )
     log = settings.stack_dir / "dockerd.log"
-    started = background(["dockerd"], log)
-    _record(settings, "dockerd", started)
-    say(f"engine: started dockerd (pid {started.pid}, log {log})")
     try:
-        return wait_until(lambda: _engine_answers(settings), 60, 0.5)
+        client = wait_until(lambda: _engine_answers(settings), 60, 0.5)
     except TimedOut:
         raise StackError(f"dockerd did not answer within 60 s; see {log}") from None
+    if changed or client is not None:
+        say(
+            f"engine: dockerd runs under supervisord ({supervisor.describe(settings, 'dockerd')}, log {log})"
+        )
+    return client
 
 
 def _registry_answers(address: str) -> bool:
@@ -105,7 +136,9 @@ def _registry_answers(address: str) -> bool:
 
 
 def ensure_registry(settings: Settings, say: Say) -> RegistryLogin:
-    if _registry_answers(settings.registry):
+    """The registry that answers; else Debian's docker-registry under the stack's supervisord."""
+    ours = "registry" in supervisor.programs(settings)
+    if not ours and _registry_answers(settings.registry) and not _adopt(settings, "registry", say):
         say(f"registry: {settings.registry} answers; nothing started")
         return registry_login(settings)
     host, _, port = settings.registry.rpartition(":")
@@ -150,8 +183,10 @@ def ensure_registry(settings: Settings, say: Say) -> RegistryLogin:
             indent=2,
         )
     )
-    started = background(["docker-registry", "serve", str(config)], stack / "registry.log")
-    _record(settings, "registry", started)
+    supervisor.ensure(settings, say)
+    supervisor.add(
+        settings, supervisor.Program("registry", ["docker-registry", "serve", str(config)])
+    )
     try:
         wait_until(lambda: _registry_answers(settings.registry), 30, 0.3)
     except TimedOut:
@@ -159,9 +194,8 @@ def ensure_registry(settings: Settings, say: Say) -> RegistryLogin:
             f"docker-registry did not answer within 30 s; see {stack / 'registry.log'}"
         ) from None
     say(
-        f"registry: started docker-registry on {settings.registry} with htpasswd auth "
-        f"(pid {started.pid}); "
-        f"user {settings.registry_username}, password in {password_file}"
+        f"registry: docker-registry on {settings.registry} with htpasswd auth runs under "
+        f"supervisord; user {settings.registry_username}, password in {password_file}"
     )
     return RegistryLogin(settings.registry, settings.registry_username, password)
 
@@ -245,15 +279,53 @@ def ensure_base(
     return reference
 
 
-def up(settings: Settings, say: Say) -> dict[str, str]:
-    """Bring up engine, registry and base image; return what a release uses."""
+def ensure_proxy_image(client: docker.DockerClient, base: str, say: Say) -> None:
+    """The endpoint proxy's image: Debian's haproxy on the stack's base (built once per base)."""
+    with contextlib.suppress(ImageNotFound):
+        if client.images.get(PROXY_IMAGE).labels.get(f"{LABEL}.base") == base:
+            return
+    say(f"proxy image: installing Debian's haproxy on {base} ({PROXY_IMAGE})")
+    dockerfile = "\n".join(
+        [
+            f"FROM {base}",
+            "RUN apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "
+            "--no-install-recommends haproxy >/dev/null && rm -rf /var/lib/apt/lists/* /var/cache/apt",
+            f'LABEL {LABEL}.base="{base}"',
+            "",
+        ]
+    )
+    try:
+        client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=PROXY_IMAGE, rm=True)
+    except (APIError, DockerException) as e:
+        raise StackError(f"Building {PROXY_IMAGE} failed: {e}") from e
+
+
+def up(settings: Settings, say: Say) -> dict[str, Any]:
+    """Bring up engine, registry, base and proxy images; return what a release uses."""
     client = ensure_engine(settings, say)
-    if shutil.which("haproxy") is None:  # the deploy target's proxy
-        apt_install("haproxy", say)
     registry = ensure_registry(settings, say)
     client.login(registry.username, registry.password, registry=registry.address, reauth=True)
     base = ensure_base(settings, client, registry, say)
-    return {"engine": client.api.base_url, "registry": registry.address, "base_image": base}
+    ensure_proxy_image(client, base, say)
+    return {
+        "engine": client.api.base_url,
+        "registry": registry.address,
+        "base_image": base,
+        "endpoints": recover_endpoints(settings, say),
+    }
+
+
+def recover_endpoints(settings: Settings, say: Say) -> dict[str, str]:
+    """Every recorded endpoint serves again what it served (see `endpoint.recover`)."""
+    out = {}
+    for recorded in sorted(settings.deploy_dir.glob("*/state.json")):
+        model = recorded.parent.name
+        try:
+            out[model] = endpoint.recover(settings, model, say)
+        except ShipyardError as e:
+            out[model] = f"not recovered: {e}"
+        say(f"endpoint {model}: {out[model]}")
+    return out
 
 
 def status(settings: Settings) -> dict[str, Any]:
@@ -264,38 +336,22 @@ def status(settings: Settings) -> dict[str, Any]:
         engine_state = f"down: {e}"
     state = stack_state.read(settings)
     answers = _registry_answers(settings.registry)
-    return {
+    out = {
         "engine": engine_state,
         "registry": f"{settings.registry} {'answers' if answers else 'down'}",
         "base_image": state.get("base_image") or settings.base_image,
-        "started_by_shipyard": {
-            name: entry for name, entry in state["started"].items() if _ours(entry) is not None
-        },
     }
-
-
-def _not_ours(entry: object) -> str:
-    if Started.from_json(entry) is None:  # a bare pid, as Shipyard 0.1 recorded processes
-        return f"recorded as pid {entry} only, which cannot tell it from a reused pid: check it and stop it by hand"
-    return "no longer the process the stack started"
-
-
-def _ours(entry: object) -> Started | None:
-    started = Started.from_json(entry)
-    return started if started is not None and started.alive() else None
+    for name in ("dockerd", "registry"):
+        if name in supervisor.programs(settings):
+            out[f"{name} supervised"] = supervisor.describe(settings, name)
+    return out
 
 
 def down(settings: Settings, say: Say) -> None:
-    """Stop what `up` started (and nothing else: a pid is ours only with its start time)."""
-    state = stack_state.read(settings)
+    """Stop what `up` started (and nothing else), and supervisord once nothing is left in it."""
     for name in ("registry", "dockerd"):
-        entry = state["started"].pop(name, None)
-        if entry is None:
-            continue
-        started = _ours(entry)
-        if started is None:
-            say(f"{name}: {_not_ours(entry)}; nothing to stop")
-            continue
-        os.kill(started.pid, signal.SIGTERM)
-        say(f"stopped {name} (pid {started.pid})")
-    stack_state.write(settings, state)
+        if name in supervisor.programs(settings):
+            supervisor.remove(settings, name)
+            say(f"stopped {name}")
+    if not supervisor.programs(settings):
+        supervisor.shutdown(settings, say)

@@ -2,13 +2,14 @@
 MLflow tracking server (with its UI), the webhook receiver, and the deployments of prefect.yaml.
 
 Like the engine and registry in `shipyard.stack.engine`, each is started only when nothing
-answers at its address, recorded in `stack.json` (pid plus start time), and stopped by
-`stack down` only if this stack started it. Teams point Shipyard at Postgres-backed servers with settings instead
+answers at its address, as a program of the stack's supervisord (restarted when it dies, logs
+rotated), and stopped by `stack down` only if this stack started it. Teams point Shipyard at Postgres-backed servers with settings instead
 (PREFECT_API_URL, MLFLOW_TRACKING_URI); nothing here changes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
@@ -22,9 +23,10 @@ import httpx
 
 from shipyard.deployments.webhook import WebhookSettings
 from shipyard.errors import StackError
-from shipyard.processes import Started, background
+from shipyard.processes import Started
 from shipyard.settings import Settings
 from shipyard.stack import state as stack_state
+from shipyard.stack import supervisor
 from shipyard.stack.engine import Say
 from shipyard.waiting import TimedOut, wait_until
 
@@ -181,33 +183,48 @@ def _answers(url: str) -> bool:
         return False
 
 
-def _ours(entry: object) -> Started | None:
-    started = Started.from_json(entry)
-    return started if started is not None and started.alive() else None
-
-
 def _start(settings: Settings, service: Service, say: Say) -> None:
-    state = stack_state.read(settings)
-    if _answers(service.health) or _ours(state["services"].get(service.name)):
+    ours = service.name in supervisor.programs(settings)
+    if not ours and _answers(service.health):
         say(f"{service.name}: {service.url} answers; nothing started")
         return
+    _adopt_bare(settings, service.name, say)
     log = settings.stack_dir / f"{service.name}.log"
-    started = background(service.args, log, cwd=Path.cwd(), env={**os.environ, **service.env})
-    state["services"][service.name] = started.to_json()
-    stack_state.write(settings, state)
+    supervisor.ensure(settings, say)
+    changed = supervisor.add(
+        settings,
+        supervisor.Program(service.name, service.args, service.env, directory=Path.cwd()),
+    )
     try:
         wait_until(
             lambda: not service.health or _answers(service.health),
             90,
             0.5,
-            give_up=lambda: not started.alive(),
+            give_up=lambda: (
+                supervisor.info(settings, service.name).get("statename") in ("FATAL", "BACKOFF")
+            ),
         )
     except TimedOut:
         raise StackError(
             f"{service.name} did not come up ({service.health}); see {log}: "
             + log.read_text(errors="replace")[-600:]
         ) from None
-    say(f"{service.name}: started on {service.url} (pid {started.pid}, log {log})")
+    state = supervisor.describe(settings, service.name)
+    say(
+        f"{service.name}: {'started' if changed else 'runs'} on {service.url} under supervisord ({state}, log {log})"
+    )
+
+
+def _adopt_bare(settings: Settings, name: str, say: Say) -> None:
+    """A service an older `stack up` started as a bare process is stopped, to be supervised."""
+    state = stack_state.read(settings)
+    started = Started.from_json(state["services"].pop(name, None))
+    stack_state.write(settings, state)
+    if started is not None and started.alive():
+        os.killpg(started.pid, signal.SIGTERM)
+        with contextlib.suppress(TimedOut):
+            wait_until(lambda: not started.alive(), 30, 0.2)
+        say(f"{name}: stopped pid {started.pid} (unsupervised, from an older stack up)")
 
 
 def register_deployments(settings: Settings, say: Say) -> None:
@@ -252,30 +269,27 @@ def up(settings: Settings, say: Say) -> dict[str, str]:
 
 
 def status(settings: Settings) -> dict[str, str]:
-    services = stack_state.read(settings)["services"]
     out = {}
     for service in plan(settings):
-        ours = _ours(services.get(service.name))
+        supervised = service.name in supervisor.programs(settings)
         if service.health:
             health = "healthy" if _answers(service.health) else "down"
         else:
-            health = "running" if ours else "down"
-        mine = f" (started by shipyard, pid {ours.pid})" if ours else ""
+            running = supervisor.info(settings, service.name).get("statename") == "RUNNING"
+            health = "running" if running else "down"
+        mine = (
+            f" (started by shipyard, {supervisor.describe(settings, service.name)})"
+            if supervised
+            else ""
+        )
         out[service.name] = f"{health}: {service.url}{mine}"
     return out
 
 
 def down(settings: Settings, say: Say) -> None:
-    """Stop the services this stack started, last started first."""
-    state = stack_state.read(settings)
-    services = state["services"]
-    # What was recorded as started, not what `plan` would start now: the environment may
-    # name other servers by the time `down` runs.
-    order = ["webhook", "prefect-worker", "prefect-server", "mlflow-server"]  # clients first
-    for name in sorted(services, key=lambda n: order.index(n) if n in order else -1):
-        ours = _ours(services.pop(name))
-        if ours is None:
-            continue
-        os.killpg(ours.pid, signal.SIGTERM)  # its own session: the server's children too
-        say(f"stopped {name} (pid {ours.pid})")
-    stack_state.write(settings, state)
+    """Stop the services this stack started, clients first; they do not come back."""
+    order = ["webhook", "prefect-worker", "prefect-server", "mlflow-server"]
+    for name in order:
+        if name in supervisor.programs(settings):
+            supervisor.remove(settings, name)
+            say(f"stopped {name}")
