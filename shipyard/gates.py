@@ -8,10 +8,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shipyard.inference import Latency
+from shipyard.inference import BatchInvariance, Latency
 from shipyard.manifest import Gates, Variant
 
 PARITY_MAX_PROB_DELTA = 1e-4
+# A row's answer alone and inside any batch are held to the parity limit too: fp32 measures
+# exactly 0 here, so the limit leaves room for float noise of other CPUs' kernels only.
+BATCH_MAX_PROB_DELTA = PARITY_MAX_PROB_DELTA
 # Variants that must compute what the framework computes; quantized ones are held to accuracy.
 EXACT_VARIANTS = (Variant.FP32, Variant.OPTIMIZED)
 
@@ -33,6 +36,8 @@ class Measurement:
     batch32: Latency
     confusion: list[list[int]]
     """Test-set confusion matrix: rows are true labels, columns predicted ones."""
+    batch_invariance: BatchInvariance
+    """Test rows alone against the same rows inside batches of other sizes and company."""
 
     @property
     def size_mb(self) -> float:
@@ -77,6 +82,27 @@ def _gate(
     )
 
 
+def _batch_invariance(m: Measurement) -> GateResult:
+    b = m.batch_invariance
+    ok = b.label_changes == 0 and b.max_prob_delta <= BATCH_MAX_PROB_DELTA
+    detail = (
+        f"{b.label_changes} of {b.rows} test rows changed label and max |Δprob| "
+        f"{b.max_prob_delta:.2e} (limit {BATCH_MAX_PROB_DELTA:.0e}) between a row alone and the "
+        f"same row in batches of {', '.join(map(str, b.batch_sizes))}"
+    )
+    if not ok:
+        detail += (
+            ": served with micro-batching, a row's answer would depend on the requests it "
+            "shares a batch with"
+        )
+        if m.variant == Variant.INT8:
+            detail += (
+                " (dynamic quantization scales activations per call; "
+                "manifest optimize.quantization: static calibrates them once)"
+            )
+    return _gate("batch_invariance", m, ok, b.max_prob_delta, BATCH_MAX_PROB_DELTA, detail)
+
+
 def evaluate(m: Measurement, gates: Gates, champion: Champion | None) -> list[GateResult]:
     """Every gate for one variant, passed or not."""
     results = []
@@ -93,6 +119,7 @@ def evaluate(m: Measurement, gates: Gates, champion: Champion | None) -> list[Ga
                 f"{m.max_prob_delta:.2e} (limit {PARITY_MAX_PROB_DELTA:.0e}) against the framework model",
             )
         )
+    results.append(_batch_invariance(m))
     ok = m.accuracy >= gates.min_accuracy
     results.append(
         _gate(

@@ -32,6 +32,8 @@ def variant_rows(measurements: list[Measurement], verdict: Verdict) -> list[dict
                 "size_kb": round(m.size_bytes / 1024, 1),
                 "accuracy": round(m.accuracy, 4),
                 "max_dprob": f"{m.max_prob_delta:.1e}",
+                "batch_dprob": f"{m.batch_invariance.max_prob_delta:.1e}",
+                "batch_label_changes": m.batch_invariance.label_changes,
                 "p50_b1_ms": m.batch1.p50_ms,
                 "p99_b1_ms": m.batch1.p99_ms,
                 "p50_b32_ms": m.batch32.p50_ms,

@@ -5,12 +5,13 @@ from pathlib import Path
 
 import pytest
 
-from shipyard.gates import Champion, Measurement, decide
-from shipyard.inference import Latency
+from shipyard.gates import Champion, Measurement, decide, evaluate
+from shipyard.inference import BatchInvariance, Latency
 from shipyard.manifest import Gates, Variant
 
 pytestmark = pytest.mark.unit
 
+INVARIANT = BatchInvariance(0.0, 0, 360, (360, 7, 32, 100))
 GATES = Gates(min_accuracy=0.95, max_accuracy_drop=0.01, max_latency_p99_ms=5.0, max_size_mb=1.0)
 
 
@@ -29,6 +30,7 @@ def measured(
         Latency(p99 / 2, p99),
         Latency(p99, p99 * 2),
         [[1]],
+        INVARIANT,
     )
 
 
@@ -94,3 +96,45 @@ def test_prefer_accuracy_and_latency() -> None:
     )  # tie with fp32, smaller
     fast = replace(ALL[0], batch1=Latency(0.01, 0.02))
     assert decide([fast, *ALL[1:]], GATES, None, "latency").chosen == Variant.FP32
+
+
+def test_a_label_that_changes_with_its_batch_fails_batch_invariance_with_the_numbers() -> None:
+    int8 = replace(ALL[2], batch_invariance=BatchInvariance(0.151, 3, 360, (360, 7, 32, 100)))
+    verdict = decide([*ALL[:2], int8], GATES, None, "size")
+    assert verdict.passed and verdict.chosen == Variant.OPTIMIZED
+    failed = [r for r in verdict.results if not r.passed]
+    assert [(r.gate, r.variant, r.value, r.threshold) for r in failed] == [
+        ("batch_invariance", Variant.INT8, 0.151, 1e-4)
+    ]
+    assert failed[0].message.startswith(
+        "Gate 'batch_invariance' failed for int8: 3 of 360 test rows changed label and max "
+        "|Δprob| 1.51e-01 (limit 1e-04) between a row alone and the same row in batches of "
+        "360, 7, 32, 100"
+    )
+    assert "optimize.quantization: static" in failed[0].message
+
+
+def test_a_label_change_fails_batch_invariance_even_within_the_probability_limit() -> None:
+    flips = replace(ALL[0], batch_invariance=BatchInvariance(5e-5, 1, 360, (360, 7)))
+    [result] = [r for r in evaluate(flips, GATES, None) if r.gate == "batch_invariance"]
+    assert not result.passed
+    assert "1 of 360 test rows changed label and max |Δprob| 5.00e-05" in result.message
+    assert "quantization" not in result.message  # the hint is for int8 only
+
+
+def test_batch_invariance_passes_within_the_parity_limit_and_fails_past_it() -> None:
+    def gate(delta: float) -> bool:
+        m = replace(ALL[1], batch_invariance=BatchInvariance(delta, 0, 360, (360, 7, 32, 100)))
+        return next(r.passed for r in evaluate(m, GATES, None) if r.gate == "batch_invariance")
+
+    assert gate(0.0) and gate(1e-4)
+    assert not gate(1.1e-4)
+
+
+def test_every_variant_is_held_to_batch_invariance() -> None:
+    results = decide(ALL, GATES, None, "size").results
+    assert [r.variant for r in results if r.gate == "batch_invariance"] == [
+        Variant.FP32,
+        Variant.OPTIMIZED,
+        Variant.INT8,
+    ]

@@ -38,6 +38,8 @@ def validate(
             "p99_b1_ms": m.batch1.p99_ms,
             "p50_b32_ms": m.batch32.p50_ms,
             "p99_b32_ms": m.batch32.p99_ms,
+            "batch_max_dprob": m.batch_invariance.max_prob_delta,
+            "batch_label_changes": m.batch_invariance.label_changes,
         }.items():
             mlflow.log_metric(run_id, f"{m.variant}.{key}", value)
     create_table_artifact(
