@@ -82,7 +82,12 @@ class Optimize(_Strict):
     variants: list[Variant] = Field(
         default=[Variant.FP32, Variant.OPTIMIZED, Variant.INT8], min_length=1
     )
-    quantization: Literal["dynamic", "static"] = "dynamic"
+    quantization: Literal["dynamic", "static"] = Field(
+        default="static",
+        description="`static`: QDQ with activation scales calibrated once on training rows. "
+        "`dynamic`: scales computed per call, so a row's answer can depend on the rows batched "
+        "with it; the `batch_invariance` gate fails such an int8 variant.",
+    )
     calibration_samples: int = Field(default=256, ge=16, le=10_000)
     prefer: Literal["size", "accuracy", "latency"] = Field(
         default="size",
