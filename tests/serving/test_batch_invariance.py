@@ -71,9 +71,8 @@ def test_a_row_alone_and_the_same_row_batched_with_others_get_identical_bytes(
     finally:
         server.stop()
     assert calls < len(x) + len(groups), "no two requests shared a batch: nothing was tested"
-    assert [
-        i for i, body in enumerate(together) if body != alone[i]
-    ] == []  # rows answered otherwise
+    answered_otherwise = [i for i, body in enumerate(together) if body != alone[i]]
+    assert answered_otherwise == []
     for group, answer in zip(groups, grouped, strict=True):
         for k, i in enumerate(group):
             lone = json.loads(alone[i])["predictions"]
