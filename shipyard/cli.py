@@ -459,7 +459,8 @@ def stack_up(
 ) -> None:
     """Start what is missing: dockerd, a local registry with htpasswd auth, the base image; then
     a Prefect server (UI) and process worker, an MLflow server (UI), the webhook receiver, and
-    the deployments of prefect.yaml. Prints the URLs."""
+    the deployments of prefect.yaml, all under supervisord. Every recorded endpoint serves again
+    what it served (a rollout cut off by a restart is undone). Prints the URLs."""
     _quiet(False)
     from shipyard.stack import engine as stack
     from shipyard.stack import services as ops
@@ -472,12 +473,19 @@ def stack_up(
             result.update(ops.up(settings, _say))
     except ShipyardError as e:
         _fail(str(e), as_json)
-    print(json.dumps(result) if as_json else "\n".join(f"{k}: {v}" for k, v in result.items()))
+    if as_json:
+        print(json.dumps(result))
+        return
+    endpoints = result.pop("endpoints", {})
+    print("\n".join(f"{k}: {v}" for k, v in result.items()))
+    for model, recovered in endpoints.items():
+        print(f"endpoint {model}: {recovered}")
 
 
 @stack_app.command("status")
 def stack_status() -> None:
-    """Show each part's health: engine, registry, base image, servers, worker, receiver."""
+    """Show each part's health and restarts: engine, registry, base image, servers, worker,
+    receiver."""
     from shipyard.stack import engine as stack
     from shipyard.stack import services as ops
 

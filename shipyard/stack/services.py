@@ -34,6 +34,7 @@ from shipyard.waiting import TimedOut, wait_until
 PREFECT = [sys.executable, "-m", "prefect"]
 MLFLOW = [sys.executable, "-m", "mlflow"]
 SHIPYARD = [sys.executable, "-m", "shipyard"]
+LAUNCH = [sys.executable, "-m", "shipyard.stack.launch"]
 PREFECT_YAML = files("shipyard.deployments").joinpath("prefect.yaml")
 """The deployments the stack registers: package data, with module entrypoints, so an installed
 Shipyard needs no checkout."""
@@ -121,6 +122,10 @@ def plan(settings: Settings) -> list[Service]:
         Service(
             "mlflow-server",
             [
+                # Its uvicorn child would outlive a killed server and keep the port.
+                *LAUNCH,
+                str(settings.stack_dir / "mlflow-server.group"),
+                "--",
                 *MLFLOW,
                 "server",
                 "--host",
@@ -136,7 +141,9 @@ def plan(settings: Settings) -> list[Service]:
             ],
             f"http://{host}:{settings.mlflow_port}/health",
             f"http://{host}:{settings.mlflow_port}",
-            {},
+            # Its job runner (seven huey consumers) serves MLflow's GenAI jobs, which Shipyard
+            # does not use.
+            {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
         ),
         Service(
             "prefect-worker",
