@@ -37,6 +37,14 @@ def _json(status: int, body: Any) -> Reply:
     return status, orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), JSON
 
 
+class BodyTooLarge(RequestError):
+    """A 413 for the body; `drained` when the rest of it was read, so the connection may stay."""
+
+    def __init__(self, message: str, limit: int, drained: bool) -> None:
+        super().__init__(413, message, "body", f"at most {limit} bytes")
+        self.drained = drained
+
+
 class InferenceApp:
     def __init__(self, settings: ServeSettings, model: ServedModel | None = None) -> None:
         disable_created_metrics()  # type: ignore[no-untyped-call]  # no `_created` series: half the scrape for nothing we use
@@ -101,6 +109,7 @@ class InferenceApp:
         self.inflight += 1
         metrics.inflight.inc()
         route = "other"
+        close = False
         try:
             route, handler, params = self._route(scope["method"], scope["path"])
             headers = dict(scope["headers"])
@@ -115,6 +124,9 @@ class InferenceApp:
             status, body, content_type = await handler(scope, receive, headers, params)
         except RequestError as e:
             status, body, content_type = _json(e.status, e.body())
+            # Unread body left on the connection: uvicorn would read and drop it for as long
+            # as the client sends; close instead.
+            close = isinstance(e, BodyTooLarge) and not e.drained
         except TimeoutError:
             status, body, content_type = _json(
                 504, {"error": f"request took longer than {self.settings.request_timeout_s} s"}
@@ -131,6 +143,8 @@ class InferenceApp:
         ]
         if status == 401:
             response_headers.append((b"www-authenticate", b"Bearer"))
+        if close:
+            response_headers.append((b"connection", b"close"))
         await send({"type": "http.response.start", "status": status, "headers": response_headers})
         await send({"type": "http.response.body", "body": body})
         metrics.observe(route, status, time.perf_counter() - start)
@@ -208,31 +222,24 @@ class InferenceApp:
         limit = self.settings.max_body_bytes
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise RequestError(
-                413,
-                f"body of {int(declared)} bytes exceeds the limit of {limit}",
-                "body",
-                f"at most {limit} bytes",
+            size = int(declared)
+            drained = size <= self.settings.max_drain_bytes and await self._discard_body(
+                receive, self.settings.max_drain_bytes
             )
-        chunks, size = [], 0
+            raise BodyTooLarge(f"body of {size} bytes exceeds the limit of {limit}", limit, drained)
+        chunks: list[bytes] = []
+        size, more = 0, True
         try:
             async with asyncio.timeout(self.settings.request_timeout_s):  # the whole body
-                while True:
+                while more and size <= limit:
                     message = await receive()
                     if message["type"] == "http.disconnect":
                         raise RequestError(400, "client disconnected before sending the body")
                     chunk = message.get("body", b"")
                     size += len(chunk)
-                    if size > limit:
-                        raise RequestError(
-                            413,
-                            f"body exceeds the limit of {limit} bytes",
-                            "body",
-                            f"at most {limit} bytes",
-                        )
-                    chunks.append(chunk)
-                    if not message.get("more_body", False):
-                        break
+                    more = message.get("more_body", False)
+                    if size <= limit:
+                        chunks.append(chunk)
         except TimeoutError:
             raise RequestError(
                 408,
@@ -240,10 +247,40 @@ class InferenceApp:
                 "body",
                 "the whole body within the request timeout",
             ) from None
+        if size > limit:
+            chunks.clear()
+            drained = not more or await self._discard_body(
+                receive, self.settings.max_drain_bytes - size
+            )
+            raise BodyTooLarge(f"body exceeds the limit of {limit} bytes", limit, drained)
         try:
             return orjson.loads(b"".join(chunks))
         except orjson.JSONDecodeError as e:
             raise RequestError(400, f"malformed JSON: {e}", "body", "a JSON document") from None
+
+    async def _discard_body(self, receive: Receive, budget: int) -> bool:
+        """Read and drop the rest of a refused body, at most `budget` more bytes and
+        `drain_timeout_s` seconds (defaults 8 MiB in all and 5 s); True when it ended within both.
+
+        Closing a connection whose body is still arriving makes the kernel answer with a TCP
+        reset, and a client that sends the whole body before reading (urllib, requests) gets the
+        reset instead of the 413. So, like nginx's lingering close, the server reads on for a
+        bounded time and size and keeps nothing: memory stays at one received chunk. Past either
+        cap the 413 goes out with `Connection: close`.
+        https://nginx.org/en/docs/http/ngx_http_core_module.html#lingering_close
+        """
+        try:
+            async with asyncio.timeout(self.settings.drain_timeout_s):
+                while budget >= 0:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        return False
+                    budget -= len(message.get("body", b""))
+                    if not message.get("more_body", False):
+                        return budget >= 0
+        except TimeoutError:
+            pass
+        return False
 
     async def _predict(self, model: ServedModel, x: Any) -> tuple[Any, Any]:
         if self.batcher is not None:

@@ -28,6 +28,14 @@ class ServeSettings(BaseSettings):
         default=True, description="Health, readiness and metrics answer without a key."
     )
     max_body_bytes: int = Field(default=1 << 20, ge=1024)
+    max_drain_bytes: int = Field(
+        default=8 << 20,
+        ge=0,
+        description="Largest refused (413) body read and discarded so the client can read the 413.",
+    )
+    drain_timeout_s: float = Field(
+        default=5.0, ge=0, description="Longest the server reads a refused body before closing."
+    )
     max_batch_rows: int = Field(default=1024, ge=1, description="Rows one request may send.")
     request_timeout_s: float = Field(default=10.0, gt=0)
     batching: bool = Field(default=False, description="Adaptive micro-batching of requests.")
