@@ -262,11 +262,13 @@ class InferenceApp:
         """Read and drop the rest of a refused body, at most `budget` more bytes and
         `drain_timeout_s` seconds (defaults 8 MiB in all and 5 s); True when it ended within both.
 
-        Closing a connection whose body is still arriving makes the kernel answer with a TCP
-        reset, and a client that sends the whole body before reading (urllib, requests) gets the
-        reset instead of the 413. So, like nginx's lingering close, the server reads on for a
-        bounded time and size and keeps nothing: memory stays at one received chunk. Past either
-        cap the 413 goes out with `Connection: close`.
+        uvicorn closes the connection right after the answer when the client asked
+        `Connection: close` (urllib always does); with body bytes still unread the kernel then
+        sends a TCP reset, and a client that sends the whole body before reading gets the reset
+        instead of the 413. So, like nginx's lingering close, the server reads on for a bounded
+        size and time and keeps nothing: memory stays at one received chunk. Past either cap the
+        413 goes out with `Connection: close` (else uvicorn would drop the rest of the body for
+        as long as a keep-alive client sends it).
         https://nginx.org/en/docs/http/ngx_http_core_module.html#lingering_close
         """
         try:

@@ -21,9 +21,9 @@ from tests.support.servers import Server, rows, start_server
 
 pytestmark = pytest.mark.unit
 
-LIMIT = 1 << 20  # the defaults, stated so the sizes below read against them
+LIMIT = 1 << 20  # the default limit and drain cap, stated so the sizes below read against them
 DRAIN = 8 << 20
-DRAIN_TIMEOUT_S = 1.0
+DRAIN_TIMEOUT_S = 1.0  # shorter than the default 5 s: the trickle test waits it out
 MiB = 1 << 20
 
 
