@@ -44,6 +44,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             problems.append(f"{item.nodeid}: marked unit but uses {used}; mark it services/docker")
     if problems:
         raise pytest.UsageError("Test tiers:\n" + "\n".join(problems))
+    # The chaos test restarts the engine and the registry: after every other test.
+    items.sort(key=lambda item: item.get_closest_marker("chaos") is not None)
 
 
 def pytest_report_header() -> str:

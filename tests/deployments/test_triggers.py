@@ -4,9 +4,6 @@ release that deploys the new version. Replays and forgeries start nothing."""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import json
 import os
 import subprocess
 import sys
@@ -26,6 +23,7 @@ from shipyard.deploy import containers
 from shipyard.deploy.endpoint import undeploy
 from shipyard.settings import Settings
 from tests.support.projects import ROOT, commit_all
+from tests.support.webhooks import signed_push
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("prefect_server")]
 
@@ -115,31 +113,6 @@ def receiver(env: dict[str, str], tmp_path: Path) -> Iterator[str]:
     process.wait(timeout=30)
 
 
-def signed_push(
-    url: str, repo: Path, sha: str, delivery: str, secret: str = SECRET
-) -> httpx.Response:
-    body = json.dumps(
-        {
-            "ref": "refs/heads/main",
-            "after": sha,
-            "repository": {"clone_url": repo.as_uri()},
-            "commits": [{"id": sha, "added": [], "modified": ["shipyard.yaml"], "removed": []}],
-        }
-    ).encode()
-    signature = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-    return httpx.post(
-        f"{url}/hooks/git",
-        content=body,
-        headers={
-            "content-type": "application/json",
-            "x-github-event": "push",
-            "x-github-delivery": delivery,
-            "x-hub-signature-256": f"sha256={signature}",
-        },
-        timeout=10,
-    )
-
-
 def runs_of(deployment_id: str, sha: str) -> list[Any]:
     """The deployment's flow runs of commit `sha`."""
     with get_client(sync_client=True) as client:
@@ -167,7 +140,7 @@ def test_a_signed_push_releases_and_deploys_the_new_commit_and_a_replay_does_not
     delivery = str(uuid.uuid4())
     try:
         sent = time.monotonic()
-        answer = signed_push(receiver, sklearn_repo, sha, delivery)
+        answer = signed_push(receiver, sklearn_repo, sha, delivery, SECRET)
         answered = time.monotonic() - sent
         assert answer.status_code == 202, answer.text
 
@@ -202,7 +175,7 @@ def test_a_signed_push_releases_and_deploys_the_new_commit_and_a_replay_does_not
             f"new version serving after {serving_after:.1f} s"
         )
 
-        replay = signed_push(receiver, sklearn_repo, sha, delivery)
+        replay = signed_push(receiver, sklearn_repo, sha, delivery, SECRET)
         forged = signed_push(receiver, sklearn_repo, sha, str(uuid.uuid4()), secret="guess")
         assert replay.status_code == 409 and forged.status_code == 401
         time.sleep(5)  # what a trigger would need to create a run

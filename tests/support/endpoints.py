@@ -130,11 +130,15 @@ def served_version(url: str, key: str | None = None) -> str:
 
 
 @contextmanager
-def steady_load(url: str, seconds: float = 240, key: str | None = None) -> Iterator[dict[str, Any]]:
-    """Two clients sending one-row requests until the block ends; then their counts."""
+def steady_load(
+    url: str, seconds: float = 240, key: str | None = None, rate: float = 0
+) -> Iterator[dict[str, Any]]:
+    """Two clients sending one-row requests (at `rate` requests/s in all, if given) until the
+    block ends; then their counts."""
     process = subprocess.Popen(
         [sys.executable, "-m", "tests.support.load", url, MODEL, "--seconds", str(seconds)]
-        + (["--key", key] if key else []),
+        + (["--key", key] if key else [])
+        + (["--rate", str(rate)] if rate else []),
         stdout=subprocess.PIPE,
         cwd=ROOT,
     )

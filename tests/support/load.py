@@ -25,6 +25,9 @@ def main() -> None:
     parser.add_argument("--max-requests", type=int, default=100_000)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--key")
+    parser.add_argument(
+        "--rate", type=float, default=0, help="requests/s in all (0: as fast as possible)"
+    )
     args = parser.parse_args()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -36,10 +39,13 @@ def main() -> None:
     }
     headers = {"Authorization": f"Bearer {args.key}"} if args.key else {}
     deadline = time.monotonic() + args.seconds
+    pause = args.threads / args.rate if args.rate else 0.0
 
     def worker() -> None:
         with httpx.Client(base_url=args.url, headers=headers, timeout=10) as client:
             while not stop.is_set() and time.monotonic() < deadline:
+                if pause:
+                    time.sleep(pause)
                 with lock:
                     if counts["sent"] >= args.max_requests:
                         return
