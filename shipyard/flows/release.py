@@ -30,7 +30,7 @@ from shipyard.project import Dataset
 from shipyard.settings import Settings
 from shipyard.source import Checkout, redact
 from shipyard.tasks.build_image import build_image
-from shipyard.tasks.caching import by_fingerprint
+from shipyard.tasks.caching import cached
 from shipyard.tasks.data import load_data
 from shipyard.tasks.export import export
 from shipyard.tasks.optimize import optimize
@@ -203,20 +203,17 @@ def _stages(
         inputs.fingerprint,
         inputs.settings,
     )
-    cache = by_fingerprint(settings)
     if stop_after("data"):
         return status("stopped after data"), None
-    trained = run_stage(
-        train.with_options(cache_policy=cache), tree, manifest, data, fp, inputs.run_id, settings
-    )
+    trained = run_stage(cached(train, settings), tree, manifest, data, fp, inputs.run_id, settings)
     summary = status("stopped after train", metrics=dict(trained.metrics))
     if stop_after("train"):
         return summary, None
-    fp32 = run_stage(export.with_options(cache_policy=cache), trained, manifest, fp, settings)
+    fp32 = run_stage(cached(export, settings), trained, manifest, fp, settings)
     if stop_after("export"):
         return status("stopped after export"), None
     measurements = run_stage(
-        optimize.with_options(cache_policy=cache), fp32, trained, manifest, data, fp, settings
+        cached(optimize, settings), fp32, trained, manifest, data, fp, settings
     )
     if stop_after("optimize"):
         return status("stopped after optimize"), None
