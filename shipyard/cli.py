@@ -282,21 +282,60 @@ def undeploy(model: Annotated[str, typer.Argument(help="Deployed model name.")])
     _quiet(False)
     from prefect.concurrency.sync import concurrency
 
-    from shipyard import registry
+    from shipyard import audit, registry
+    from shipyard.deploy.endpoint import serving
     from shipyard.deploy.endpoint import undeploy as stop
     from shipyard.flows.rollout import LOCK_WAIT_S, rollout_lock
 
     settings = Settings()
     try:
-        # Never in the middle of a rollout of the same model.
-        with concurrency(rollout_lock(model), occupy=1, timeout_seconds=LOCK_WAIT_S, strict=True):
-            stopped = stop(settings, model, _say)
-        if not stopped:
-            print(f"{model}: nothing deployed", file=sys.stderr)
-            return
-        registry.dethrone(registry.client(settings), model)
+        with audit.audited(settings, "undeploy", model, audit.who()) as what:
+            # Never in the middle of a rollout of the same model.
+            with concurrency(
+                rollout_lock(model), occupy=1, timeout_seconds=LOCK_WAIT_S, strict=True
+            ):
+                served = serving(settings, model)
+                stopped = stop(settings, model, _say)
+            if not stopped:
+                what["outcome"] = "nothing deployed"
+                print(f"{model}: nothing deployed", file=sys.stderr)
+                return
+            what.update(version=served.version if served else None)
+            registry.dethrone(registry.client(settings), model)
     except ShipyardError as e:
         _fail(str(e), False)
+
+
+@app.command()
+def audit(
+    model: Annotated[str | None, typer.Argument(help="Only this model's entries.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+) -> None:
+    """Print the audit trail: who released, promoted, rolled back, undeployed or redeployed
+    what, when, and how it ended (oldest first)."""
+    from shipyard import audit as trail
+
+    for entry in trail.read(Settings(), model):
+        if as_json:
+            print(json.dumps(entry, sort_keys=True))
+            continue
+        who = entry["who"]
+        by = who.get("pusher") or who.get("os_user", "?")
+        via = (
+            f"webhook delivery {who['webhook_delivery']}"
+            if "webhook_delivery" in who
+            else who.get("started_by", "")
+        )
+        version = f" v{entry['version']}" if "version" in entry else ""
+        change = (
+            f" champion v{entry.get('champion_before', '-')} → v{entry['champion_after']}"
+            if "champion_after" in entry
+            else ""
+        )
+        print(
+            f"{entry['time']}  {entry['action']:<16} {entry['model']}{version}{change}  "
+            f"by {by}@{who.get('host', '?')}{f' ({via})' if via else ''}: {entry['outcome']}"
+        )
 
 
 @app.command()

@@ -168,6 +168,16 @@ def test_the_stack_runs_a_release_the_ui_shows_and_down_stops_only_its_services(
         ).json()
         assert [r["state"]["type"] for r in runs] == ["COMPLETED"]
         run("undeploy", MODEL)
+        trail = [json.loads(line) for line in run("audit", MODEL, "--json").stdout.splitlines()]
+        assert [(e["action"], e["outcome"]) for e in trail] == [
+            ("release", "deployed"),
+            ("promote", "succeeded"),
+            ("undeploy", "succeeded"),
+        ]
+        assert trail[0]["who"]["started_by"] == (
+            "the Prefect API (deployment run; this server records no user)"
+        )
+        assert trail[1]["who"]["started_by"] == "a process running the flow directly (CLI)"
     finally:
         subprocess.run([SHIPYARD, "stack", "down"], env=env, capture_output=True, timeout=120)
 

@@ -15,7 +15,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.concurrency.sync import concurrency
 
-from shipyard import registry
+from shipyard import audit, registry
 from shipyard.deploy import state
 from shipyard.deploy.endpoint import Target
 from shipyard.errors import ShipyardError, Superseded
@@ -91,15 +91,24 @@ def nightly_rebuild(
             if redeploy:
                 # Checked again under the deploy lock: a release or promote that crowned another
                 # version while this one rebuilt (or waited for the lock) wins.
-                rollout(
-                    Target(model, number, image.pinned, image.golden),
-                    "blue-green",
-                    None,
+                with audit.audited(
                     settings,
-                    expect_champion=number,
-                )
-                mlflow = registry.client(settings)
-                registry.tag_image(mlflow, model, number, image.reference, image.digest)
+                    "nightly-redeploy",
+                    model,
+                    audit.who(),
+                    version=number,
+                    digest=image.pinned,
+                    replaced_digest=result["old_digest"],
+                ):
+                    rollout(
+                        Target(model, number, image.pinned, image.golden),
+                        "blue-green",
+                        None,
+                        settings,
+                        expect_champion=number,
+                    )
+                    mlflow = registry.client(settings)
+                    registry.tag_image(mlflow, model, number, image.reference, image.digest)
                 result["redeployed"] = True
         except Superseded as e:
             result["why"] = str(e)

@@ -6,7 +6,7 @@ from typing import Any
 
 from prefect import flow
 
-from shipyard import registry
+from shipyard import audit, registry
 from shipyard.contracts import RolloutResult
 from shipyard.deploy.endpoint import Strategy
 from shipyard.errors import RegistryError
@@ -42,5 +42,11 @@ def promote(
     """DeployPolicy `version` (a number or an alias) of `model` by `strategy`; on success it is
     `champion` and the version it replaced is `previous`."""
     settings = settings or Settings()
-    target = target_of_version(settings, model, find_version(settings, model, version))
-    return rollout(target, strategy, None, settings)
+    with audit.audited(
+        settings, "promote", model, audit.who(), requested=version, strategy=strategy
+    ) as what:
+        target = target_of_version(settings, model, find_version(settings, model, version))
+        what.update(version=target.version, digest=target.image)
+        result = rollout(target, strategy, None, settings)
+        what.update(champion_before=result.previous_version, champion_after=target.version)
+        return result

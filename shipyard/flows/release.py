@@ -17,7 +17,7 @@ from prefect.concurrency.sync import concurrency
 from prefect.runtime import flow_run
 from prefect.utilities.urls import url_for
 
-from shipyard import registry, report
+from shipyard import audit, registry, report
 from shipyard.contracts import ReleaseSummary
 from shipyard.deploy.endpoint import Strategy
 from shipyard.fingerprint import fingerprint as compute_fingerprint
@@ -106,9 +106,13 @@ def release(
     subdir: str | None = None,
     until: Stage = "deploy",
     strategy: Strategy | None = None,
+    delivery: str | None = None,
+    pusher: str | None = None,
     settings: Settings | None = None,
 ) -> ReleaseSummary:
     """Release the model project at SOURCE (a directory, or a git URL at `ref`).
+
+    `delivery` and `pusher` name the webhook push that triggered the run, for the audit trail.
 
     Returns the release summary; raises on the first failed stage, after marking the
     MLflow run failed. Nothing is registered unless every gate passed; `champion` moves only
@@ -117,55 +121,71 @@ def release(
     settings = settings or Settings()
     logger = get_run_logger()
     tree, manifest = run_stage(checkout, source, ref, subdir, settings)
-    summary = ReleaseSummary(
-        model=manifest.name,
-        status="stopped after source",
+    with audit.audited(
+        settings,
+        "release",
+        manifest.name,
+        audit.who(delivery, pusher),
         source=tree.source,
-        ref=ref,
-        git_sha=tree.commit,
-        git_dirty=tree.dirty,
-        flow_run_id=str(flow_run.get_id()),
-    )
-    if until == "source":
+        commit=tree.commit,
+    ) as what:
+        summary = ReleaseSummary(
+            model=manifest.name,
+            status="stopped after source",
+            source=tree.source,
+            ref=ref,
+            git_sha=tree.commit,
+            git_dirty=tree.dirty,
+            flow_run_id=str(flow_run.get_id()),
+        )
+        if until == "source":
+            what["outcome"] = summary.status
+            return summary
+        data, data_hash = run_stage(load_data, tree, manifest)
+        packages = package_versions(adapter_for(manifest.framework).packages)
+        fp = compute_fingerprint(tree.tree_hash, data_hash, manifest.canonical_json(), packages)
+        logger.info(
+            "Release %s at %s: fingerprint %s", manifest.name, tree.commit or "working tree", fp
+        )
+        mlflow = registry.client(settings)
+        experiment = registry.experiment_id(mlflow, settings, manifest.name)
+        run_id = registry.release_run(
+            mlflow,
+            experiment,
+            fp,
+            registry.summary_tags(
+                {
+                    "git_sha": tree.commit,
+                    "source": tree.source,
+                    "data_sha256": data_hash,
+                    "prefect_flow_run_id": summary.flow_run_id,
+                }
+            ),
+        )
+        summary = summary.model_copy(update={"fingerprint": fp, "mlflow_run_id": run_id})
+        inputs = Inputs(tree, manifest, data, data_hash, fp, run_id, settings)
+        try:
+            with concurrency(
+                build_lock(manifest.name), occupy=1, timeout_seconds=LOCK_WAIT_S, strict=True
+            ):
+                summary, shown = _stages(inputs, summary, until, strategy)
+        except BaseException:
+            mlflow.set_terminated(run_id, "FAILED")
+            raise
+        mlflow.set_terminated(run_id, "FINISHED")
+        summary = summary.model_copy(
+            update=_urls(settings, experiment, run_id, manifest.name, summary.version)
+        )
+        if shown is not None:
+            _publish(summary, shown)
+        what.update(
+            outcome=summary.status,
+            version=summary.version,
+            digest=summary.image_digest,
+            champion_before=summary.previous_version,
+            champion_after=summary.deployed_version,
+        )
         return summary
-    data, data_hash = run_stage(load_data, tree, manifest)
-    packages = package_versions(adapter_for(manifest.framework).packages)
-    fp = compute_fingerprint(tree.tree_hash, data_hash, manifest.canonical_json(), packages)
-    logger.info(
-        "Release %s at %s: fingerprint %s", manifest.name, tree.commit or "working tree", fp
-    )
-    mlflow = registry.client(settings)
-    experiment = registry.experiment_id(mlflow, settings, manifest.name)
-    run_id = registry.release_run(
-        mlflow,
-        experiment,
-        fp,
-        registry.summary_tags(
-            {
-                "git_sha": tree.commit,
-                "source": tree.source,
-                "data_sha256": data_hash,
-                "prefect_flow_run_id": summary.flow_run_id,
-            }
-        ),
-    )
-    summary = summary.model_copy(update={"fingerprint": fp, "mlflow_run_id": run_id})
-    inputs = Inputs(tree, manifest, data, data_hash, fp, run_id, settings)
-    try:
-        with concurrency(
-            build_lock(manifest.name), occupy=1, timeout_seconds=LOCK_WAIT_S, strict=True
-        ):
-            summary, shown = _stages(inputs, summary, until, strategy)
-    except BaseException:
-        mlflow.set_terminated(run_id, "FAILED")
-        raise
-    mlflow.set_terminated(run_id, "FINISHED")
-    summary = summary.model_copy(
-        update=_urls(settings, experiment, run_id, manifest.name, summary.version)
-    )
-    if shown is not None:
-        _publish(summary, shown)
-    return summary
 
 
 def _publish(summary: ReleaseSummary, shown: Report) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from prefect import flow
 
-from shipyard import registry
+from shipyard import audit, registry
 from shipyard.contracts import RolloutResult
 from shipyard.deploy import state
 from shipyard.errors import RegistryError
@@ -21,17 +21,20 @@ from shipyard.settings import Settings
 def rollback(model: str, settings: Settings | None = None) -> RolloutResult:
     """DeployPolicy `model`'s `previous` version; it becomes `champion` again."""
     settings = settings or Settings()
-    previous = registry.version_by_alias(registry.client(settings), model, registry.PREVIOUS)
-    if previous is None:
-        raise RegistryError(
-            f"{model} has no {registry.PREVIOUS!r} version to roll back to: it is set when a "
-            "deploy replaces a champion. `shipyard status "
-            f"{model}` shows its aliases; `shipyard promote {model} --version N` deploys any version."
+    with audit.audited(settings, "rollback", model, audit.who()) as what:
+        previous = registry.version_by_alias(registry.client(settings), model, registry.PREVIOUS)
+        if previous is None:
+            raise RegistryError(
+                f"{model} has no {registry.PREVIOUS!r} version to roll back to: it is set when a "
+                "deploy replaces a champion. `shipyard status "
+                f"{model}` shows its aliases; `shipyard promote {model} --version N` deploys any version."
+            )
+        deployed = state.load(settings.deploy_dir, model)
+        policy = (deployed.policy if deployed else DeployPolicy()).model_copy(
+            update={"keep_blue_seconds": 0}
         )
-    deployed = state.load(settings.deploy_dir, model)
-    policy = (deployed.policy if deployed else DeployPolicy()).model_copy(
-        update={"keep_blue_seconds": 0}
-    )
-    target = target_of_version(settings, model, previous)
-    result = rollout(target, "blue-green", policy, settings)
-    return result.model_copy(update={"rolled_back_to": target.version})
+        target = target_of_version(settings, model, previous)
+        what.update(version=target.version, digest=target.image)
+        result = rollout(target, "blue-green", policy, settings)
+        what.update(champion_before=result.previous_version, champion_after=target.version)
+        return result.model_copy(update={"rolled_back_to": target.version})

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from prefect.concurrency.sync import concurrency
 
-from shipyard import engine, registry
+from shipyard import audit, engine, registry
 from shipyard.contracts import RolloutResult
 from shipyard.deploy.endpoint import Target
 from shipyard.errors import DeployError, RegistryError, Superseded
@@ -120,6 +120,19 @@ def test_the_rollback_command_serves_previous_again_and_swaps_the_aliases(
     aliases = endpoint.aliases()
     assert (aliases["champion"], aliases["previous"]) == (previous, champion)
     assert_still_serving(endpoint, previous, aliases)  # what /v2/models/digits-sklearn names
+    # The audit trail: who rolled back what to what, and the command that prints it.
+    entry = audit.read(endpoint.settings, MODEL)[-1]
+    assert entry["action"] == "rollback" and entry["outcome"] == "succeeded"
+    assert (entry["champion_before"], entry["champion_after"]) == (champion, previous)
+    assert entry["digest"] == endpoint.deployment().serving().image  # type: ignore[union-attr]
+    shown = endpoint.cli("audit", MODEL).stdout.splitlines()[-1]
+    assert f"rollback         {MODEL} v{previous} champion v{champion} → v{previous}" in shown
+    assert shown.endswith(": succeeded")
+    refused = endpoint.cli("promote", MODEL, "--version", "999")
+    assert refused.returncode != 0
+    entry = audit.read(endpoint.settings, MODEL)[-1]
+    assert entry["action"] == "promote" and entry["outcome"].startswith("failed: ")
+    assert "no version '999'" in entry["outcome"]
 
 
 def test_a_version_that_never_gets_ready_leaves_blue_serving(endpoint: Endpoint) -> None:

@@ -18,7 +18,7 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 
-from shipyard import registry
+from shipyard import audit, registry
 from shipyard.deploy import containers
 from shipyard.deploy.endpoint import undeploy
 from shipyard.settings import Settings
@@ -174,6 +174,13 @@ def test_a_signed_push_releases_and_deploys_the_new_commit_and_a_replay_does_not
             f"webhook answered in {answered * 1000:.0f} ms; run started after {started_after:.1f} s; "
             f"new version serving after {serving_after:.1f} s"
         )
+
+        # The audit trail names the push that started it, and what it changed.
+        [entry] = [e for e in audit.read(settings, MODEL) if e["action"] == "release"]
+        assert entry["who"]["webhook_delivery"] == delivery
+        assert entry["who"]["started_by"].startswith("AUTOMATION")
+        assert entry["outcome"] == "deployed" and entry["commit"] == sha
+        assert entry["champion_after"] == str(version.version)
 
         replay = signed_push(receiver, sklearn_repo, sha, delivery, SECRET)
         forged = signed_push(receiver, sklearn_repo, sha, str(uuid.uuid4()), secret="guess")

@@ -12,7 +12,7 @@ from mlflow import MlflowClient
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-from shipyard import registry
+from shipyard import audit, registry
 from shipyard.errors import GateError, ProjectError, SourceError
 from shipyard.flows.release import release
 from shipyard.settings import Settings
@@ -186,6 +186,13 @@ def test_a_candidate_worse_than_the_champion_is_refused(
         release(source=sklearn_repo.as_uri(), ref="main", until="register", settings=settings)
     assert mlflow.get_model_version_by_alias(MODEL, "candidate").version == 1
     assert versions(mlflow) == ["1"]
+    first_entry, failed = audit.read(settings, MODEL)
+    assert first_entry["outcome"] == "registered" and first_entry["version"] == "1"
+    assert failed["outcome"].startswith(
+        "failed: 3 release gate(s) failed: - Gate 'max_accuracy_drop'"
+    )
+    assert failed["who"]["started_by"] == "a process running the flow directly (CLI)"
+    assert failed["commit"] != first_entry["commit"]  # the weaker model's commit
 
 
 def test_a_training_entrypoint_that_raises_fails_the_run(
