@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
@@ -59,7 +59,8 @@ class Fingerprint(CachePolicy):
     (`flows/rollout.build_lock`) covers every cached stage.
     """
 
-    directory: Path | None = None
+    directory: Path = field(kw_only=True)
+    """Where the task's result records are (its `result_storage`)."""
 
     def compute_key(
         self,
@@ -69,7 +70,7 @@ class Fingerprint(CachePolicy):
         **kwargs: Any,
     ) -> str:
         key = f"{task_ctx.task.name}-{inputs['fingerprint']}"
-        if self.directory is not None and (self.directory / key).exists():
+        if (self.directory / key).exists():
             problem = unusable(self.directory, key)
             if problem is not None:
                 get_run_logger().warning("Cached %s is a miss: %s; recomputing it.", key, problem)
@@ -100,8 +101,8 @@ def _paths(value: object) -> Iterator[Path]:
     if isinstance(value, Path):
         yield value
     elif dataclasses.is_dataclass(value) and not isinstance(value, type):
-        for field in dataclasses.fields(value):
-            yield from _paths(getattr(value, field.name))
+        for f in dataclasses.fields(value):
+            yield from _paths(getattr(value, f.name))
     elif isinstance(value, list | tuple):
         for item in value:
             yield from _paths(item)
