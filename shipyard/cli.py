@@ -510,6 +510,8 @@ def stack_up(
         result = stack.up(settings, _say)
         if services:
             result.update(ops.up(settings, _say))
+            _stack_prefect()  # its server is up now: a cut-off rollout's lock is freed there
+        result["endpoints"] = stack.recover_endpoints(settings, _say)
     except ShipyardError as e:
         _fail(str(e), as_json)
     if as_json:

@@ -425,6 +425,7 @@ def recover(settings: Settings, model: str, say: Say = lambda _: None) -> str:
         if container is not None and container.status in ("running", "restarting"):
             # The engine brought it back: recorded as serving once it answers again.
             containers.wait_ready(container, endpoint._url(color), d.policy.ready_seconds)
+            endpoint.proxy.wait_up(color, timeout_s=10)
             continue
         if container is not None:
             container.start()
@@ -448,6 +449,7 @@ def recover(settings: Settings, model: str, say: Say = lambda _: None) -> str:
         containers.wait_ready(container, f"http://{d.host}:{port}", d.policy.ready_seconds)
         endpoint.proxy.point(color, d.host, port)
         endpoint._weigh({color: d.weights.get(color, 0)})
+        endpoint.proxy.wait_up(color, timeout_s=10)  # "serves" once HAProxy routes to it
     live = d.serving()
     serves = f"v{live.version} serves {d.url}" if live else f"nothing serves {d.url}"
     return "; ".join([serves, *done])

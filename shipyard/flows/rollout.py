@@ -7,12 +7,14 @@ concurrency limit `deploy-<model>` (one slot) from the first container to the la
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from pathlib import Path
 
 from mlflow.entities.model_registry import ModelVersion
 from prefect import get_client
 from prefect.concurrency.sync import concurrency
+from prefect.exceptions import ObjectNotFound
 from prefect.transactions import transaction
 
 from shipyard import registry
@@ -38,6 +40,15 @@ def _one_slot(name: str) -> str:
 def rollout_lock(model: str) -> str:
     """The model's deploy concurrency limit (one slot, created if missing)."""
     return _one_slot(f"deploy-{model}")
+
+
+def free_rollout_lock(model: str) -> None:
+    """Empty the model's deploy limit after its rollout's process died holding it (the slot's
+    lease would keep it taken for up to 5 minutes): the limit is made again, with no slot
+    taken. Only for a rollout known to be dead (`shipyard stack up`'s recovery)."""
+    with get_client(sync_client=True) as client, contextlib.suppress(ObjectNotFound):
+        client.delete_global_concurrency_limit_by_name(f"deploy-{model}")
+    rollout_lock(model)
 
 
 def build_lock(model: str) -> str:

@@ -307,16 +307,12 @@ def up(settings: Settings, say: Say) -> dict[str, Any]:
     client.login(registry.username, registry.password, registry=registry.address, reauth=True)
     base = ensure_base(settings, client, registry, say)
     ensure_proxy_image(client, base, say)
-    return {
-        "engine": client.api.base_url,
-        "registry": registry.address,
-        "base_image": base,
-        "endpoints": recover_endpoints(settings, say),
-    }
+    return {"engine": client.api.base_url, "registry": registry.address, "base_image": base}
 
 
 def recover_endpoints(settings: Settings, say: Say) -> dict[str, str]:
-    """Every recorded endpoint serves again what it served (see `endpoint.recover`)."""
+    """Every recorded endpoint serves again what it served (see `endpoint.recover`); run once
+    the Prefect server is up, so the deploy lock of a rollout that was cut off is freed."""
     out = {}
     for recorded in sorted(settings.deploy_dir.glob("*/state.json")):
         model = recorded.parent.name
@@ -324,6 +320,11 @@ def recover_endpoints(settings: Settings, say: Say) -> dict[str, str]:
             out[model] = endpoint.recover(settings, model, say)
         except ShipyardError as e:
             out[model] = f"not recovered: {e}"
+        if "cut off" in out[model] and os.environ.get("PREFECT_API_URL"):
+            from shipyard.flows.rollout import free_rollout_lock  # Prefect and MLflow: seconds
+
+            free_rollout_lock(model)  # its dead process's lease would hold it for 5 minutes
+            out[model] += "; its deploy lock freed"
         say(f"endpoint {model}: {out[model]}")
     return out
 

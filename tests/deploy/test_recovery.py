@@ -24,6 +24,7 @@ from shipyard import engine
 from shipyard.deploy.endpoint import recover
 from shipyard.deploy.proxy import Proxy
 from shipyard.flows.rollout import rollout_lock
+from shipyard.stack.engine import recover_endpoints
 from shipyard.waiting import wait_until
 from tests.support.endpoints import MODEL, SHIPYARD, Endpoint, served_version
 
@@ -75,7 +76,14 @@ def free_deploy_lock() -> None:
     rollout_lock(MODEL)
 
 
-def test_a_rollout_cut_off_mid_way_is_undone(endpoint: Endpoint, tmp_path: Path) -> None:
+def deploy_slots_taken() -> int:
+    with get_client(sync_client=True) as client:
+        return int(client.read_global_concurrency_limit_by_name(f"deploy-{MODEL}").active_slots)
+
+
+def test_a_rollout_cut_off_mid_way_is_undone(
+    endpoint: Endpoint, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     previous = endpoint.previous()
     aliases = endpoint.aliases()
     champion = aliases["champion"]
@@ -90,7 +98,6 @@ def test_a_rollout_cut_off_mid_way_is_undone(endpoint: Endpoint, tmp_path: Path)
     finally:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=10)
-        free_deploy_lock()
     # Half-switched: the canary recorded, with traffic, by the process that is gone.
     d = endpoint.deployment()
     assert d.candidate is not None and d.live is not None
@@ -99,8 +106,18 @@ def test_a_rollout_cut_off_mid_way_is_undone(endpoint: Endpoint, tmp_path: Path)
     assert candidate.version == previous and d.weights[d.candidate] > 0
     assert proxy_of(endpoint).stats()[d.candidate].weight > 0
 
-    done = recover(endpoint.settings, MODEL)
+    try:
+        # The dead process's lease still holds the model's deploy lock; `stack up`'s recovery
+        # (on the Prefect server the flows use) frees it with the undo.
+        assert deploy_slots_taken() == 1
+        monkeypatch.setenv("PREFECT_API_URL", str(PREFECT_API_URL.value()))
+        done = recover_endpoints(endpoint.settings, lambda _: None)[MODEL]
+        assert deploy_slots_taken() == 0
+    finally:
+        if deploy_slots_taken():
+            free_deploy_lock()  # so that the next tests' rollouts do not wait 5 minutes
 
+    assert done.endswith("; its deploy lock freed"), done
     assert f"the rollout of v{previous} was cut off: undone" in done, done
     assert done.startswith(f"v{champion} serves {endpoint.url}"), done
     after = endpoint.deployment()
