@@ -14,13 +14,19 @@ answers 202 as soon as the event is queued; everything else gets a 4xx and start
 
 from __future__ import annotations
 
+import asyncio
+import fcntl
 import fnmatch
 import hashlib
 import hmac
 import json
 import logging
+import os
+import re
+import threading
 import uuid
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -31,6 +37,14 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 EVENT = "shipyard.model.pushed"
 log = logging.getLogger("shipyard.webhook")
 LISTED_COMMITS = 20
+MAX_DEPTH = 32
+"""JSON nesting a push may have; GitHub's and GitLab's push payloads nest about 5 levels."""
+FULL_SHA = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
+CLONE_URL = re.compile(r"(https?|ssh|git|file)://[^\s]+|[\w.-]+@[\w.-]+:[^\s-][^\s]*")
+UNAVAILABLE = (
+    "the release system is unavailable: nothing was released and the delivery is not "
+    "remembered; redeliver it later"
+)
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -59,6 +73,23 @@ class WebhookSettings(BaseSettings):
         "everything under `project`.",
     )
     max_body_bytes: int = Field(default=1 << 20, ge=1024)
+    body_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="Seconds a request may take to send its body; a slower one gets 408. GitHub "
+        "and GitLab give up on a delivery after 10 s, so a slower body is lost anyway.",
+    )
+    head_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="Seconds a connection may take to send a request's headers (after opening "
+        "or after its previous answer) before it is closed.",
+    )
+    max_connections: int = Field(
+        default=64,
+        ge=2,
+        description="Connections served at once (uvicorn's limit_concurrency); more get 503.",
+    )
     deliveries_file: Path | None = Field(
         default=None,
         description="Where delivery ids are remembered across restarts; default: memory only.",
@@ -77,10 +108,33 @@ class WebhookSettings(BaseSettings):
         return [f"{self.project.strip('/')}/*"] if self.project.strip("/") else ["*"]
 
 
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a request: where, what was expected, and what came instead."""
+
+    field: str
+    expected: str
+    got: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.field}: expected {self.expected}" + (f", got {self.got}" if self.got else "")
+
+
 class Refused(Exception):
-    def __init__(self, status: int, message: str) -> None:
+    """A request answered with a 4xx/5xx and nothing emitted; the message is the answer's body, so
+    it says what was wrong with the request and never names the receiver's internals."""
+
+    def __init__(self, status: int, message: str, problems: tuple[Problem, ...] = ()) -> None:
         super().__init__(message)
-        self.status, self.message = status, message
+        self.status, self.message, self.problems = status, message, problems
+
+    def body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"error": self.message}
+        if self.problems:
+            body["problems"] = [
+                {"field": p.field, "expected": p.expected, "got": p.got} for p in self.problems
+            ]
+        return body
 
 
 @dataclass(frozen=True)
@@ -122,32 +176,127 @@ def provider_of(headers: dict[str, str]) -> str:
 
 
 def parse_push(provider: str, headers: dict[str, str], body: bytes) -> Push:
-    """The push a verified body describes; `Refused(400)` names what is missing."""
+    """The push a verified body describes; `Refused(400)` names every field that is missing or
+    of the wrong shape, and what it should be."""
     delivery = headers.get(
         "x-github-delivery" if provider == "github" else "x-gitlab-event-uuid", ""
     )
     if not delivery:
         raise Refused(400, "no delivery id (X-GitHub-Delivery / X-Gitlab-Event-UUID)")
+    payload = _json(body)
+    problems: list[Problem] = []
+    owner, key = (
+        ("repository", "clone_url") if provider == "github" else ("project", "git_http_url")
+    )
+    repo = _string(
+        payload,
+        (owner, key),
+        CLONE_URL,
+        "a clone URL (https://, ssh://, git://, file:// or user@host:path)",
+        problems,
+    )
+    ref = _string(
+        payload, ("ref",), re.compile(r"refs/\S+"), "a git ref (refs/heads/<branch>)", problems
+    )
+    sha = _string(
+        payload, ("after",), FULL_SHA, "a full commit id (40 or 64 lowercase hex digits)", problems
+    )
+    changed, commits = _changed(payload.get("commits"), problems)
+    total = payload.get("total_commits_count", commits)
+    if type(total) is not int or total < 0:
+        problems.append(Problem("total_commits_count", "a count of commits", _shown(total)))
+    if problems:
+        raise Refused(
+            400, "malformed push payload: " + "; ".join(map(str, problems)), tuple(problems)
+        )
+    # Both providers list at most 20 commits: a longer push may change the model unseen.
+    truncated = commits >= LISTED_COMMITS or total > commits
+    return Push(provider, delivery, repo, ref, sha, changed, truncated)
+
+
+def _json(body: bytes) -> dict[str, Any]:
+    """The body as a JSON object no deeper than `MAX_DEPTH`."""
+    too_deep = Problem("body", f"JSON nested at most {MAX_DEPTH} levels deep", "deeper")
     try:
         payload = json.loads(body)
-        repository = payload["repository"] if provider == "github" else payload["project"]
-        repo = repository["clone_url"] if provider == "github" else repository["git_http_url"]
-        ref, sha = payload["ref"], payload["after"]
-        commits = payload.get("commits") or []
-        changed = tuple(
-            path
-            for commit in commits
-            for key in ("added", "modified", "removed")
-            for path in commit.get(key) or []
+    except RecursionError:  # the decoder's own guard, long before MAX_DEPTH matters
+        raise Refused(400, f"malformed push payload: {too_deep}", (too_deep,)) from None
+    except ValueError as e:  # includes bytes that are not UTF-8
+        where = (
+            f" ({e.msg} at line {e.lineno} column {e.colno})"
+            if isinstance(e, json.JSONDecodeError)
+            else ""
         )
-        # Both providers list at most 20 commits: a longer push may change the model unseen.
-        total = payload.get("total_commits_count", len(commits))
-        truncated = len(commits) >= LISTED_COMMITS or total > len(commits)
-    except (ValueError, KeyError, TypeError) as e:
-        raise Refused(400, f"malformed push payload: {type(e).__name__}: {e}") from e
-    if not all(isinstance(v, str) and v for v in (repo, ref, sha)):
-        raise Refused(400, "malformed push payload: repository URL, ref and after must be strings")
-    return Push(provider, delivery, repo, ref, sha, changed, truncated)
+        problem = Problem("body", "a JSON object", f"invalid JSON{where}")
+        raise Refused(400, f"malformed push payload: {problem}", (problem,)) from None
+    if _depth(payload) > MAX_DEPTH:
+        raise Refused(400, f"malformed push payload: {too_deep}", (too_deep,))
+    if not isinstance(payload, dict):
+        problem = Problem("body", "a JSON object", _shown(payload))
+        raise Refused(400, f"malformed push payload: {problem}", (problem,))
+    return payload
+
+
+def _depth(value: object) -> int:
+    """How deep lists and objects nest in a decoded JSON value (without recursion)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        node, level = stack.pop()
+        children = (
+            node.values() if isinstance(node, dict) else node if isinstance(node, list) else None
+        )
+        if children is not None:
+            deepest = max(deepest, level)
+            if level <= MAX_DEPTH:
+                stack.extend((child, level + 1) for child in children)
+    return deepest
+
+
+def _shown(value: object) -> str:
+    """A short description of a value that came where another was expected."""
+    if value is None:
+        return "nothing"
+    if isinstance(value, dict | list):
+        return f"a JSON {'object' if isinstance(value, dict) else 'array'}"
+    text = json.dumps(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _string(
+    payload: dict[str, Any],
+    path: tuple[str, ...],
+    pattern: re.Pattern[str],
+    expected: str,
+    problems: list[Problem],
+) -> str:
+    value: Any = payload
+    for key in path:
+        value = value.get(key) if isinstance(value, dict) else None
+    if not isinstance(value, str) or not pattern.fullmatch(value):
+        problems.append(Problem(".".join(path), expected, _shown(value)))
+        return ""
+    return value
+
+
+def _changed(commits: object, problems: list[Problem]) -> tuple[tuple[str, ...], int]:
+    """The paths the listed commits add, modify or remove, and how many commits are listed."""
+    if commits is None:
+        return (), 0
+    if not isinstance(commits, list):
+        problems.append(Problem("commits", "an array of commit objects", _shown(commits)))
+        return (), 0
+    changed: list[str] = []
+    for i, commit in enumerate(commits):
+        if not isinstance(commit, dict):
+            problems.append(Problem(f"commits[{i}]", "a commit object", _shown(commit)))
+            continue
+        for key in ("added", "modified", "removed"):
+            paths = commit.get(key) or []
+            if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+                problems.append(Problem(f"commits[{i}].{key}", "an array of paths", _shown(paths)))
+            else:
+                changed.extend(paths)
+    return tuple(changed), len(commits)
 
 
 def ignored(push: Push, settings: WebhookSettings) -> str | None:
@@ -166,29 +315,133 @@ def ignored(push: Push, settings: WebhookSettings) -> str | None:
 
 
 class Deliveries:
-    """Delivery ids and commits seen, in memory and optionally in a file (one per line), read
-    on first use."""
+    """Delivery ids and pushed commits already received: in memory and, optionally, in a file
+    that several receivers share (one key a line, only ever appended).
+
+    `reserve` claims keys before the event is sent, so two deliveries of one push arriving at
+    once emit once: in this process through a set of keys in flight, across processes through an
+    fcntl lock on one byte of `<file>.lock` per key. The kernel drops such a lock when its
+    process dies, so a crashed receiver leaves no reservation behind."""
 
     def __init__(self, file: Path | None) -> None:
         self.file = file
-        self._seen: set[str] | None = None
+        self._seen: set[str] = set()
+        self._read = 0  # bytes of the file already read: it is re-read from there
+        self._in_flight: set[str] = set()
 
-    @property
-    def seen(self) -> set[str]:
-        if self._seen is None:
-            file = self.file
-            self._seen = set(file.read_text().split()) if file and file.is_file() else set()
-        return self._seen
+    def _refresh(self) -> None:
+        if self.file is None or not self.file.is_file():
+            return
+        with self.file.open("rb") as f:
+            f.seek(self._read)
+            data = f.read()
+        complete = data[: data.rfind(b"\n") + 1]  # a line being appended right now waits
+        self._read += len(complete)
+        self._seen.update(complete.decode(errors="replace").split())
 
     def __contains__(self, key: str) -> bool:
-        return key in self.seen
+        self._refresh()
+        return key in self._seen
 
-    def add(self, *keys: str) -> None:
-        self.seen.update(keys)
+    @contextmanager
+    def reserve(self, *keys: str) -> Iterator[Reservation]:
+        """Claim `keys` for the block, or raise `Refused(409)` if any was received before or is
+        being received now. The block calls `keep` once it has acted on them; keys it did not
+        keep are free again when it ends (a redelivery after a failed emit is not a replay)."""
+        for key in keys:
+            if key in self:
+                raise Refused(409, f"{key} was received before: replay ignored")
+        claimed: list[str] = []
+        try:
+            for key in keys:
+                if not self._claim(key):
+                    raise Refused(409, f"{key} is being received right now: duplicate ignored")
+                claimed.append(key)
+            for key in keys:  # another receiver may have kept it before this one claimed it
+                if key in self:
+                    raise Refused(409, f"{key} was received before: replay ignored")
+            yield Reservation(self)
+        finally:
+            for key in claimed:
+                self._unclaim(key)
+
+    def keep(self, keys: tuple[str, ...]) -> None:
+        self._seen.update(keys)
         if self.file is not None:
             self.file.parent.mkdir(parents=True, exist_ok=True)
-            with self.file.open("a") as out:
-                out.writelines(f"{key}\n" for key in keys)
+            line = "".join(f"{key}\n" for key in keys).encode()
+            fd = os.open(self.file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                os.write(fd, line)  # one append: other receivers never read half of it
+            finally:
+                os.close(fd)
+
+    def _claim(self, key: str) -> bool:
+        if key in self._in_flight:
+            return False
+        if self.file is not None and not _byte_locks(self.file).acquire(_offset(key)):
+            return False
+        self._in_flight.add(key)
+        return True
+
+    def _unclaim(self, key: str) -> None:
+        self._in_flight.discard(key)
+        if self.file is not None:
+            _byte_locks(self.file).release(_offset(key))
+
+
+@dataclass
+class Reservation:
+    deliveries: Deliveries
+
+    def keep(self, *keys: str) -> None:
+        """Remember `keys` as received, for good."""
+        self.deliveries.keep(keys)
+
+
+def _offset(key: str) -> int:
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:5], "big")
+
+
+class _ByteLocks:
+    """The byte locks this process holds on one lock file. fcntl locks belong to a process, not
+    to a descriptor: a second descriptor would neither conflict with the first's locks nor keep
+    its own when the first is closed, so the process opens each lock file once."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self.held: set[int] = set()
+        self.mutex = threading.Lock()
+
+    def acquire(self, offset: int) -> bool:
+        with self.mutex:
+            if offset in self.held:
+                return False
+            try:
+                fcntl.lockf(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, offset)
+            except OSError:  # another process holds it
+                return False
+            self.held.add(offset)
+            return True
+
+    def release(self, offset: int) -> None:
+        with self.mutex:
+            if offset in self.held:
+                fcntl.lockf(self.fd, fcntl.LOCK_UN, 1, offset)
+                self.held.discard(offset)
+
+
+_LOCKS: dict[Path, _ByteLocks] = {}
+_LOCKS_MUTEX = threading.Lock()
+
+
+def _byte_locks(deliveries_file: Path) -> _ByteLocks:
+    path = deliveries_file.absolute().with_name(deliveries_file.name + ".lock")
+    with _LOCKS_MUTEX:
+        if path not in _LOCKS:
+            _LOCKS[path] = _ByteLocks(path)
+        return _LOCKS[path]
 
 
 async def emit(push: Push, settings: WebhookSettings) -> str:
@@ -203,7 +456,8 @@ async def emit(push: Push, settings: WebhookSettings) -> str:
     from prefect.settings import PREFECT_API_URL
 
     if not PREFECT_API_URL.value():
-        raise Refused(503, "PREFECT_API_URL is not set: there is no Prefect server to release on")
+        log.error("PREFECT_API_URL is not set: delivery %s answered 503", push.delivery)
+        raise Refused(503, UNAVAILABLE)
     event = Event(
         event=EVENT,
         resource=Resource(
@@ -228,11 +482,15 @@ async def emit(push: Push, settings: WebhookSettings) -> str:
         async with get_events_client(reconnection_attempts=2, checkpoint_every=1) as client:
             await client.emit(event)
     except Exception as e:
-        raise Refused(
-            503,
-            f"Prefect at {PREFECT_API_URL.value()} did not take the event ({type(e).__name__}: "
-            f"{e}); nothing was released and the delivery is not remembered: redeliver it",
-        ) from e
+        # The details are the operator's, not the sender's: logged here, absent from the answer.
+        log.error(
+            "Prefect at %s did not take the event of delivery %s: %s: %s",
+            PREFECT_API_URL.value(),
+            push.delivery,
+            type(e).__name__,
+            e,
+        )
+        raise Refused(503, UNAVAILABLE) from e
     return str(event.id)
 
 
@@ -281,15 +539,15 @@ class WebhookApp:
         try:
             status, body = await self.handle(scope, receive)
         except Refused as e:
-            status, body = e.status, {"error": e.message}
+            status, body = e.status, e.body()
+        except Exception:
+            log.exception("unexpected error on %s %s", scope.get("method"), scope.get("path"))
+            status, body = 500, {"error": "internal error: nothing was released; redeliver it"}
         data = json.dumps(body).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [(b"content-type", b"application/json")],
-            }
-        )
+        headers = [(b"content-type", b"application/json")]
+        if status in (408, 413):  # the body was not read to its end: the connection is unusable
+            headers.append((b"connection", b"close"))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": data})
 
     async def handle(self, scope: Scope, receive: Receive) -> tuple[int, dict[str, Any]]:
@@ -315,16 +573,14 @@ class WebhookApp:
         push = parse_push(provider, headers, body)
         # A captured body resent under a new delivery id is signed too: the commit is the key.
         commit = f"{push.repo}@{push.ref}@{push.sha}"
-        for key in (push.delivery, commit):
-            if key in self.deliveries:
-                raise Refused(409, f"{key} was received before: replay ignored")
-        reason = ignored(push, self.settings)
-        if reason:
-            self.deliveries.add(push.delivery)
-            return 202, {"ignored": reason, "delivery": push.delivery}
-        event_id = await self.emitter(push, self.settings)
-        # Remembered only once emitted: a redelivery after a failed emit still releases.
-        self.deliveries.add(push.delivery, commit)
+        with self.deliveries.reserve(push.delivery, commit) as reservation:
+            reason = ignored(push, self.settings)
+            if reason:
+                reservation.keep(push.delivery)
+                return 202, {"ignored": reason, "delivery": push.delivery}
+            event_id = await self.emitter(push, self.settings)
+            # Kept only once emitted: a redelivery after a failed emit still releases.
+            reservation.keep(push.delivery, commit)
         return 202, {"event": EVENT, "event_id": event_id, "sha": push.sha, "ref": push.ref}
 
     async def _body(self, receive: Receive, headers: dict[str, str]) -> bytes:
@@ -332,6 +588,15 @@ class WebhookApp:
         declared = headers.get("content-length", "0")
         if declared.isdigit() and int(declared) > limit:
             raise Refused(413, f"body of {declared} bytes exceeds the limit of {limit}")
+        timeout = self.settings.body_timeout_s
+        try:
+            async with asyncio.timeout(timeout):
+                return await self._read(receive, limit)
+        except TimeoutError:
+            raise Refused(408, f"the body did not arrive within {timeout:g} s") from None
+
+    @staticmethod
+    async def _read(receive: Receive, limit: int) -> bytes:
         chunks, size = [], 0
         while True:
             message = await receive()
@@ -346,8 +611,57 @@ class WebhookApp:
                 return b"".join(chunks)
 
 
+def head_timeout_protocol(head_timeout_s: float) -> type[asyncio.Protocol]:
+    """uvicorn's HTTP/1.1 protocol (h11), closing a connection whose request headers are not
+    complete `head_timeout_s` after it opened or after its previous answer. uvicorn has no such
+    timeout (https://github.com/Kludex/uvicorn/issues/157) and its keep-alive timer stops at the
+    first byte, so a client trickling headers would hold its connection for ever."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeadTimeoutProtocol(H11Protocol):
+        _head_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._arm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+            self._head_timer = self.loop.call_later(head_timeout_s, self._expire)
+
+        def _expire(self) -> None:
+            # IDLE: no request's headers complete since the timer was armed.
+            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+                log.warning(
+                    "closed a connection from %s: no request headers in %g s",
+                    self.client,
+                    head_timeout_s,
+                )
+                self.transport.close()
+
+    return HeadTimeoutProtocol
+
+
 def serve(settings: WebhookSettings | None = None) -> None:
     import uvicorn
 
     settings = settings or WebhookSettings()
-    uvicorn.run(WebhookApp(settings), host=settings.host, port=settings.port, log_level="info")
+    uvicorn.run(
+        WebhookApp(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level="info",
+        http=head_timeout_protocol(settings.head_timeout_s),
+        limit_concurrency=settings.max_connections,
+    )

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import hmac
 import json
+import logging
 import socket
 import time
 import uuid
@@ -19,7 +20,14 @@ from prefect.events.worker import EventsWorker
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from pydantic import SecretStr
 
-from shipyard.deployments.webhook import EVENT, Push, WebhookApp, WebhookSettings, emit
+from shipyard.deployments.webhook import (
+    EVENT,
+    UNAVAILABLE,
+    Push,
+    WebhookApp,
+    WebhookSettings,
+    emit,
+)
 
 pytestmark = [pytest.mark.services, pytest.mark.usefixtures("prefect_server")]
 
@@ -176,7 +184,7 @@ def _gitlab_wrong(body: bytes) -> dict[str, str]:
         ("gitlab wrong token", 401, "X-Gitlab-Token does not match"),
         ("oversized", 413, "exceeds the limit"),
         ("malformed json", 400, "malformed push payload"),
-        ("no repository", 400, "malformed push payload: KeyError"),
+        ("no repository", 400, "repository.clone_url: expected a clone URL"),
         ("not json", 415, "application/json"),
         ("no provider", 400, "not a GitHub or GitLab webhook"),
     ],
@@ -297,7 +305,7 @@ def test_a_push_listing_only_part_of_its_commits_releases_even_without_a_model_p
 
 
 def test_a_push_prefect_does_not_take_is_a_503_and_its_redelivery_releases(
-    tmp_path: Any,
+    tmp_path: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     repo = unique_repo()
     body = push_body(repo)
@@ -305,10 +313,16 @@ def test_a_push_prefect_does_not_take_is_a_503_and_its_redelivery_releases(
     with socket.socket() as closed:  # a port nothing listens on: the Prefect server is down
         closed.bind(("127.0.0.1", 0))
         down = f"http://127.0.0.1:{closed.getsockname()[1]}/api"
-    with temporary_settings({PREFECT_API_URL: down}):
+    with (
+        temporary_settings({PREFECT_API_URL: down}),
+        caplog.at_level(logging.ERROR, logger="shipyard.webhook"),
+    ):
         refused = post(body, github_headers(body, "d-down"), deliveries_file=remembered)
     assert refused.status_code == 503, refused.text
-    assert "did not take the event" in refused.json()["error"]
+    # It says what to do, and nothing of the receiver's internals (the URL, the exception).
+    assert refused.json() == {"error": UNAVAILABLE}
+    assert "redeliver" in refused.text and "127.0.0.1" not in refused.text
+    assert f"Prefect at {down} did not take the event of delivery d-down" in caplog.text
     # GitHub redelivers the same delivery once Prefect is back: it is not a replay.
     again = post(body, github_headers(body, "d-down"), deliveries_file=remembered)
     assert again.status_code == 202, again.text
