@@ -408,7 +408,8 @@ def webhook_serve(
     """Receive signed GitHub/GitLab pushes on POST /hooks/git; emit `shipyard.model.pushed`.
 
     Settings: SHIPYARD_WEBHOOK_SECRET (required), _BRANCHES, _PROJECT, _PATHS, _MAX_BODY_BYTES,
-    _DELIVERIES_FILE. The Prefect server is PREFECT_API_URL's.
+    _DELIVERIES_FILE, _BODY_TIMEOUT_S, _HEAD_TIMEOUT_S, _MAX_CONNECTIONS. The Prefect server is
+    PREFECT_API_URL's.
     """
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from shipyard.deployments.webhook import WebhookSettings, serve
