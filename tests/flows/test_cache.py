@@ -77,6 +77,7 @@ def worker(repo: Path, settings: Settings, api_url: str, home: Path) -> subproce
 def finished(process: subprocess.Popen[str]) -> ReleaseSummary:
     out, err = process.communicate(timeout=600)
     assert process.returncode == 0, err
+    print(err[-4000:])  # shown if the test fails: why a stage missed the cache, for one
     return ReleaseSummary.model_validate(json.loads(out.strip().splitlines()[-1]))
 
 
