@@ -148,6 +148,8 @@ class Push:
     changed: tuple[str, ...]
     truncated: bool = False
     """The payload lists only part of the push's commits (so `changed` may miss paths)."""
+    pusher: str = ""
+    """Who pushed, as the git host names them (for the audit trail; not checked)."""
 
 
 def verify(provider: str, headers: dict[str, str], body: bytes, secret: str) -> None:
@@ -211,7 +213,17 @@ def parse_push(provider: str, headers: dict[str, str], body: bytes) -> Push:
         )
     # Both providers list at most 20 commits: a longer push may change the model unseen.
     truncated = commits >= LISTED_COMMITS or total > commits
-    return Push(provider, delivery, repo, ref, sha, changed, truncated)
+    return Push(provider, delivery, repo, ref, sha, changed, truncated, _pusher(provider, payload))
+
+
+def _pusher(provider: str, payload: dict[str, Any]) -> str:
+    """GitHub's `pusher.name`, GitLab's `user_username`; "" when absent or not a short string."""
+    found = (
+        (payload.get("pusher") or {}).get("name")
+        if provider == "github" and isinstance(payload.get("pusher"), dict)
+        else payload.get("user_username")
+    )
+    return found if isinstance(found, str) and 0 < len(found) <= 100 else ""
 
 
 def _json(body: bytes) -> dict[str, Any]:
@@ -473,6 +485,7 @@ async def emit(push: Push, settings: WebhookSettings) -> str:
             "subdir": settings.project.strip("/"),
             "provider": push.provider,
             "delivery": push.delivery,
+            "pusher": push.pusher,
         },
         id=uuid.uuid5(uuid.NAMESPACE_URL, f"{push.provider}:{push.delivery}"),
     )

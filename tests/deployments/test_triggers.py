@@ -177,7 +177,7 @@ def test_a_signed_push_releases_and_deploys_the_new_commit_and_a_replay_does_not
 
         # The audit trail names the push that started it, and what it changed.
         [entry] = [e for e in audit.read(settings, MODEL) if e["action"] == "release"]
-        assert entry["who"]["webhook_delivery"] == delivery
+        assert entry["who"]["webhook_delivery"] == delivery and entry["who"]["pusher"] == "alice"
         assert entry["who"]["started_by"].startswith("AUTOMATION")
         assert entry["outcome"] == "deployed" and entry["commit"] == sha
         assert entry["champion_after"] == str(version.version)

@@ -16,6 +16,7 @@ def signed_push(url: str, repo: Path, sha: str, delivery: str, secret: str) -> h
             "ref": "refs/heads/main",
             "after": sha,
             "repository": {"clone_url": repo.as_uri()},
+            "pusher": {"name": "alice", "email": "alice@example.com"},
             "commits": [{"id": sha, "added": [], "modified": ["shipyard.yaml"], "removed": []}],
         }
     ).encode()
