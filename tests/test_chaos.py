@@ -209,6 +209,9 @@ def test_every_part_comes_back_by_itself_and_no_release_is_lost(
             time.sleep(0.05)
         seconds = time.monotonic() - started + answers(health, 60, path="")
         table.append({"fault": f"kill -9 the {program}", "recovered_s": seconds})
+    status = json.loads(stack.cli("stack", "status"))
+    for program in ("webhook", "mlflow-server"):
+        assert status[program].startswith("healthy") and ", 1 restart)" in status[program], status
 
     # 4. The Prefect server, during a release: the server comes back; the run's fate is recorded.
     edit_manifest(sklearn_repo, "max_iter: 300", "max_iter: 310")
