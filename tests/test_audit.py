@@ -32,9 +32,10 @@ def _append_many(state_dir: str, writer: int) -> None:
 
 
 def test_concurrent_writers_each_leave_whole_lines_in_a_private_file(tmp_path: Path) -> None:
-    writers = [
-        multiprocessing.Process(target=_append_many, args=(str(tmp_path), w)) for w in range(4)
-    ]
+    # Fresh interpreters (spawn), as separate CLI and worker processes are: no Prefect settings
+    # or event workers inherited from this one.
+    spawn = multiprocessing.get_context("spawn")
+    writers = [spawn.Process(target=_append_many, args=(str(tmp_path), w)) for w in range(4)]
     for p in writers:
         p.start()
     for p in writers:
