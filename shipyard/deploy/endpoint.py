@@ -24,6 +24,7 @@ from typing import Literal
 import docker
 import httpx
 from docker.errors import DockerException, NotFound
+from docker.models.containers import Container
 
 from shipyard import engine, processes
 from shipyard.deploy import checks, containers, state
@@ -136,6 +137,20 @@ class Endpoint:
             environment["SHIPYARD_SERVE_WORKERS"] = str(self.settings.serve_workers)
         return environment
 
+    def run_slot(self, image: str, version: str, color: str) -> tuple[Container, int]:
+        """Start `image` (by digest) in slot `color` of this endpoint; its container and port."""
+        d = self.deployment
+        return containers.run(
+            self.client,
+            image,
+            model=d.model,
+            version=version,
+            color=color,
+            host=d.host,
+            endpoint_port=d.port,
+            environment=self._environment(),
+        )
+
     def deploy(self, target: Target, strategy: Strategy) -> str:
         """`start` then `shift`; any failure (a gate, the engine, the proxy, an interruption)
         reverts before it propagates. Returns the new version's slot color."""
@@ -171,16 +186,7 @@ class Endpoint:
             self._save()
         color = d.idle_color()
         try:
-            container, port = containers.run(
-                self.client,
-                target.image,
-                model=d.model,
-                version=target.version,
-                color=color,
-                host=d.host,
-                endpoint_port=d.port,
-                environment=self._environment(),
-            )
+            container, port = self.run_slot(target.image, target.version, color)
         except DeployError as e:
             self.revert_after(e)  # a recreate already stopped the old version: bring it back
             raise
@@ -360,16 +366,7 @@ class Endpoint:
     def _restore(self, instance: Instance) -> None:
         """Start again what a recreate stopped; recorded as serving only once it is ready."""
         d = self.deployment
-        container, port = containers.run(
-            self.client,
-            instance.image,
-            model=d.model,
-            version=instance.version,
-            color=instance.color,
-            host=d.host,
-            endpoint_port=d.port,
-            environment=self._environment(),
-        )
+        container, port = self.run_slot(instance.image, instance.version, instance.color)
         url = f"http://{d.host}:{port}"
         try:
             containers.wait_ready(container, url, d.policy.ready_seconds)
@@ -432,16 +429,7 @@ def recover(settings: Settings, model: str, say: Say = lambda _: None) -> str:
             port = instance.port
             done.append(f"{color} v{instance.version} started again")
         else:
-            container, port = containers.run(
-                endpoint.client,
-                instance.image,
-                model=d.model,
-                version=instance.version,
-                color=color,
-                host=d.host,
-                endpoint_port=d.port,
-                environment=endpoint._environment(),
-            )
+            container, port = endpoint.run_slot(instance.image, instance.version, color)
             d.instances[color] = instance.model_copy(
                 update={"container_id": str(container.id), "port": port}
             )

@@ -137,11 +137,6 @@ class Proxy:
             return None
         return int(container.attrs["State"]["Pid"]) or None
 
-    def restarts(self) -> int:
-        """How often the engine restarted HAProxy after it died."""
-        container = self.container()
-        return int(container.attrs["RestartCount"]) if container is not None else 0
-
     def describe(self) -> str:
         """`running (pid 123, 0 restarts)`, as `shipyard status` prints it."""
         container = self.container()

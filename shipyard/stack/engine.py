@@ -113,7 +113,7 @@ def ensure_engine(settings: Settings, say: Say) -> docker.DockerClient:
     if shutil.which("dockerd") is None:
         apt_install("docker.io", say)
     supervisor.ensure(settings, say)
-    changed = supervisor.add(
+    supervisor.add(
         settings, supervisor.Program("dockerd", ["dockerd"], stop_group=False, stop_wait_s=60)
     )
     log = settings.stack_dir / "dockerd.log"
@@ -121,10 +121,9 @@ def ensure_engine(settings: Settings, say: Say) -> docker.DockerClient:
         client = wait_until(lambda: _engine_answers(settings), 60, 0.5)
     except TimedOut:
         raise StackError(f"dockerd did not answer within 60 s; see {log}") from None
-    if changed or client is not None:
-        say(
-            f"engine: dockerd runs under supervisord ({supervisor.describe(settings, 'dockerd')}, log {log})"
-        )
+    say(
+        f"engine: dockerd runs under supervisord ({supervisor.describe(settings, 'dockerd')}, log {log})"
+    )
     return client
 
 

@@ -17,9 +17,11 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shlex
 import subprocess
 import sys
 import xmlrpc.client
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,8 +104,6 @@ def render_program(program: Program, log: Path) -> str:
 
 def _arg(arg: str) -> str:
     """supervisord splits `command=` with shlex and interpolates `%(...)s`."""
-    import shlex
-
     return shlex.quote(arg).replace("%", "%%")
 
 
@@ -150,7 +150,7 @@ def running(settings: Settings) -> bool:
         return False
 
 
-def ensure(settings: Settings, say: Any) -> None:
+def ensure(settings: Settings, say: Callable[[str], None]) -> None:
     """supervisord for this stack directory runs (started if not)."""
     stack_state.private_dir(settings)
     _programs_dir(settings).mkdir(mode=0o700, exist_ok=True)
@@ -247,7 +247,7 @@ def describe(settings: Settings, name: str) -> str:
     return f"{process['statename']}{pid}, {n} restart{'s' if n != 1 else ''}"
 
 
-def shutdown(settings: Settings, say: Any) -> None:
+def shutdown(settings: Settings, say: Callable[[str], None]) -> None:
     """Stop every program (each as its program file says) and supervisord itself."""
     if not running(settings):
         return
