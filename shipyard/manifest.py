@@ -107,6 +107,22 @@ class Optimize(_Strict):
         return variants
 
 
+class Resources(_Strict):
+    """Limits of one serving container (Docker `--memory`, `--cpus`, `--pids-limit`; the pod's
+    `resources.limits` on Kubernetes)."""
+
+    memory_mb: int = Field(default=1024, ge=64, description="Memory limit, MiB.")
+    cpus: float = Field(default=2.0, gt=0, le=256, description="CPU limit, in cores.")
+    pids: int = Field(default=256, ge=16, description="Process/thread limit.")
+
+
+class Tls(_Strict):
+    """TLS terminated by the endpoint's HAProxy: PEM files on the deploy host."""
+
+    cert: Path = Field(description="PEM certificate (chain) file of the endpoint.")
+    key: Path = Field(description="PEM private key file of the certificate.")
+
+
 class DeployPolicy(_Strict):
     """How a release is rolled out on the Docker target, and the limits its gates hold it to.
 
@@ -137,6 +153,10 @@ class DeployPolicy(_Strict):
     max_p99_ms: float = Field(
         default=250, gt=0, description="p99 latency of the new version under live traffic, ms."
     )
+    resources: Resources = Resources()
+    tls: Tls | None = Field(
+        default=None, description="Serve the endpoint over HTTPS with this certificate and key."
+    )
 
     @field_validator("canary_steps")
     @classmethod
@@ -144,6 +164,16 @@ class DeployPolicy(_Strict):
         if steps != sorted(set(steps)) or steps[-1] != 100:
             raise ValueError(f"must rise strictly and end at 100, got {steps}")
         return steps
+
+
+class Sandbox(_Strict):
+    """What the project's own code (data, train, export) may reach in its sandbox."""
+
+    network: bool = Field(
+        default=False,
+        description="Give the sandbox a network; also needs `network: true` on the repository's "
+        "entry in the allowed sources.",
+    )
 
 
 class Manifest(_Strict):
@@ -158,6 +188,7 @@ class Manifest(_Strict):
     params: dict[str, Any] = Field(default_factory=dict)
     description: str = ""
     deploy: DeployPolicy = DeployPolicy()
+    sandbox: Sandbox = Sandbox()
 
     @model_validator(mode="after")
     def _unique_labels(self) -> Manifest:
