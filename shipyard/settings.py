@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import (
@@ -83,6 +84,16 @@ class Settings(BaseSettings):
     serve_workers: int | None = Field(
         default=None, ge=1, description="Server processes per container; default: one per CPU."
     )
+
+    sandbox: Literal["container", "off"] = Field(
+        default="container",
+        description="Where the model project's own code (data, train, export) runs: `container` "
+        "(no network, no secrets, no Docker socket, read-only source, limits) or `off` (in the "
+        "worker's process: only for code you trust, e.g. your own working tree).",
+    )
+    sandbox_memory_mb: int = Field(default=4096, ge=256, description="Sandbox memory limit, MiB.")
+    sandbox_cpus: float = Field(default=2.0, gt=0, description="Sandbox CPU limit, in cores.")
+    sandbox_pids: int = Field(default=512, ge=32, description="Sandbox process/thread limit.")
 
     @classmethod
     def settings_customise_sources(

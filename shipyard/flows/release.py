@@ -141,7 +141,7 @@ def release(
         if until == "source":
             what["outcome"] = summary.status
             return summary
-        data, data_hash = run_stage(load_data, tree, manifest)
+        data, data_hash = run_stage(load_data, tree, manifest, settings)
         packages = package_versions(adapter_for(manifest.framework).packages)
         fp = compute_fingerprint(tree.tree_hash, data_hash, manifest.canonical_json(), packages)
         logger.info(

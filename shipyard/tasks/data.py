@@ -6,11 +6,12 @@ from prefect import task
 
 from shipyard.manifest import Manifest
 from shipyard.project import Dataset, load_dataset
+from shipyard.settings import Settings
 from shipyard.source import Checkout
 
 
 @task(name="data")
-def load_data(tree: Checkout, manifest: Manifest) -> tuple[Dataset, str]:
+def load_data(tree: Checkout, manifest: Manifest, settings: Settings) -> tuple[Dataset, str]:
     """The checked dataset and its sha256 (part of the fingerprint)."""
     data = load_dataset(tree.project_dir, manifest)
     return data, data.sha256()
