@@ -45,18 +45,28 @@ def strip_debug_info(path: Path) -> Path:
     return path
 
 
-def export_onnx(
-    trained: TrainedModel, manifest: Manifest, out_dir: Path, opset: int = OPSET
-) -> Path:
-    """Export to `out_dir/fp32.onnx`, run the full ONNX checker, and return the path."""
+def write_onnx(model: object, manifest: Manifest, out_dir: Path, opset: int = OPSET) -> Path:
+    """Export a trained model to `out_dir/fp32.onnx` without its debug info; return the path.
+
+    This runs the project's code (a PyTorch module's `forward`), so it runs in the sandbox.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = adapter_for(manifest.framework).export(
-        trained.load(), manifest, out_dir / "fp32.onnx", opset
-    )
-    strip_debug_info(path)
+    path = adapter_for(manifest.framework).export(model, manifest, out_dir / "fp32.onnx", opset)
+    return strip_debug_info(path)
+
+
+def check_onnx(path: Path, manifest: Manifest) -> Path:
+    """The full ONNX checker and the served contract; reads the file as data only."""
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except onnx.checker.ValidationError as e:
         raise ExportError(f"The exported graph fails onnx.checker: {e}") from e
     check_contract(path, manifest)
     return path
+
+
+def export_onnx(
+    trained: TrainedModel, manifest: Manifest, out_dir: Path, opset: int = OPSET
+) -> Path:
+    """Export to `out_dir/fp32.onnx`, run the full ONNX checker, and return the path."""
+    return check_onnx(write_onnx(trained.load(), manifest, out_dir, opset), manifest)

@@ -94,6 +94,9 @@ class Settings(BaseSettings):
     sandbox_memory_mb: int = Field(default=4096, ge=256, description="Sandbox memory limit, MiB.")
     sandbox_cpus: float = Field(default=2.0, gt=0, description="Sandbox CPU limit, in cores.")
     sandbox_pids: int = Field(default=512, ge=32, description="Sandbox process/thread limit.")
+    sandbox_timeout_s: float = Field(
+        default=3600, gt=0, description="Longest a sandboxed stage (data, train, export) may run."
+    )
 
     @classmethod
     def settings_customise_sources(

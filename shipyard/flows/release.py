@@ -27,6 +27,7 @@ from shipyard.flows.stages import run_stage
 from shipyard.frameworks import adapter_for
 from shipyard.manifest import Manifest
 from shipyard.project import Dataset
+from shipyard.sandbox import stages as sandbox_stages
 from shipyard.settings import Settings
 from shipyard.source import Checkout, redact
 from shipyard.tasks.build_image import build_image
@@ -143,6 +144,7 @@ def release(
             return summary
         data, data_hash = run_stage(load_data, tree, manifest, settings)
         packages = package_versions(adapter_for(manifest.framework).packages)
+        packages["(project code ran in)"] = sandbox_stages.describe(settings)
         fp = compute_fingerprint(tree.tree_hash, data_hash, manifest.canonical_json(), packages)
         logger.info(
             "Release %s at %s: fingerprint %s", manifest.name, tree.commit or "working tree", fp
@@ -229,7 +231,7 @@ def _stages(
     summary = status("stopped after train", metrics=dict(trained.metrics))
     if stop_after("train"):
         return summary, None
-    fp32 = run_stage(cached(export, settings), trained, manifest, fp, settings)
+    fp32 = run_stage(cached(export, settings), trained, tree, manifest, fp, settings)
     if stop_after("export"):
         return status("stopped after export"), None
     measurements = run_stage(

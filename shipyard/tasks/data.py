@@ -1,11 +1,16 @@
-"""Stage `data`: call the project's data entrypoint, check the arrays, hash them."""
+"""Stage `data`: call the project's data entrypoint (in the sandbox), check the arrays, hash them."""
 
 from __future__ import annotations
 
-from prefect import task
+import shutil
+import tempfile
+from pathlib import Path
+
+from prefect import get_run_logger, task
 
 from shipyard.manifest import Manifest
-from shipyard.project import Dataset, load_dataset
+from shipyard.project import Dataset
+from shipyard.sandbox import stages
 from shipyard.settings import Settings
 from shipyard.source import Checkout
 
@@ -13,5 +18,17 @@ from shipyard.source import Checkout
 @task(name="data")
 def load_data(tree: Checkout, manifest: Manifest, settings: Settings) -> tuple[Dataset, str]:
     """The checked dataset and its sha256 (part of the fingerprint)."""
-    data = load_dataset(tree.project_dir, manifest)
+    settings.builds_dir.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".data-", dir=settings.builds_dir))
+    try:
+        data = stages.data(
+            tree.project_dir,
+            manifest,
+            work,
+            settings,
+            get_run_logger().info,
+            granted=getattr(tree, "network", False),
+        )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     return data, data.sha256()

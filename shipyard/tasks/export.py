@@ -4,15 +4,31 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prefect import task
+from prefect import get_run_logger, task
 
-from shipyard.export import export_onnx
 from shipyard.manifest import Manifest
+from shipyard.sandbox import stages
 from shipyard.settings import Settings
+from shipyard.source import Checkout
 from shipyard.training import TrainedModel
 
 
 @task(name="export", persist_result=True)
-def export(trained: TrainedModel, manifest: Manifest, fingerprint: str, settings: Settings) -> Path:
-    """The fp32 ONNX graph every other variant derives from."""
-    return export_onnx(trained, manifest, settings.builds_dir / fingerprint / "onnx")
+def export(
+    trained: TrainedModel,
+    tree: Checkout,
+    manifest: Manifest,
+    fingerprint: str,
+    settings: Settings,
+) -> Path:
+    """The fp32 ONNX graph every other variant derives from (exported in the sandbox: a PyTorch
+    module's `forward` is the project's code)."""
+    return stages.export(
+        trained,
+        tree.project_dir,
+        manifest,
+        settings.builds_dir / fingerprint / "onnx",
+        settings,
+        get_run_logger().info,
+        granted=getattr(tree, "network", False),
+    )

@@ -1,15 +1,17 @@
-"""Stage `train`: run the project's training entrypoint deterministically, log it to MLflow."""
+"""Stage `train`: run the project's training entrypoint deterministically (in the sandbox), log
+it to MLflow."""
 
 from __future__ import annotations
 
-from prefect import task
+from prefect import get_run_logger, task
 
 from shipyard import registry
 from shipyard.manifest import Manifest
 from shipyard.project import Dataset
+from shipyard.sandbox import stages
 from shipyard.settings import Settings
 from shipyard.source import Checkout
-from shipyard.training import TrainedModel, train_model
+from shipyard.training import TrainedModel
 
 
 @task(name="train", persist_result=True)
@@ -22,8 +24,14 @@ def train(
     settings: Settings,
 ) -> TrainedModel:
     """Train the model and log its parameters and metrics to the release's MLflow run."""
-    trained = train_model(
-        tree.project_dir, manifest, data, settings.builds_dir / fingerprint / "train"
+    trained = stages.train(
+        tree.project_dir,
+        manifest,
+        data,
+        settings.builds_dir / fingerprint / "train",
+        settings,
+        get_run_logger().info,
+        granted=getattr(tree, "network", False),
     )
     mlflow = registry.client(settings)
     params = {

@@ -1,0 +1,295 @@
+"""Run one stage of a model project's code in a locked-down container, and build its image.
+
+The container gets: the project read-only at `/project`, Shipyard's own source read-only at
+`/opt/shipyard`, the stage's inputs read-only at `/in`, and one writable directory, `/out`.
+It gets no network (unless granted), no environment from the worker (so no secret), no Docker
+socket, no capabilities, `no-new-privileges`, a read-only root with a small `/tmp`, a non-root
+user and the memory/CPU/PID limits of the settings.
+
+The image is the stack's base plus Shipyard's sandbox environment (`requirements.lock`),
+installed offline from hash-checked wheels downloaded on the host; it is built once per lock
+and base, and tagged by both.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import docker
+from docker.errors import APIError, BuildError, DockerException, ImageNotFound
+from docker.types import Mount
+from requests.exceptions import ConnectionError as RequestsConnectionError
+from requests.exceptions import ReadTimeout
+
+import shipyard
+from shipyard import errors
+from shipyard.engine import base_image, engine
+from shipyard.errors import ProjectError, StackError
+from shipyard.image.context import wheelhouse
+from shipyard.settings import Settings
+
+HERE = files("shipyard.sandbox")
+LOCK = Path(str(HERE.joinpath("requirements.lock")))
+DOCKERFILE = Path(str(HERE.joinpath("Dockerfile")))
+REPOSITORY = "shipyard/sandbox"
+SOURCE = Path(shipyard.__file__).parent
+"""Shipyard's own package, mounted read-only: the runner and the project-facing core."""
+NOBODY = 65534
+LABEL = "ai.shipyard.sandbox"
+MAX_RESULT_BYTES = 1 << 20
+IGNORED = (".git", "__pycache__", ".shipyard", ".venv", ".pytest_cache", "*.pyc")
+
+Say = Callable[[str], None]
+
+
+def lock_digest() -> str:
+    """The sandbox environment's identity: part of every sandboxed release's fingerprint."""
+    return hashlib.sha256(LOCK.read_bytes()).hexdigest()[:16]
+
+
+def image_tag(base: str) -> str:
+    base_id = hashlib.sha256(base.encode()).hexdigest()[:8]
+    return f"{REPOSITORY}:{lock_digest()}-{base_id}"
+
+
+@contextlib.contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        fcntl.lockf(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.lockf(handle, fcntl.LOCK_UN)
+
+
+def environment_image(client: docker.DockerClient, settings: Settings, say: Say) -> str:
+    """The sandbox image for this lock and base, built once (about a minute with PyTorch)."""
+    base = base_image(settings)
+    tag = image_tag(base)
+    with contextlib.suppress(ImageNotFound):
+        client.images.get(tag)
+        return tag
+    with _exclusive(settings.stack_dir / "sandbox-build.lock"):
+        with contextlib.suppress(ImageNotFound):
+            client.images.get(tag)
+            return tag
+        say(f"sandbox: building {tag} from {base} and the locked wheels (once per lock)")
+        wheels = wheelhouse(settings.wheelhouse_dir, LOCK)
+        with tempfile.TemporaryDirectory(prefix="shipyard-sandbox-") as tmp:
+            context = Path(tmp)
+            shutil.copy(DOCKERFILE, context / "Dockerfile")
+            shutil.copy(LOCK, context / "requirements.lock")
+            (context / "wheels").mkdir()
+            for wheel in wheels.glob("*.whl"):
+                try:
+                    os.link(wheel, context / "wheels" / wheel.name)
+                except OSError:
+                    shutil.copy(wheel, context / "wheels" / wheel.name)
+            try:
+                client.images.build(
+                    path=str(context),
+                    tag=tag,
+                    buildargs={"BASE": base},
+                    labels={LABEL: lock_digest()},
+                    rm=True,
+                    forcerm=True,
+                    pull=False,
+                )
+            except BuildError as e:
+                log = "".join(
+                    str(line.get("stream", line.get("error", ""))) for line in e.build_log
+                )
+                raise StackError(
+                    f"Building the sandbox image failed: {e.msg}\n{log[-1500:]}"
+                ) from e
+            except APIError as e:
+                raise StackError(
+                    f"The Docker engine refused the sandbox build: {e.explanation}"
+                ) from e
+    return tag
+
+
+@dataclass(frozen=True)
+class Run:
+    """One sandboxed stage: what it reads, where it writes, what it may reach."""
+
+    stage: str
+    project_dir: Path
+    out_dir: Path
+    request: dict[str, Any]
+    inputs: dict[str, Path]
+    """Files copied into `/in` under these names."""
+    network: bool = False
+
+
+def _user(out_dir: Path) -> str:
+    """Not root: `nobody` (owning the output directory) when the worker is root, else the
+    worker's own unprivileged user."""
+    if os.getuid() != 0:
+        return f"{os.getuid()}:{os.getgid()}"
+    os.chown(out_dir, NOBODY, NOBODY)
+    return f"{NOBODY}:{NOBODY}"
+
+
+def _give_back(out_dir: Path) -> None:
+    """Files the sandbox wrote belong to the worker again (root only: others own them already)."""
+    if os.getuid() != 0:
+        return
+    for path in [out_dir, *out_dir.rglob("*")]:
+        os.chown(path, 0, 0, follow_symlinks=False)
+
+
+def _raise_failure(run: Run, result: dict[str, Any]) -> None:
+    kind = getattr(errors, str(result.get("kind")), ProjectError)
+    if not (isinstance(kind, type) and issubclass(kind, errors.ShipyardError)):
+        kind = ProjectError
+    raise kind(str(result.get("error", "(no message)"))[:4000])
+
+
+def run(run: Run, settings: Settings, say: Say) -> dict[str, Any]:
+    """Run the stage; return what its `result.json` says, or raise the error it reported."""
+    try:
+        client = engine(settings)
+    except StackError as e:
+        raise StackError(
+            f"{e} The sandbox (SHIPYARD_SANDBOX=container) runs project code on the engine."
+        ) from e
+    image = environment_image(client, settings, say)
+    # A fresh output directory: nothing a previous run left (a result, a symlink) is read back.
+    shutil.rmtree(run.out_dir, ignore_errors=True)
+    run.out_dir.mkdir(parents=True)
+    with tempfile.TemporaryDirectory(prefix=".sandbox-", dir=run.out_dir.parent) as tmp:
+        inputs, project = _stage_inputs(run, Path(tmp))
+        container = _start(client, image, run, inputs, project, settings)
+        try:
+            exit_code, oom = _wait(container, run, settings)
+            logs = container.logs().decode(errors="replace")
+        finally:
+            with contextlib.suppress(APIError, DockerException):
+                container.remove(force=True)
+            _give_back(run.out_dir)
+    for line in logs.splitlines()[-50:]:
+        say(f"[{run.stage}] {line}")
+    if oom:
+        raise ProjectError(
+            f"The {run.stage} stage ran out of memory in its sandbox (limit "
+            f"{settings.sandbox_memory_mb} MiB): raise SHIPYARD_SANDBOX_MEMORY_MB, or use less."
+        )
+    result = read_result(run.out_dir)
+    if result is None:
+        raise ProjectError(
+            f"The {run.stage} stage's sandbox exited with code {exit_code} and no result. "
+            f"Its last output:\n{logs[-1500:]}"
+        )
+    if not result.get("ok"):
+        _raise_failure(run, result)
+    return result
+
+
+def _stage_inputs(run: Run, tmp: Path) -> tuple[Path, Path]:
+    """`/in` (the request and input files) and a copy of the project readable by the sandbox's
+    user whatever the checkout's modes; neither is writable from inside."""
+    inputs, project = tmp / "in", tmp / "project"
+    inputs.mkdir()
+    (inputs / "request.json").write_text(json.dumps({"stage": run.stage, **run.request}))
+    for name, path in run.inputs.items():
+        shutil.copy(path, inputs / name)
+    shutil.copytree(
+        run.project_dir,
+        project,
+        symlinks=True,
+        ignore=shutil.ignore_patterns(*IGNORED),
+        copy_function=shutil.copy,
+    )
+    for path in [tmp, *tmp.rglob("*")]:
+        if not path.is_symlink():
+            path.chmod(0o755 if path.is_dir() else 0o644)
+    return inputs, project
+
+
+def _start(
+    client: docker.DockerClient,
+    image: str,
+    run: Run,
+    inputs: Path,
+    project: Path,
+    settings: Settings,
+) -> Any:
+    mounts = [
+        Mount("/project", str(project), type="bind", read_only=True),
+        Mount("/opt/shipyard/shipyard", str(SOURCE), type="bind", read_only=True),
+        Mount("/in", str(inputs), type="bind", read_only=True),
+        Mount("/out", str(run.out_dir), type="bind", read_only=False),
+    ]
+    memory = f"{settings.sandbox_memory_mb}m"
+    try:
+        return client.containers.run(
+            image,
+            ["/in/request.json"],
+            detach=True,
+            user=_user(run.out_dir),
+            network_mode="bridge" if run.network else "none",
+            read_only=True,
+            tmpfs={"/tmp": "size=1g,mode=1777"},
+            cap_drop=["ALL"],
+            security_opt=["no-new-privileges"],
+            mem_limit=memory,
+            memswap_limit=memory,
+            nano_cpus=int(settings.sandbox_cpus * 1e9),
+            pids_limit=settings.sandbox_pids,
+            mounts=mounts,
+            environment={},
+            labels={LABEL: run.stage},
+            log_config={"type": "json-file", "config": {"max-size": "10m"}},
+        )
+    except (APIError, DockerException) as e:
+        raise StackError(f"The engine could not start the {run.stage} sandbox: {e}") from e
+
+
+def _wait(container: Any, run: Run, settings: Settings) -> tuple[int, bool]:
+    try:
+        status = container.wait(timeout=settings.sandbox_timeout_s)
+    except (ReadTimeout, RequestsConnectionError):
+        with contextlib.suppress(APIError, DockerException):
+            container.kill()
+        raise ProjectError(
+            f"The {run.stage} stage did not finish within {settings.sandbox_timeout_s:.0f} s "
+            "in its sandbox (SHIPYARD_SANDBOX_TIMEOUT_S)."
+        ) from None
+    container.reload()
+    return int(status.get("StatusCode", -1)), bool(container.attrs["State"].get("OOMKilled"))
+
+
+def read_result(out_dir: Path) -> dict[str, Any] | None:
+    """`result.json`, if the sandbox wrote a plain, small one."""
+    path = out_dir / "result.json"
+    if path.is_symlink() or not path.is_file() or path.stat().st_size > MAX_RESULT_BYTES:
+        return None
+    try:
+        result = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return result if isinstance(result, dict) else None
+
+
+def output(out_dir: Path, name: str, stage: str, max_bytes: int = 4 << 30) -> Path:
+    """A file the sandbox wrote, checked to be a regular file inside `out_dir`: never a symlink
+    (which would make the worker read its own files, e.g. the registry password)."""
+    path = out_dir / name
+    if path.is_symlink() or not path.is_file():
+        raise ProjectError(f"The {stage} stage's sandbox did not write {name} as a regular file.")
+    if path.stat().st_size > max_bytes:
+        raise ProjectError(f"The {stage} stage's {name} is over {max_bytes} bytes.")
+    return path

@@ -1,0 +1,147 @@
+"""The stages that run the project's own code, where the settings say (`SHIPYARD_SANDBOX`):
+in the sandbox (`container`, the default) or in the worker's process (`off`, for code you trust).
+
+Either way the result is the same type, and what the sandbox wrote is read back as data and
+checked before anything else uses it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from shipyard.errors import ProjectError
+from shipyard.export import check_onnx, export_onnx
+from shipyard.manifest import Manifest
+from shipyard.project import DATA_KEYS, Dataset, check_dataset, load_dataset
+from shipyard.sandbox import container
+from shipyard.settings import Settings
+from shipyard.training import TrainedModel, train_model
+
+Say = Callable[[str], None]
+
+
+def network_allowed(manifest: Manifest, granted: bool) -> bool:
+    """The sandbox gets a network only when the manifest asks and its source's entry grants it."""
+    if manifest.sandbox.network and not granted:
+        raise ProjectError(
+            f"{manifest.name}: sandbox.network is true in the manifest, but its repository's "
+            "entry in the allowed sources does not grant `network: true`. Remove the request, "
+            "or grant it in the allowed sources."
+        )
+    return manifest.sandbox.network
+
+
+def _request(manifest: Manifest) -> dict[str, object]:
+    return {"manifest": manifest.model_dump(mode="json")}
+
+
+def data(
+    project_dir: Path,
+    manifest: Manifest,
+    work_dir: Path,
+    settings: Settings,
+    say: Say,
+    granted: bool = False,
+) -> Dataset:
+    """The project's dataset, checked against the manifest."""
+    if settings.sandbox == "off":
+        return load_dataset(project_dir, manifest)
+    out = work_dir / "data"
+    run = container.Run(
+        "data", project_dir, out, _request(manifest), {}, network_allowed(manifest, granted)
+    )
+    container.run(run, settings, say)
+    path = container.output(out, "data.npz", "data")
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            raw = {key: arrays[key] for key in DATA_KEYS}
+    except (ValueError, KeyError, OSError) as e:
+        raise ProjectError(f"The data stage's sandbox wrote an unreadable data.npz: {e}") from e
+    return check_dataset(raw, manifest)
+
+
+def train(
+    project_dir: Path,
+    manifest: Manifest,
+    dataset: Dataset,
+    out_dir: Path,
+    settings: Settings,
+    say: Say,
+    granted: bool = False,
+) -> TrainedModel:
+    """The trained model on disk, its test-set probabilities and its training metrics."""
+    if settings.sandbox == "off":
+        return train_model(project_dir, manifest, dataset, out_dir)
+    arrays = out_dir.parent / "train-input.npz"
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(arrays, **{key: getattr(dataset, key) for key in DATA_KEYS})
+    run = container.Run(
+        "train",
+        project_dir,
+        out_dir,
+        _request(manifest),
+        {"data.npz": arrays},
+        network_allowed(manifest, granted),
+    )
+    try:
+        result = container.run(run, settings, say)
+    finally:
+        arrays.unlink(missing_ok=True)
+    reference = container.output(out_dir, "reference.npy", "train")
+    try:
+        probabilities = np.load(reference, allow_pickle=False)
+    except (ValueError, OSError) as e:
+        raise ProjectError(
+            f"The train stage's sandbox wrote an unreadable reference.npy: {e}"
+        ) from e
+    expected = (len(dataset.x_test), len(manifest.labels))
+    if probabilities.shape != expected or not np.issubdtype(probabilities.dtype, np.floating):
+        raise ProjectError(
+            f"The train stage's test-set probabilities have shape {probabilities.shape} and dtype "
+            f"{probabilities.dtype}, expected {expected} floats (one column per label)."
+        )
+    metrics = result.get("metrics")
+    if not isinstance(metrics, dict) or not all(
+        isinstance(v, int | float) and math.isfinite(v) for v in metrics.values()
+    ):
+        raise ProjectError("The train stage's sandbox reported metrics that are not numbers.")
+    return TrainedModel(
+        container.output(out_dir, "model.pkl", "train"),
+        reference,
+        {str(k): float(v) for k, v in metrics.items()},
+    )
+
+
+def export(
+    trained: TrainedModel,
+    project_dir: Path,
+    manifest: Manifest,
+    out_dir: Path,
+    settings: Settings,
+    say: Say,
+    granted: bool = False,
+) -> Path:
+    """The fp32 ONNX graph, checked by the full ONNX checker and against the served contract."""
+    if settings.sandbox == "off":
+        return export_onnx(trained, manifest, out_dir)
+    run = container.Run(
+        "export",
+        project_dir,
+        out_dir,
+        _request(manifest),
+        {"model.pkl": trained.model_path},
+        network_allowed(manifest, granted),
+    )
+    container.run(run, settings, say)
+    return check_onnx(container.output(out_dir, "fp32.onnx", "export"), manifest)
+
+
+def describe(settings: Settings) -> str:
+    """What the fingerprint records of where the project's code ran."""
+    if settings.sandbox == "off":
+        return "worker"
+    return f"sandbox-{container.lock_digest()}"
