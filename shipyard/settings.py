@@ -4,14 +4,85 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+class AllowedSource(BaseModel):
+    """One repository the release system trusts (`[[allowed_sources]]` in shipyard.toml).
+
+    The receiver matches a push by `repository`, the name the git host sends; the release
+    checks out `url`, never a URL from the push. Matching and its rules: `shipyard/trust.py`.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    repository: str = Field(
+        pattern=r"^[\w.-]+(/[\w.-]+)+$",
+        description="`owner/name` as the host sends it: GitHub `repository.full_name`, GitLab "
+        "`project.path_with_namespace`.",
+    )
+    url: str = Field(
+        description="Clone URL the release uses: https://, ssh://, file:// under "
+        "allowed_file_root, or http:// to a loopback host only. Never with a password or token "
+        "in it: name one in `credentials`."
+    )
+    models: list[str] = Field(
+        min_length=1, description="Manifest `name`s this repository may release."
+    )
+    branches: list[str] = Field(
+        default=["main"], min_length=1, description="Branches (fnmatch globs) whose pushes release."
+    )
+    paths: list[str] = Field(
+        default_factory=list,
+        description="Globs of changed paths that release; empty: every path.",
+    )
+    network: bool = Field(
+        default=False, description="Grants a manifest's `sandbox.network` (default: refused)."
+    )
+    credentials: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9_-]+$",
+        description="Name of an environment variable, else of a Prefect Secret block, holding "
+        "the HTTPS token (`token` or `user:token`) git sends for `url`.",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _clone_url(cls, url: str) -> str:
+        parts = urlsplit(url)
+        if parts.password is not None or (parts.username and parts.scheme != "ssh"):
+            raise ValueError(
+                "must not carry a user or token (the settings file is no place for secrets): "
+                "put the token in an environment variable or Prefect Secret block and name it "
+                "in `credentials`"
+            )
+        loopback = parts.scheme == "http" and parts.hostname in LOOPBACK
+        if parts.scheme not in ("https", "ssh", "file") and not loopback:
+            raise ValueError(
+                f"must be an https://, ssh:// or file:// URL (http:// only to 127.0.0.1), got "
+                f"{parts.scheme or 'no'} scheme"
+            )
+        if parts.scheme != "file" and not parts.hostname:
+            raise ValueError("names no host")
+        return url
 
 
 class Settings(BaseSettings):
@@ -97,6 +168,33 @@ class Settings(BaseSettings):
     sandbox_timeout_s: float = Field(
         default=3600, gt=0, description="Longest a sandboxed stage (data, train, export) may run."
     )
+
+    allowed_sources: list[AllowedSource] = Field(
+        default_factory=list,
+        description="Repositories whose pushes release and which releases may check out (JSON "
+        "in SHIPYARD_ALLOWED_SOURCES, `[[allowed_sources]]` tables in shipyard.toml). Empty: "
+        "the receiver refuses every push, and a release takes any source (single-user mode).",
+    )
+    allowed_file_root: Path | None = Field(
+        default=None,
+        description="Directory under which file:// sources and local directories may be "
+        "allowed (they must still match an `allowed_sources` entry).",
+    )
+
+    @model_validator(mode="after")
+    def _file_sources_under_root(self) -> Settings:
+        for i, entry in enumerate(self.allowed_sources):
+            if urlsplit(entry.url).scheme != "file":
+                continue
+            root = self.allowed_file_root
+            path = Path(urlsplit(entry.url).path).resolve()
+            if root is None or not path.is_relative_to(root.resolve()):
+                raise ValueError(
+                    f"allowed_sources[{i}].url {entry.url!r} is a file:// URL outside "
+                    f"allowed_file_root ({root or 'not set'}): set allowed_file_root to the "
+                    "directory holding the repositories, or use an https:// or ssh:// URL"
+                )
+        return self
 
     @classmethod
     def settings_customise_sources(

@@ -29,7 +29,7 @@ from shipyard.manifest import Manifest
 from shipyard.project import Dataset
 from shipyard.sandbox import stages as sandbox_stages
 from shipyard.settings import Settings
-from shipyard.source import Checkout, redact
+from shipyard.source import Checkout, redact, refuse_credentials
 from shipyard.tasks.build_image import build_image
 from shipyard.tasks.caching import cached
 from shipyard.tasks.data import load_data
@@ -37,7 +37,7 @@ from shipyard.tasks.export import export
 from shipyard.tasks.optimize import optimize
 from shipyard.tasks.push_image import push_image
 from shipyard.tasks.register import register
-from shipyard.tasks.source import checkout
+from shipyard.tasks.source import checkout, still_tip
 from shipyard.tasks.train import train
 from shipyard.tasks.validate import validate
 
@@ -109,19 +109,29 @@ def release(
     strategy: Strategy | None = None,
     delivery: str | None = None,
     pusher: str | None = None,
+    branch: str | None = None,
     settings: Settings | None = None,
 ) -> ReleaseSummary:
     """Release the model project at SOURCE (a directory, or a git URL at `ref`).
 
     `delivery` and `pusher` name the webhook push that triggered the run, for the audit trail.
+    SOURCE must carry no credentials (refused, unechoed: they would be stored with the run's
+    parameters); the `source` stage enforces `allowed_sources` (`shipyard/trust.py`).
+
+    With `branch` (a push's), the commit `ref` names must be on that branch, and must still be
+    its tip once the model's build lock is held (and right after the checkout): otherwise the
+    release is skipped, status `skipped: <commit> is no longer the tip of <branch> (now
+    <tip>)`, and nothing is registered. An older delivery arriving late never overwrites a
+    newer release, and a branch force-pushed back to an earlier commit releases that commit.
 
     Returns the release summary; raises on the first failed stage, after marking the
     MLflow run failed. Nothing is registered unless every gate passed; `champion` moves only
     when the deploy (by `strategy`, default the manifest's `deploy.strategy`) passed every step.
     """
+    refuse_credentials(source)
     settings = settings or Settings()
     logger = get_run_logger()
-    tree, manifest = run_stage(checkout, source, ref, subdir, settings)
+    tree, manifest = run_stage(checkout, source, ref, subdir, settings, branch)
     with audit.audited(
         settings,
         "release",
@@ -139,7 +149,9 @@ def release(
             git_dirty=tree.dirty,
             flow_run_id=str(flow_run.get_id()),
         )
-        if until == "source":
+        superseded = run_stage(still_tip, tree, settings) if tree.branch else None
+        if superseded or until == "source":
+            summary = _skipped(summary, superseded) if superseded else summary
             what["outcome"] = summary.status
             return summary
         data, data_hash = run_stage(load_data, tree, manifest, settings)
@@ -170,11 +182,16 @@ def release(
             with concurrency(
                 build_lock(manifest.name), occupy=1, timeout_seconds=LOCK_WAIT_S, strict=True
             ):
-                summary, shown = _stages(inputs, summary, until, strategy)
+                # Under the lock: a newer push's release cannot slip in between check and build.
+                superseded = run_stage(still_tip, tree, settings) if tree.branch else None
+                if superseded:
+                    summary, shown = _skipped(summary, superseded), None
+                else:
+                    summary, shown = _stages(inputs, summary, until, strategy)
         except BaseException:
             mlflow.set_terminated(run_id, "FAILED")
             raise
-        mlflow.set_terminated(run_id, "FINISHED")
+        mlflow.set_terminated(run_id, "KILLED" if superseded else "FINISHED")
         summary = summary.model_copy(
             update=_urls(settings, experiment, run_id, manifest.name, summary.version)
         )
@@ -188,6 +205,11 @@ def release(
             champion_after=summary.deployed_version,
         )
         return summary
+
+
+def _skipped(summary: ReleaseSummary, reason: str) -> ReleaseSummary:
+    get_run_logger().warning("Release of %s skipped: %s", summary.model, reason)
+    return summary.model_copy(update={"status": f"skipped: {reason}"})
 
 
 def _publish(summary: ReleaseSummary, shown: Report) -> None:
