@@ -57,22 +57,15 @@ class _StageLines(logging.Handler):
 
 
 def _stack_prefect() -> None:
-    """Run flows on the stack's Prefect server when it is up and no other is configured.
+    """Run flows on the stack's Prefect server when it is up and no other is configured, with
+    the stack's credentials (also when PREFECT_API_URL names the stack's server).
 
     Runs then show in its UI, and share its concurrency limits with the worker's runs (a CLI
     rollout never overlaps a webhook's); otherwise Prefect starts a temporary server per run.
     """
-    if os.environ.get("PREFECT_API_URL"):
-        return
-    import httpx
+    from shipyard.stack.credentials import use_stack_prefect
 
-    settings = Settings()
-    api = f"http://{settings.services_host}:{settings.prefect_port}/api"
-    try:
-        if httpx.get(f"{api}/health", timeout=1).status_code == 200:
-            os.environ["PREFECT_API_URL"] = api
-    except httpx.HTTPError:
-        pass
+    use_stack_prefect(Settings(), os.environ)
 
 
 def _quiet(verbose: bool) -> None:

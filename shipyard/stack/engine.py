@@ -156,15 +156,12 @@ def ensure_registry(settings: Settings, say: Say) -> RegistryLogin:
         password = password_file.read_text().strip()
     else:
         password = secrets.token_urlsafe(24)
-        fd = os.open(
-            password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600
-        )  # never world-readable
-        with os.fdopen(fd, "w") as out:
-            out.write(password)
+        stack_state.create_private(password_file, password)  # never world-readable
     hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt()).decode()
-    (stack / "htpasswd").write_text(f"{settings.registry_username}:{hashed}\n")
+    stack_state.write_private(stack / "htpasswd", f"{settings.registry_username}:{hashed}\n")
     config = stack / "registry.yml"
-    config.write_text(
+    stack_state.write_private(
+        config,
         json.dumps(
             {  # YAML is a superset of JSON
                 "version": 0.1,
@@ -180,7 +177,7 @@ def ensure_registry(settings: Settings, say: Say) -> RegistryLogin:
                 "auth": {"htpasswd": {"realm": "shipyard", "path": str(stack / "htpasswd")}},
             },
             indent=2,
-        )
+        ),
     )
     supervisor.ensure(settings, say)
     supervisor.add(
@@ -301,6 +298,8 @@ def ensure_proxy_image(client: docker.DockerClient, base: str, say: Say) -> None
 
 def up(settings: Settings, say: Say) -> dict[str, Any]:
     """Bring up engine, registry, base and proxy images; return what a release uses."""
+    private = stack_state.tighten(settings)
+    say(f"modes: {' and '.join(map(str, private))} and what they hold are their owner's only")
     client = ensure_engine(settings, say)
     registry = ensure_registry(settings, say)
     client.login(registry.username, registry.password, registry=registry.address, reauth=True)

@@ -25,8 +25,8 @@ from shipyard.deployments.webhook import WebhookSettings
 from shipyard.errors import StackError
 from shipyard.processes import Started
 from shipyard.settings import Settings
+from shipyard.stack import credentials, supervisor
 from shipyard.stack import state as stack_state
-from shipyard.stack import supervisor
 from shipyard.stack.engine import Say
 from shipyard.waiting import TimedOut, wait_until
 
@@ -47,6 +47,10 @@ class Service:
     health: str
     url: str
     env: dict[str, str]
+    umask: str | None = "077"
+    """Files it writes (Prefect's database, the delivery ids) are its owner's only; not for the
+    worker, whose flow runs write build contexts and checkouts that images copy, modes and
+    all, for a non-root user to read."""
 
 
 def webhook_secret(settings: Settings) -> str:
@@ -54,26 +58,19 @@ def webhook_secret(settings: Settings) -> str:
     if os.environ.get("SHIPYARD_WEBHOOK_SECRET"):
         return os.environ["SHIPYARD_WEBHOOK_SECRET"]
     path = settings.stack_dir / "webhook-secret"
-    if not path.is_file():
-        stack_state.private_dir(settings)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(secrets.token_urlsafe(32))
+    stack_state.private_dir(settings)
+    stack_state.create_private(path, secrets.token_urlsafe(32))
     return path.read_text().strip()
-
-
-def _stack_api(settings: Settings) -> str:
-    return f"http://{settings.services_host}:{settings.prefect_port}/api"
 
 
 def prefect_api(settings: Settings) -> str:
     """The Prefect API the stack's parts use: PREFECT_API_URL when the user set one (a team's
     server, which the stack then does not start), else the stack's own server."""
-    return os.environ.get("PREFECT_API_URL", "").rstrip("/") or _stack_api(settings)
+    return os.environ.get("PREFECT_API_URL", "").rstrip("/") or credentials.stack_api(settings)
 
 
 def _own_prefect(settings: Settings) -> bool:
-    return prefect_api(settings) == _stack_api(settings)
+    return prefect_api(settings) == credentials.stack_api(settings)
 
 
 def _own_mlflow(settings: Settings) -> bool:
@@ -88,10 +85,13 @@ def mlflow_ui(settings: Settings) -> str:
 
 
 def _prefect_env(settings: Settings) -> dict[str, str]:
+    """What every Prefect process of the stack gets: the API and its credentials."""
+    api = prefect_api(settings)
     return {
-        "PREFECT_API_URL": prefect_api(settings),
+        "PREFECT_API_URL": api,
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_HOME": str(settings.stack_dir / "prefect"),
+        **credentials.client_env(settings, api),
     }
 
 
@@ -117,7 +117,7 @@ def plan(settings: Settings) -> list[Service]:
             ],
             f"{api}/health",
             prefect_url,
-            {**base_env, "PREFECT_UI_API_URL": api},
+            {**base_env, **credentials.server_env(settings), "PREFECT_UI_API_URL": api},
         ),
         Service(
             "mlflow-server",
@@ -156,6 +156,7 @@ def plan(settings: Settings) -> list[Service]:
                 "SHIPYARD_MLFLOW_UI_URL": mlflow_ui(settings),
                 "PREFECT_UI_URL": prefect_url,
             },
+            umask=None,
         ),
         Service(
             "webhook",
@@ -200,7 +201,9 @@ def _start(settings: Settings, service: Service, say: Say) -> None:
     supervisor.ensure(settings, say)
     changed = supervisor.add(
         settings,
-        supervisor.Program(service.name, service.args, service.env, directory=Path.cwd()),
+        supervisor.Program(
+            service.name, service.args, service.env, directory=Path.cwd(), umask=service.umask
+        ),
     )
     try:
         wait_until(
@@ -220,6 +223,19 @@ def _start(settings: Settings, service: Service, say: Say) -> None:
     say(
         f"{service.name}: {'started' if changed else 'runs'} on {service.url} under supervisord ({state}, log {log})"
     )
+
+
+def start(settings: Settings, name: str, say: Say) -> Service:
+    """Start one service of the plan (`prefect-server`, …) if nothing answers at its address."""
+    service = next((s for s in plan(settings) if s.name == name), None)
+    if service is None:
+        raise StackError(
+            f"No service {name!r} in this stack's plan: expected one of "
+            f"{[s.name for s in plan(settings)]} (a server configured in the environment, "
+            "PREFECT_API_URL or MLFLOW_TRACKING_URI, is not started)."
+        )
+    _start(settings, service, say)
+    return service
 
 
 def _adopt_bare(settings: Settings, name: str, say: Say) -> None:
@@ -272,6 +288,11 @@ def up(settings: Settings, say: Say) -> dict[str, str]:
         "mlflow_ui": mlflow_ui(settings),
         "webhook": by_name["webhook"],
         "webhook_secret_file": str(settings.stack_dir / "webhook-secret"),
+        **(
+            {"prefect_auth_file": str(credentials.auth_file(settings))}
+            if _own_prefect(settings)
+            else {}
+        ),
     }
 
 

@@ -52,6 +52,10 @@ class Program:
     """Signal the whole process group on stop (a server's workers too); not for dockerd, which
     stops its containers and containerd itself."""
     stop_wait_s: int = 30
+    umask: str | None = None
+    """The process's umask (`077`: what it writes is its owner's only); None: supervisord's
+    (022). The stack's servers write their databases and secrets with 077; dockerd keeps
+    022, which the files it makes for containers (bind-mount sources) are meant to have."""
 
 
 def _conf(settings: Settings) -> Path:
@@ -84,6 +88,7 @@ def render_program(program: Program, log: Path) -> str:
         f"command={command}",
         *([f"directory={program.directory}"] if program.directory else []),
         *([f"environment={env}"] if env else []),
+        *([f"umask={program.umask}"] if program.umask else []),
         "autostart=true",
         "autorestart=true",
         # Up after 2 s counts as started; a part that keeps failing sooner is given up after
@@ -153,10 +158,11 @@ def running(settings: Settings) -> bool:
 def ensure(settings: Settings, say: Callable[[str], None]) -> None:
     """supervisord for this stack directory runs (started if not)."""
     stack_state.private_dir(settings)
-    _programs_dir(settings).mkdir(mode=0o700, exist_ok=True)
-    _write_private(_conf(settings), _render_main(settings))
+    stack_state.make_private_dir(_programs_dir(settings))
+    stack_state.write_private(_conf(settings), _render_main(settings))
     if running(settings):
         return
+    _private_log(settings.stack_dir / "supervisord.log")
     socket(settings).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     socket(settings).unlink(missing_ok=True)
     done = subprocess.run(
@@ -174,21 +180,25 @@ def ensure(settings: Settings, say: Callable[[str], None]) -> None:
     say(f"supervisor: started supervisord (config {_conf(settings)})")
 
 
-def _write_private(path: Path, text: str) -> None:
-    """Program files carry secrets in their environment: mode 600 from the first byte."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(text)
-    os.chmod(path, 0o600)
+def _private_log(path: Path) -> None:
+    """A log supervisord appends to, created 600 before it opens it (supervisord itself
+    creates files with its umask, 022: a log it rotates is tightened by the next `stack up`,
+    and the stack directory, 700, keeps others out meanwhile)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, stack_state.PRIVATE_FILE)
+    os.close(fd)
+    os.chmod(path, stack_state.PRIVATE_FILE)
 
 
 def add(settings: Settings, program: Program) -> bool:
     """Write `program`'s file and apply it; a changed program is restarted. Returns whether
     the program was added or changed (False: it already ran as written)."""
     path = _programs_dir(settings) / f"{program.name}.conf"
-    text = render_program(program, settings.stack_dir / f"{program.name}.log")
+    log = settings.stack_dir / f"{program.name}.log"
+    text = render_program(program, log)
     unchanged = path.is_file() and path.read_text() == text
-    _write_private(path, text)
+    # Program files carry secrets in their environment: mode 600 from the first byte.
+    stack_state.write_private(path, text)
+    _private_log(log)
     _update(settings)
     if unchanged and info(settings, program.name).get("statename") in ("STOPPED", "EXITED"):
         _rpc(settings).supervisor.startProcess(program.name, False)
