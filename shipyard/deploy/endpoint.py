@@ -93,7 +93,9 @@ class Endpoint:
             )
         recorded = (policy if keep else existing.policy).model_copy(update={"port": existing.port})
         existing.policy = policy.model_copy(update={"port": existing.port})
-        proxy = Proxy(settings.deploy_dir / model, existing.host, existing.port, client)
+        proxy = Proxy(
+            settings.deploy_dir / model, existing.host, existing.port, client, existing.policy.tls
+        )
         endpoint = cls(settings, existing, recorded, client, proxy, say)
         proxy.ensure(endpoint._slots(), say)
         return endpoint

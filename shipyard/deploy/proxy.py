@@ -6,12 +6,18 @@ moves without a reload and without dropping a connection. The config file is rew
 change, so a restarted HAProxy comes back with the same routing; it runs in a container under
 the engine's restart policy, so it does restart, by itself.
 https://docs.haproxy.org/2.6/management.html#9.3
+
+With `deploy.tls`, HAProxy terminates TLS: certificate chain and key are copied into one PEM
+in the endpoint's directory (mode 600: the container sees only that directory), TLS 1.2 at
+least, forward-secret AEAD ciphers only (Mozilla's "intermediate" profile), no session tickets.
+https://docs.haproxy.org/2.6/configuration.html#5.1-crt
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import io
 import os
 import signal
@@ -26,12 +32,22 @@ from docker.models.containers import Container
 
 from shipyard.deploy.containers import LABEL, LOGS
 from shipyard.errors import DeployError
+from shipyard.manifest import Tls
 from shipyard.processes import Started, private_parent, short_socket_path
 from shipyard.waiting import TimedOut, wait_until
 
 COLORS = ("blue", "green")
 BACKEND = "model"
 _PLACEHOLDER = ("127.0.0.1", 1)  # an empty slot: kept in maintenance, never sent traffic
+# https://ssl-config.mozilla.org/#server=haproxy&version=2.6&config=intermediate
+TLS_GLOBAL = (
+    "    ssl-default-bind-ciphers ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+    "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:"
+    "ECDHE-RSA-CHACHA20-POLY1305",
+    "    ssl-default-bind-ciphersuites TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:"
+    "TLS_CHACHA20_POLY1305_SHA256",
+    "    ssl-default-bind-options ssl-min-ver TLSv1.2 no-tls-tickets",
+)
 
 
 @dataclass(frozen=True)
@@ -54,8 +70,9 @@ class ServerStat:
     address: str
 
 
-def render(bind: str, slots: dict[str, Slot], socket_path: Path) -> str:
-    """The HAProxy config of one endpoint.
+def render(bind: str, slots: dict[str, Slot], socket_path: Path, pem: Path | None = None) -> str:
+    """The HAProxy config of one endpoint; with `pem` (certificate chain and key), it answers
+    HTTPS only.
 
     Inference is a pure function of its input, so a request that met a dead connection or a
     stopping server is retried (L7 retries) on the other slot instead of failing the client.
@@ -72,6 +89,7 @@ def render(bind: str, slots: dict[str, Slot], socket_path: Path) -> str:
             "global",
             f"    stats socket {socket_path} mode 600 level admin",
             "    maxconn 4096",
+            *(TLS_GLOBAL if pem else ()),
             "",
             "defaults",
             "    mode http",
@@ -85,7 +103,7 @@ def render(bind: str, slots: dict[str, Slot], socket_path: Path) -> str:
             "    option http-buffer-request",
             "",
             "frontend endpoint",
-            f"    bind {bind}",
+            f"    bind {bind}" + (f" ssl crt {pem} alpn h2,http/1.1" if pem else ""),
             f"    default_backend {BACKEND}",
             "",
             f"backend {BACKEND}",
@@ -111,18 +129,66 @@ class Proxy:
     published ports on it) and nothing else: its own user, no capabilities, a read-only root,
     its config and runtime socket bind-mounted from `directory` at the same paths."""
 
-    def __init__(self, directory: Path, host: str, port: int, client: docker.DockerClient) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        host: str,
+        port: int,
+        client: docker.DockerClient,
+        tls: Tls | None = None,
+    ) -> None:
         self.directory = directory.resolve()
         self.host, self.port = host, port
         self.client = client
+        self.tls = tls
         self.config = self.directory / "haproxy.cfg"
+        self.pem = self.directory / "endpoint.pem"
         self.socket = short_socket_path(self.directory, "haproxy.sock")
         self.legacy_pid_file = self.directory / "haproxy.pid"
         self.name = f"shipyard-{self.directory.name}-{port}-proxy"
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
+
+    def _write_pem(self) -> str:
+        """The PEM HAProxy reads (chain, then key; mode 600), or none without TLS; returns
+        what identifies it (a digest of its content, `off` without TLS)."""
+        if self.tls is None:
+            self.pem.unlink(missing_ok=True)
+            return "off"
+        parts = []
+        for field, path in (("cert", self.tls.cert), ("key", self.tls.key)):
+            if not path.is_absolute():
+                # The policy is recorded and read again by `stack up` and the worker, from
+                # other directories: a relative path would name another file there.
+                raise DeployError(
+                    f"deploy.tls.{field} {str(path)!r} is a relative path: give the absolute "
+                    "path of the PEM file on the deploy host in shipyard.yaml."
+                )
+            try:
+                text = path.read_text()
+            except (OSError, UnicodeDecodeError) as e:
+                raise DeployError(
+                    f"deploy.tls.{field} {str(path)!r} cannot be read ({e}): give a readable PEM "
+                    "file in shipyard.yaml (`shipyard stack cert` makes a local one)."
+                ) from None
+            marker = "PRIVATE KEY-----" if field == "key" else "BEGIN CERTIFICATE-----"
+            if marker not in text:
+                raise DeployError(
+                    f"deploy.tls.{field} {str(path)!r} holds no PEM "
+                    f"{'private key' if field == 'key' else 'certificate'}: expected a "
+                    f"'-----{marker}' block; point deploy.tls.{field} at the PEM file."
+                )
+            parts.append(text.strip() + "\n")
+        pem = "".join(parts)
+        staged = self.pem.with_name(f".{self.pem.name}.tmp")
+        fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(pem)
+        os.chmod(staged, 0o600)
+        os.replace(staged, self.pem)
+        return hashlib.sha256(pem.encode()).hexdigest()[:16]
 
     def container(self) -> Container | None:
         try:
@@ -157,8 +223,17 @@ class Proxy:
         """Write the config (what a restarted HAProxy reads) and start HAProxy if it is not
         running."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.config.write_text(render(f"{self.host}:{self.port}", slots, self.socket))
+        tls = self._write_pem()
+        self.config.write_text(
+            render(f"{self.host}:{self.port}", slots, self.socket, self.pem if self.tls else None)
+        )
         container = self.container()
+        if container is not None and container.labels.get(f"{LABEL}.tls", "off") != tls:
+            # TLS turned on or off, or another certificate: HAProxy binds anew (a gap of about
+            # a second on this endpoint).
+            say(f"proxy: TLS of {self.url} changed ({tls}); starting HAProxy again")
+            self._remove(container)
+            container = None
         if container is not None and container.status in ("running", "restarting"):
             self._wait(container)
             return
@@ -201,6 +276,7 @@ class Proxy:
                     f"{LABEL}.role": "proxy",
                     f"{LABEL}.model": self.directory.name,
                     f"{LABEL}.endpoint": f"{self.host}:{self.port}",
+                    f"{LABEL}.tls": tls,
                 },
             )
         except ImageNotFound:
@@ -308,12 +384,15 @@ class Proxy:
         with contextlib.suppress(TimedOut):  # past the timeout, what is left is cut off
             wait_until(lambda: not self.stats()[color].current_sessions, timeout_s, 0.05)
 
+    def _remove(self, container: Container) -> None:
+        with contextlib.suppress(NotFound, APIError):
+            container.stop(timeout=5)
+        with contextlib.suppress(NotFound):
+            container.remove(force=True)
+
     def stop(self) -> None:
         """Remove the proxy container (and an unsupervised HAProxy of an older Shipyard)."""
         container = self.container()
         if container is not None:
-            with contextlib.suppress(NotFound, APIError):
-                container.stop(timeout=5)
-            with contextlib.suppress(NotFound):
-                container.remove(force=True)
+            self._remove(container)
         self._stop_legacy(lambda _: None)
