@@ -528,6 +528,27 @@ def stack_status() -> None:
     print(json.dumps({**stack.status(settings), **ops.status(settings)}, indent=2))
 
 
+@stack_app.command("cert")
+def stack_cert(
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Make (once) a local development CA and a certificate for 127.0.0.1/localhost, files 600
+    in the stack directory; print their paths and the `deploy.tls` that serves HTTPS with them."""
+    from shipyard.stack.certs import ensure_dev_certs
+
+    certs, made = ensure_dev_certs(Settings())
+    for line in made:
+        _say(f"made {line}")
+    paths = {"ca": str(certs.ca), "cert": str(certs.cert), "key": str(certs.key)}
+    if as_json:
+        print(json.dumps({**paths, "not_after": certs.not_after.isoformat()}))
+        return
+    print("\n".join(f"{k}: {v}" for k, v in paths.items()))
+    print(f"valid until {certs.not_after:%Y-%m-%d}; in shipyard.yaml:")
+    print(f"deploy:\n  tls: {{cert: {certs.cert}, key: {certs.key}}}")
+    print(f"clients trust it with the CA: curl --cacert {certs.ca} https://127.0.0.1:PORT/…")
+
+
 @stack_app.command("down")
 def stack_down() -> None:
     """Stop what `stack up` started, and nothing else."""
