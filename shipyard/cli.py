@@ -120,6 +120,17 @@ def _run_flow(flow: Any, as_json: bool, verbose: bool, **parameters: Any) -> Any
     raise AssertionError("unreachable")
 
 
+def _credentials_out_of_band(source: str) -> str:
+    """SOURCE without its URL's user and token, which go to the in-process flow run through
+    its environment (`shipyard.source.CREDENTIALS_ENV`)."""
+    from shipyard.source import CREDENTIALS_ENV, split_credentials
+
+    clean, auth = split_credentials(source)
+    if auth is not None:
+        os.environ[CREDENTIALS_ENV] = json.dumps({clean: f"{auth.username}:{auth.password}"})
+    return clean
+
+
 @app.command()
 def release(
     source: Annotated[str, typer.Argument(help="Model project directory, or git URL.")],
@@ -136,9 +147,11 @@ def release(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect's logs.")] = False,
 ) -> None:
     """Run the release flow on SOURCE: train, export, optimize, validate, register, build, push,
-    deploy."""
+    deploy. A token in SOURCE's URL is split off and given to this process's run out of band
+    (never a parameter, a log line or the mirror's config)."""
     _quiet(verbose)
     settings = Settings()
+    source = _credentials_out_of_band(source)
     print(
         f"Releasing {source}{f' at {ref}' if ref else ''} (state: {settings.state_dir})",
         file=sys.stderr,
@@ -400,7 +413,8 @@ def webhook_serve(
 ) -> None:
     """Receive signed GitHub/GitLab pushes on POST /hooks/git; emit `shipyard.model.pushed`.
 
-    Settings: SHIPYARD_WEBHOOK_SECRET (required), _BRANCHES, _PROJECT, _PATHS, _MAX_BODY_BYTES,
+    Only repositories in allowed_sources (shipyard.toml, SHIPYARD_ALLOWED_SOURCES) release.
+    Settings: SHIPYARD_WEBHOOK_SECRET (required), _PROJECT, _PATHS, _MAX_BODY_BYTES,
     _DELIVERIES_FILE, _BODY_TIMEOUT_S, _HEAD_TIMEOUT_S, _MAX_CONNECTIONS. The Prefect server is
     PREFECT_API_URL's.
     """
