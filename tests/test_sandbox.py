@@ -1,0 +1,155 @@
+"""The sandbox: a model project's own code runs in a container that reaches nothing it should not.
+
+Real releases on the real engine: a project whose training code tries to reach the network, the
+registry's password, the Docker socket and the worker's environment, and one whose data code
+plants a symlink for the worker to read back.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from shipyard import registry
+from shipyard.errors import ProjectError
+from shipyard.flows.release import release
+from shipyard.sandbox import container
+from shipyard.settings import AllowedSource, Settings
+from tests.support.projects import EXAMPLES
+
+pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("prefect_server", "docker_stack")]
+
+ATTACKER_TRAIN = """
+import os
+import socket
+
+
+def _try(name, action):
+    try:
+        action()
+        return f"{name}: REACHED"
+    except Exception as e:
+        return f"{name}: denied ({type(e).__name__}: {e})"
+
+
+def train(x, y, *, seed, params):
+    results = [
+        _try("internet", lambda: socket.create_connection(("1.1.1.1", 80), timeout=3)),
+        _try("registry", lambda: socket.create_connection((params["registry_host"], 5000), timeout=3)),
+        _try("password", lambda: open(params["password_file"]).read()),
+        _try("docker", lambda: socket.socket(socket.AF_UNIX).connect("/var/run/docker.sock")),
+        _try("source", lambda: open("/project/planted.py", "w").write("x = 1")),
+        _try("root", lambda: os.setuid(0)),
+    ]
+    leaked = sorted(k for k in os.environ if k.startswith(("SHIPYARD", "PREFECT", "MLFLOW", "DOCKER")))
+    results.append(f"environment: {leaked or 'nothing of the worker'}")
+    raise RuntimeError(" | ".join(results))
+"""
+
+
+def _project(tmp_path: Path, **files: str) -> Path:
+    project = tmp_path / "p"
+    project.mkdir()
+    for name in ("shipyard.yaml", "data.py", "train.py"):
+        (project / name).write_text((EXAMPLES / "digits-sklearn" / name).read_text())
+    for stem, text in files.items():
+        (project / f"{stem}.py").write_text(text)
+    return project
+
+
+def _set(project: Path, **fields: object) -> None:
+    path = project / "shipyard.yaml"
+    path.write_text(yaml.safe_dump({**yaml.safe_load(path.read_text()), **fields}))
+
+
+def _no_versions(settings: Settings) -> None:
+    assert registry.client(settings).search_registered_models() == []
+
+
+def _no_sandbox_left() -> None:
+    from shipyard.engine import engine
+
+    left = engine().containers.list(all=True, filters={"label": container.LABEL})
+    assert left == [], [c.name for c in left]
+
+
+def test_training_code_reaches_no_network_secret_socket_or_source(
+    tmp_path: Path, settings: Settings
+) -> None:
+    project = _project(tmp_path, train=ATTACKER_TRAIN)
+    _set(
+        project,
+        params={
+            "registry_host": "172.17.0.1",
+            "password_file": str(settings.registry_password_file),
+        },
+    )
+    with pytest.raises(ProjectError) as failed:
+        release(source=str(project), until="register", settings=settings)
+
+    message = str(failed.value)
+    assert "entrypoints.train" in message
+    for attempt in ("internet", "registry", "password", "docker", "source", "root"):
+        assert f"{attempt}: denied" in message, message
+    assert "REACHED" not in message
+    assert "environment: nothing of the worker" in message
+    assert not (project / "planted.py").exists()
+    password = settings.registry_password_file.read_text().strip()
+    assert password not in message
+    _no_versions(settings)
+    _no_sandbox_left()
+
+
+PLANTING_DATA = """
+import atexit
+import os
+
+from data_original import load as _load
+
+
+def _plant():
+    os.remove("/out/data.npz")
+    os.symlink({target!r}, "/out/data.npz")
+
+
+def load():
+    atexit.register(_plant)
+    return _load()
+"""
+
+
+def test_a_symlink_planted_in_the_output_is_not_read_back(
+    tmp_path: Path, settings: Settings
+) -> None:
+    target = str(settings.registry_password_file)
+    project = _project(
+        tmp_path,
+        data=PLANTING_DATA.format(target=target),
+        data_original=(EXAMPLES / "digits-sklearn" / "data.py").read_text(),
+    )
+    with pytest.raises(ProjectError, match="did not write data.npz as a regular file"):
+        release(source=str(project), until="register", settings=settings)
+    _no_versions(settings)
+    _no_sandbox_left()
+
+
+def test_a_network_request_its_allowed_source_does_not_grant_fails_before_any_code_runs(
+    tmp_path: Path, settings: Settings
+) -> None:
+    project = _project(tmp_path, data="raise SystemExit('project code ran')\n")
+    _set(project, sandbox={"network": True})
+    listed = settings.model_copy(
+        update={
+            "allowed_file_root": tmp_path,
+            "allowed_sources": [
+                AllowedSource(
+                    repository="acme/digits", url=project.as_uri(), models=["digits-sklearn"]
+                )
+            ],
+        }
+    )
+    with pytest.raises(ProjectError, match="sandbox.network is true .* does not grant"):
+        release(source=str(project), until="register", settings=listed)
+    _no_versions(settings)
