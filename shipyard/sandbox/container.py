@@ -247,7 +247,8 @@ def _start(
             security_opt=["no-new-privileges"],
             mem_limit=memory,
             memswap_limit=memory,
-            nano_cpus=int(settings.sandbox_cpus * 1e9),
+            # The engine refuses more CPUs than the host has.
+            nano_cpus=int(min(settings.sandbox_cpus, os.cpu_count() or 1) * 1e9),
             pids_limit=settings.sandbox_pids,
             mounts=mounts,
             environment={},
