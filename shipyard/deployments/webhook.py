@@ -1,10 +1,19 @@
 """The webhook receiver: signed git pushes in, Prefect events out (`shipyard webhook serve`).
 
 Prefect's own webhooks exist only in Prefect Cloud; this is the self-hosted equivalent. A push
-that is signed, new, on a watched branch and touching a model path becomes one Prefect event,
-`shipyard.model.pushed`, carrying repo, ref, sha and the project path; the `release`
-deployment's trigger (prefect.yaml) turns it into a flow run with those parameters. The receiver
-answers 202 as soon as the event is queued; everything else gets a 4xx and starts nothing.
+that is signed, new, from a repository in `allowed_sources`, on one of its branches and touching
+one of its paths becomes one Prefect event, `shipyard.model.pushed`, carrying the entry's clone
+URL (never one from the payload), branch, sha and the project path; the `release` deployment's
+trigger (prefect.yaml) turns it into a flow run with those parameters. The receiver answers 202
+as soon as the event is queued; everything else gets a 4xx and starts nothing.
+
+Trust (`shipyard/trust.py`): a push names its repository (GitHub `repository.full_name`, GitLab
+`project.path_with_namespace`); one not in `allowed_sources` gets 403, and with no
+`allowed_sources` at all every push gets 403 saying how to configure them. A push to another
+branch or touching none of the entry's paths gets 202 `ignored: …`. A commit is remembered as
+`<url>@<ref>@<before>..<after>`: a captured body resent under a new delivery id is a replay
+(409), while a branch force-pushed back to an earlier commit is a new push and releases it
+again (the release itself skips a commit that is no longer its branch's tip).
 
 - GitHub: `X-Hub-Signature-256: sha256=<hex HMAC-SHA256 of the body>`, `X-GitHub-Event`,
   `X-GitHub-Delivery`. https://docs.github.com/en/webhooks/using-webhooks/validating-webhook-deliveries
@@ -15,8 +24,8 @@ answers 202 as soon as the event is queued; everything else gets a 4xx and start
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import fcntl
-import fnmatch
 import hashlib
 import hmac
 import json
@@ -34,13 +43,21 @@ from typing import Annotated, Any
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from shipyard import trust
+from shipyard.settings import AllowedSource, Settings
+
 EVENT = "shipyard.model.pushed"
 log = logging.getLogger("shipyard.webhook")
 LISTED_COMMITS = 20
 MAX_DEPTH = 32
 """JSON nesting a push may have; GitHub's and GitLab's push payloads nest about 5 levels."""
 FULL_SHA = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
-CLONE_URL = re.compile(r"(https?|ssh|git|file)://[^\s]+|[\w.-]+@[\w.-]+:[^\s-][^\s]*")
+REPOSITORY = re.compile(r"[\w.-]+(/[\w.-]+)+")
+UNCONFIGURED = (
+    "no allowed_sources are configured, so the receiver releases nothing: list the "
+    "repositories it may release in shipyard.toml ([[allowed_sources]] with repository, url, "
+    "models) or in SHIPYARD_ALLOWED_SOURCES (JSON), then restart the receiver"
+)
 UNAVAILABLE = (
     "the release system is unavailable: nothing was released and the delivery is not "
     "remembered; redeliver it later"
@@ -61,16 +78,13 @@ class WebhookSettings(BaseSettings):
     )
     host: str = "127.0.0.1"
     port: int = Field(default=8090, ge=0, le=65535)
-    branches: Annotated[list[str], NoDecode] = Field(
-        default=["main"], description="Branches whose pushes release (comma-separated)."
-    )
     project: str = Field(
         default="", description="Model project directory in the repository ('' = its root)."
     )
     paths: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
-        description="Globs of changed paths that release (comma-separated); default: "
-        "everything under `project`.",
+        description="Globs of changed paths that release (comma-separated) for an "
+        "allowed_sources entry that names no `paths`; default: everything under `project`.",
     )
     max_body_bytes: int = Field(default=1 << 20, ge=1024)
     body_timeout_s: float = Field(
@@ -95,7 +109,7 @@ class WebhookSettings(BaseSettings):
         description="Where delivery ids are remembered across restarts; default: memory only.",
     )
 
-    @field_validator("branches", "paths", mode="before")
+    @field_validator("paths", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         if isinstance(value, str):
@@ -141,8 +155,8 @@ class Refused(Exception):
 class Push:
     provider: str
     delivery: str
-    repo: str
-    """The clone URL the release checks out."""
+    repository: str
+    """The repository's name on its host (`owner/name`), matched against `allowed_sources`."""
     ref: str
     sha: str
     changed: tuple[str, ...]
@@ -150,6 +164,14 @@ class Push:
     """The payload lists only part of the push's commits (so `changed` may miss paths)."""
     pusher: str = ""
     """Who pushed, as the git host names them (for the audit trail; not checked)."""
+    before: str = ""
+    """The branch's commit before the push ("" when the payload does not say)."""
+    repo: str = ""
+    """The clone URL the release checks out: the allowed entry's, set once matched."""
+
+    @property
+    def branch(self) -> str:
+        return self.ref.removeprefix("refs/heads/")
 
 
 def verify(provider: str, headers: dict[str, str], body: bytes, secret: str) -> None:
@@ -188,14 +210,10 @@ def parse_push(provider: str, headers: dict[str, str], body: bytes) -> Push:
     payload = _json(body)
     problems: list[Problem] = []
     owner, key = (
-        ("repository", "clone_url") if provider == "github" else ("project", "git_http_url")
+        ("repository", "full_name") if provider == "github" else ("project", "path_with_namespace")
     )
-    repo = _string(
-        payload,
-        (owner, key),
-        CLONE_URL,
-        "a clone URL (https://, ssh://, git://, file:// or user@host:path)",
-        problems,
+    repository = _string(
+        payload, (owner, key), REPOSITORY, "a repository name (owner/name)", problems
     )
     ref = _string(
         payload, ("ref",), re.compile(r"refs/\S+"), "a git ref (refs/heads/<branch>)", problems
@@ -203,6 +221,9 @@ def parse_push(provider: str, headers: dict[str, str], body: bytes) -> Push:
     sha = _string(
         payload, ("after",), FULL_SHA, "a full commit id (40 or 64 lowercase hex digits)", problems
     )
+    before = ""
+    if payload.get("before") is not None:
+        before = _string(payload, ("before",), FULL_SHA, "a full commit id, or no field", problems)
     changed, commits = _changed(payload.get("commits"), problems)
     total = payload.get("total_commits_count", commits)
     if type(total) is not int or total < 0:
@@ -213,7 +234,17 @@ def parse_push(provider: str, headers: dict[str, str], body: bytes) -> Push:
         )
     # Both providers list at most 20 commits: a longer push may change the model unseen.
     truncated = commits >= LISTED_COMMITS or total > commits
-    return Push(provider, delivery, repo, ref, sha, changed, truncated, _pusher(provider, payload))
+    return Push(
+        provider,
+        delivery,
+        repository,
+        ref,
+        sha,
+        changed,
+        truncated,
+        _pusher(provider, payload),
+        before,
+    )
 
 
 def _pusher(provider: str, payload: dict[str, Any]) -> str:
@@ -311,19 +342,29 @@ def _changed(commits: object, problems: list[Problem]) -> tuple[tuple[str, ...],
     return tuple(changed), len(commits)
 
 
-def ignored(push: Push, settings: WebhookSettings) -> str | None:
-    """Why this push starts no release, or None."""
+def allowed_entry(push: Push, sources: Settings) -> AllowedSource:
+    """The `allowed_sources` entry of the push's repository; `Refused(403)` when there is
+    none (or no list at all)."""
+    if not sources.allowed_sources:
+        raise Refused(403, UNCONFIGURED)
+    entry = trust.entry_for_repository(push.repository, sources)
+    if entry is None:
+        raise Refused(
+            403,
+            f"repository {push.repository!r} is not in allowed_sources: nothing was released. "
+            "Its operator adds an [[allowed_sources]] entry (repository, url, models) to release "
+            "it",
+        )
+    return entry
+
+
+def ignored(push: Push, entry: AllowedSource, settings: WebhookSettings) -> str | None:
+    """Why this push of an allowed repository starts no release, or None."""
     if set(push.sha) == {"0"}:
         return "the push deleted the branch"
-    branch = push.ref.removeprefix("refs/heads/")
-    if not push.ref.startswith("refs/heads/") or branch not in settings.branches:
-        return f"{push.ref} is not a watched branch ({', '.join(settings.branches)})"
-    globs = settings.globs()
-    if push.truncated:
-        return None  # cannot tell which paths changed: release (a cached one costs little)
-    if not any(fnmatch.fnmatch(path, glob) for path in push.changed for glob in globs):
-        return f"no changed path matches {globs}"
-    return None
+    if not push.ref.startswith("refs/heads/"):
+        return f"{push.ref} is not a watched branch ({', '.join(entry.branches)})"
+    return trust.push_ignored(entry, push.branch, push.changed, push.truncated, settings.globs())
 
 
 class Deliveries:
@@ -480,7 +521,8 @@ async def emit(push: Push, settings: WebhookSettings) -> str:
         ),
         payload={
             "source": push.repo,
-            "ref": push.ref.removeprefix("refs/heads/"),
+            "repository": push.repository,
+            "ref": push.branch,
             "sha": push.sha,
             "subdir": settings.project.strip("/"),
             "provider": push.provider,
@@ -531,8 +573,13 @@ class WebhookApp:
         self,
         settings: WebhookSettings | None = None,
         emitter: Callable[[Push, WebhookSettings], Awaitable[str]] = emit,
+        sources: Settings | None = None,
     ) -> None:
         self.settings = settings or WebhookSettings()
+        self.sources = sources or Settings()
+        """Where `allowed_sources` come from (shipyard.toml, SHIPYARD_ALLOWED_SOURCES)."""
+        if not self.sources.allowed_sources:
+            log.warning("every push will get 403: %s", UNCONFIGURED)
         if self.settings.secret is None or not self.settings.secret.get_secret_value():
             raise ValueError(
                 "SHIPYARD_WEBHOOK_SECRET is not set: the receiver refuses to run unsigned. "
@@ -584,10 +631,17 @@ class WebhookApp:
         if kind not in ("push", "Push Hook"):
             return 202, {"ignored": f"{kind} events release nothing; only pushes do"}
         push = parse_push(provider, headers, body)
-        # A captured body resent under a new delivery id is signed too: the commit is the key.
-        commit = f"{push.repo}@{push.ref}@{push.sha}"
+        try:
+            entry = allowed_entry(push, self.sources)
+        except Refused:
+            log.warning("refused delivery %s of %r: not allowed", push.delivery, push.repository)
+            raise
+        push = dataclasses.replace(push, repo=entry.url)
+        # A captured body resent under a new delivery id is signed too: the push is the key.
+        # `before` is part of it, so a force-push back to an earlier commit is a new push.
+        commit = f"{push.repo}@{push.ref}@{push.before}..{push.sha}"
         with self.deliveries.reserve(push.delivery, commit) as reservation:
-            reason = ignored(push, self.settings)
+            reason = ignored(push, entry, self.settings)
             if reason:
                 reservation.keep(push.delivery)
                 return 202, {"ignored": reason, "delivery": push.delivery}

@@ -23,7 +23,7 @@ from shipyard.deploy import containers
 from shipyard.deploy.endpoint import undeploy
 from shipyard.settings import Settings
 from tests.support.projects import ROOT, commit_all
-from tests.support.webhooks import signed_push
+from tests.support.webhooks import allowed_env, signed_push
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("prefect_server")]
 
@@ -46,9 +46,10 @@ def prefect(*args: str, env: dict[str, str]) -> str:
 
 
 @pytest.fixture
-def env(settings: Settings, prefect_server: str) -> dict[str, str]:
+def env(settings: Settings, prefect_server: str, sklearn_repo: Path) -> dict[str, str]:
     return {
         **os.environ,
+        **allowed_env(sklearn_repo),
         "PREFECT_API_URL": prefect_server,
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "SHIPYARD_STATE_DIR": str(settings.state_dir),
@@ -165,6 +166,7 @@ def test_a_signed_push_releases_and_deploys_the_new_commit_and_a_replay_does_not
         assert run is not None, "no flow run was triggered"
         assert run.state is not None and run.state.is_completed(), run.state
         assert run.parameters["ref"] == sha and run.parameters["source"] == sklearn_repo.as_uri()
+        assert run.parameters["branch"] == "main"
 
         version = registry.client(settings).get_model_version_by_alias(MODEL, "champion")
         assert version.tags["git_sha"] == sha

@@ -10,7 +10,9 @@ import logging
 import socket
 import time
 import uuid
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -28,22 +30,63 @@ from shipyard.deployments.webhook import (
     WebhookSettings,
     emit,
 )
+from shipyard.settings import AllowedSource, Settings
 
 pytestmark = [pytest.mark.services, pytest.mark.usefixtures("prefect_server")]
 
 SECRET = "s3cret-for-tests"
+FILE_ROOT = Path("/srv/git")
 
 
-def push_body(repo: str, ref: str = "refs/heads/main", changed: str = "model/train.py") -> bytes:
-    return json.dumps(
-        {
-            "ref": ref,
-            "after": "a" * 40,
-            "repository": {"clone_url": repo},
-            "project": {"git_http_url": repo},
-            "commits": [{"added": [], "modified": [changed], "removed": []}],
-        }
-    ).encode()
+def name_of(repo: str) -> str:
+    """The repository name a host sends for the test repository at clone URL `repo`."""
+    return f"team/{Path(urlsplit(repo).path).stem}"
+
+
+def allowed(repo: str, **rules: Any) -> AllowedSource:
+    return AllowedSource(repository=name_of(repo), url=repo, models=["digits-sklearn"], **rules)
+
+
+RECEIVER_POOL = [f"file://{FILE_ROOT}/{uuid.uuid4().hex}.git" for _ in range(150)]
+"""Repositories the receiver processes of these tests allow (their environment is fixed when
+they start): `pooled_repo` hands them out one by one."""
+_pooled = iter(RECEIVER_POOL)
+SOURCES = Settings(
+    allowed_sources=[allowed(repo) for repo in RECEIVER_POOL], allowed_file_root=FILE_ROOT
+)
+"""The allow-list of in-process receivers; `unique_repo` adds to it."""
+
+
+def allowed_env() -> dict[str, str]:
+    """SHIPYARD_ALLOWED_SOURCES and _FILE_ROOT for a receiver process: the pool."""
+    return {
+        "SHIPYARD_ALLOWED_SOURCES": json.dumps(
+            [
+                allowed(repo).model_dump(include={"repository", "url", "models"})
+                for repo in RECEIVER_POOL
+            ]
+        ),
+        "SHIPYARD_ALLOWED_FILE_ROOT": str(FILE_ROOT),
+    }
+
+
+def push_body(
+    repo: str,
+    ref: str = "refs/heads/main",
+    changed: str = "model/train.py",
+    after: str = "a" * 40,
+    before: str | None = None,
+) -> bytes:
+    payload: dict[str, Any] = {
+        "ref": ref,
+        "after": after,
+        "repository": {"clone_url": repo, "full_name": name_of(repo)},
+        "project": {"git_http_url": repo, "path_with_namespace": name_of(repo)},
+        "commits": [{"added": [], "modified": [changed], "removed": []}],
+    }
+    if before is not None:
+        payload["before"] = before
+    return json.dumps(payload).encode()
 
 
 def github_headers(body: bytes, delivery: str, secret: str = SECRET) -> dict[str, str]:
@@ -68,11 +111,16 @@ class CountingEmitter:
 
 
 def post(
-    body: bytes, headers: dict[str, str], emitter: Any = emit, **settings: Any
+    body: bytes,
+    headers: dict[str, str],
+    emitter: Any = emit,
+    sources: Settings = SOURCES,
+    **settings: Any,
 ) -> httpx.Response:
     app = WebhookApp(
         WebhookSettings(secret=SecretStr(SECRET), project="model", **settings),  # type: ignore[arg-type]
         emitter,
+        sources,
     )
 
     async def call() -> httpx.Response:
@@ -96,12 +144,12 @@ def stored(repo: str) -> list[Any]:
     return list(page.events)
 
 
-def sentinel(repo: str) -> str:
+def sentinel(repo: str, ref: str = "refs/heads/main", changed: str = "model/sentinel.py") -> str:
     """Send one accepted push for `repo` through a fresh receiver and wait until the server has
     stored its event; returns the event's id. The server persists events in the order it takes
     them, so whatever was emitted for `repo` before the sentinel is stored by then too."""
     EventsWorker.drain_all()  # anything this process queued in the background goes first
-    body = push_body(repo, changed="model/sentinel.py")
+    body = push_body(repo, ref, changed)
     answer = post(body, github_headers(body, f"sentinel-{uuid.uuid4().hex}"))
     assert answer.status_code == 202, answer.text
     event_id = answer.json()["event_id"]
@@ -132,7 +180,15 @@ def events_for(repo: str, wait_s: float = 8) -> list[Any]:
 
 
 def unique_repo() -> str:
-    return f"file:///srv/git/{uuid.uuid4().hex}.git"
+    """A repository no other test uses, allowed for in-process receivers (`SOURCES`)."""
+    repo = f"file://{FILE_ROOT}/{uuid.uuid4().hex}.git"
+    SOURCES.allowed_sources.append(allowed(repo))
+    return repo
+
+
+def pooled_repo() -> str:
+    """A repository no other test uses, allowed for receiver processes too (`allowed_env`)."""
+    return next(_pooled)
 
 
 def test_a_signed_github_push_becomes_one_event_with_the_release_parameters() -> None:
@@ -184,7 +240,7 @@ def _gitlab_wrong(body: bytes) -> dict[str, str]:
         ("gitlab wrong token", 401, "X-Gitlab-Token does not match"),
         ("oversized", 413, "exceeds the limit"),
         ("malformed json", 400, "malformed push payload"),
-        ("no repository", 400, "repository.clone_url: expected a clone URL"),
+        ("no repository", 400, "repository.full_name: expected a repository name (owner/name)"),
         ("not json", 415, "application/json"),
         ("no provider", 400, "not a GitHub or GitLab webhook"),
     ],
@@ -246,7 +302,11 @@ def test_a_replayed_delivery_is_refused_and_emits_no_second_event(tmp_path: Any)
 @pytest.mark.parametrize(
     ("ref", "changed", "reason"),
     [
-        ("refs/heads/feature", "model/train.py", "not a watched branch"),
+        (
+            "refs/heads/feature",
+            "model/train.py",
+            "refs/heads/feature is not a watched branch (main)",
+        ),
         ("refs/tags/v1", "model/train.py", "not a watched branch"),
         ("refs/heads/main", "docs/README.md", "no changed path matches ['model/*']"),
     ],
@@ -274,7 +334,7 @@ def test_a_signed_body_resent_under_a_new_delivery_id_is_a_replay() -> None:
     repo = unique_repo()
     body = push_body(repo)
     emitted = CountingEmitter()
-    app = WebhookApp(WebhookSettings(secret=SecretStr(SECRET), project="model"), emitted)
+    app = WebhookApp(WebhookSettings(secret=SecretStr(SECRET), project="model"), emitted, SOURCES)
 
     async def send(delivery: str) -> httpx.Response:
         transport = httpx.ASGITransport(app=app)

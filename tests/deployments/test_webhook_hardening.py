@@ -25,12 +25,16 @@ import pytest
 
 from tests.deployments.test_webhook import (
     SECRET,
+    allowed_env,
     events_for,
     github_headers,
+    name_of,
     push_body,
     sentinel,
     stored,
-    unique_repo,
+)
+from tests.deployments.test_webhook import (
+    pooled_repo as unique_repo,  # the receiver processes allow these
 )
 from tests.support.projects import ROOT
 
@@ -64,6 +68,7 @@ def receivers(prefect_server: str, log_dir: Path, count: int, **env: str) -> Ite
                     "SHIPYARD_WEBHOOK_SECRET": SECRET,
                     "SHIPYARD_WEBHOOK_PROJECT": "model",
                     "SHIPYARD_WEBHOOK_PORT": str(port),
+                    **allowed_env(),
                     **env,
                 },
                 stdout=log,
@@ -174,7 +179,7 @@ def test_a_deleted_branch_is_acknowledged_and_releases_nothing(pair: list[str]) 
             "after": "0" * 40,
             "created": False,
             "deleted": True,
-            "repository": {"clone_url": repo},
+            "repository": {"clone_url": repo, "full_name": name_of(repo)},
             "commits": [],
             "head_commit": None,
         }

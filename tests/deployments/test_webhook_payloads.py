@@ -18,6 +18,7 @@ from pydantic import SecretStr
 from shipyard.deployments.webhook import MAX_DEPTH, WebhookApp, WebhookSettings
 from tests.deployments.test_webhook import (
     SECRET,
+    SOURCES,
     CountingEmitter,
     github_headers,
     post,
@@ -58,13 +59,14 @@ CASES: list[tuple[str, Any, list[str]]] = [
     ("commits an object", {"commits": {"a": COMMIT}}, ["commits"]),
     ("added a string", {"commits": [{**COMMIT, "added": "x.py"}]}, ["commits[0].added"]),
     ("modified numbers", {"commits": [{"modified": [1, 2]}]}, ["commits[0].modified"]),
-    ("repository a string", {"repository": "x"}, ["repository.clone_url"]),
-    ("no repository", {"repository": None}, ["repository.clone_url"]),
+    ("repository a string", {"repository": "x"}, ["repository.full_name"]),
+    ("no repository", {"repository": None}, ["repository.full_name"]),
     (
-        "an option as clone URL",
-        {"repository": {"clone_url": "--upload-pack=touch /tmp/x"}},
-        ["repository.clone_url"],
+        "an option as repository name",
+        {"repository": {"full_name": "--upload-pack=touch /tmp/x"}},
+        ["repository.full_name"],
     ),
+    ("before a branch", {"before": "main"}, ["before"]),
     ("ref a list", {"ref": ["refs/heads/main"]}, ["ref"]),
     ("ref not a ref", {"ref": "main"}, ["ref"]),
     ("a count as text", {"total_commits_count": "3"}, ["total_commits_count"]),
@@ -108,7 +110,8 @@ PATHS: list[tuple[str | int, ...]] = [
     ("ref",),
     ("after",),
     ("repository",),
-    ("repository", "clone_url"),
+    ("repository", "full_name"),
+    ("before",),
     ("commits",),
     ("commits", 0),
     ("commits", 0, "added"),
@@ -137,10 +140,11 @@ def test_fuzzed_signed_bodies_never_get_a_500(
     junk: Any, path: tuple[str | int, ...], raw: bytes
 ) -> None:
     """Random JSON in one field of an otherwise valid push, and random bytes: a 202 that emitted,
-    or a 400 naming a field under the one changed that emitted nothing."""
+    a 400 naming a field under the one changed, or (another repository name) a 403, the last
+    two having emitted nothing."""
     repo = unique_repo()
     emitted = CountingEmitter()
-    app = WebhookApp(WebhookSettings(secret=SecretStr(SECRET), project="model"), emitted)
+    app = WebhookApp(WebhookSettings(secret=SecretStr(SECRET), project="model"), emitted, SOURCES)
     bodies = [json.dumps(replaced(json.loads(push_body(repo)), path, junk)).encode(), raw]
 
     async def send_all() -> list[httpx.Response]:
@@ -155,8 +159,11 @@ def test_fuzzed_signed_bodies_never_get_a_500(
 
     fuzzed, random_bytes = asyncio.run(send_all())
     assert random_bytes.status_code == 400, (raw, random_bytes.text)
-    assert fuzzed.status_code in (202, 400), (path, junk, fuzzed.text)
-    if fuzzed.status_code == 400:
+    assert fuzzed.status_code in (202, 400, 403), (path, junk, fuzzed.text)
+    if fuzzed.status_code == 403:
+        assert path[:1] in ((), ("repository",)), (path, fuzzed.text)
+        assert emitted.deliveries == []
+    elif fuzzed.status_code == 400:
         fields = [p["field"] for p in fuzzed.json()["problems"]]
         top = str(path[0]) if path else ""
         assert fields and all(f.startswith(top) or f == "body" for f in fields), (path, fields)
