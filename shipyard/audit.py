@@ -30,6 +30,7 @@ from shipyard.settings import Settings
 
 Action = Literal["release", "promote", "rollback", "undeploy", "nightly-redeploy"]
 _CREDENTIALS = re.compile(r"(://)[^/@\s:]+(:[^/@\s]*)?@")
+_AUTHORIZATION = re.compile(r"(Authorization:\s*\w+\s+)\S+", re.IGNORECASE)
 
 
 def path(settings: Settings) -> Path:
@@ -37,8 +38,9 @@ def path(settings: Settings) -> Path:
 
 
 def scrub(text: str) -> str:
-    """`text` with any URL's user and password removed (`https://u:t@h/` → `https://***@h/`)."""
-    return _CREDENTIALS.sub(r"\1***@", text)
+    """`text` with any URL's user and password removed (`https://u:t@h/` → `https://***@h/`),
+    and any `Authorization:` header's value (as git's http.extraHeader carries a token)."""
+    return _AUTHORIZATION.sub(r"\1***", _CREDENTIALS.sub(r"\1***@", text))
 
 
 def who(delivery: str | None = None, pusher: str | None = None) -> dict[str, str]:

@@ -12,8 +12,8 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
+    ValidationInfo,
     field_validator,
-    model_validator,
 )
 from pydantic_settings import (
     BaseSettings,
@@ -21,6 +21,8 @@ from pydantic_settings import (
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+
+from shipyard.errors import SourceError
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -66,13 +68,16 @@ class AllowedSource(BaseModel):
 
     @field_validator("url")
     @classmethod
-    def _clone_url(cls, url: str) -> str:
+    def _clone_url(cls, url: str, info: ValidationInfo) -> str:
         parts = urlsplit(url)
         if parts.password is not None or (parts.username and parts.scheme != "ssh"):
-            raise ValueError(
-                "must not carry a user or token (the settings file is no place for secrets): "
-                "put the token in an environment variable or Prefect Secret block and name it "
-                "in `credentials`"
+            # Not a ValueError: pydantic would quote the URL, token included, in its error.
+            host = f"{parts.scheme}://{parts.hostname}{parts.path}"
+            raise SourceError(
+                f"allowed_sources entry {info.data.get('repository', '?')!r}: url {host!r} "
+                "carries a user or token, and the settings are no place for secrets: remove "
+                "them from the URL, put the token in an environment variable or Prefect Secret "
+                "block, and name it in the entry's `credentials`."
             )
         loopback = parts.scheme == "http" and parts.hostname in LOOPBACK
         if parts.scheme not in ("https", "ssh", "file") and not loopback:
@@ -169,32 +174,37 @@ class Settings(BaseSettings):
         default=3600, gt=0, description="Longest a sandboxed stage (data, train, export) may run."
     )
 
+    allowed_file_root: Path | None = Field(
+        default=None,
+        description="Directory under which file:// sources and local directories may be "
+        "allowed (they must still match an `allowed_sources` entry).",
+    )
     allowed_sources: list[AllowedSource] = Field(
         default_factory=list,
         description="Repositories whose pushes release and which releases may check out (JSON "
         "in SHIPYARD_ALLOWED_SOURCES, `[[allowed_sources]]` tables in shipyard.toml). Empty: "
         "the receiver refuses every push, and a release takes any source (single-user mode).",
     )
-    allowed_file_root: Path | None = Field(
-        default=None,
-        description="Directory under which file:// sources and local directories may be "
-        "allowed (they must still match an `allowed_sources` entry).",
-    )
 
-    @model_validator(mode="after")
-    def _file_sources_under_root(self) -> Settings:
-        for i, entry in enumerate(self.allowed_sources):
+    @field_validator("allowed_sources")
+    @classmethod
+    def _file_sources_under_root(
+        cls, entries: list[AllowedSource], info: ValidationInfo
+    ) -> list[AllowedSource]:
+        # A field validator, not a model validator: its error shows this list, not every
+        # setting's input (passwords included).
+        root = info.data.get("allowed_file_root")
+        for i, entry in enumerate(entries):
             if urlsplit(entry.url).scheme != "file":
                 continue
-            root = self.allowed_file_root
             path = Path(urlsplit(entry.url).path).resolve()
-            if root is None or not path.is_relative_to(root.resolve()):
+            if root is None or not path.is_relative_to(Path(root).resolve()):
                 raise ValueError(
                     f"allowed_sources[{i}].url {entry.url!r} is a file:// URL outside "
                     f"allowed_file_root ({root or 'not set'}): set allowed_file_root to the "
                     "directory holding the repositories, or use an https:// or ssh:// URL"
                 )
-        return self
+        return entries
 
     @classmethod
     def settings_customise_sources(
