@@ -128,8 +128,11 @@ def scrub(text: str, auth: GitAuth | None = None) -> str:
 
 
 def _env(url: str | None, auth: GitAuth | None) -> dict[str, str]:
-    """git's environment: no prompt for a password, and `auth` as a header for `url` only."""
+    """git's environment: no prompt for a password or passphrase, and `auth` as a header for
+    `url` only (`http.<url>.extraHeader`: no other remote a git command talks to gets it)."""
     env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "GCM_INTERACTIVE": "never"}
+    # ssh would ask for a passphrase or a host key on the terminal: fail instead.
+    env.setdefault("GIT_SSH_COMMAND", "ssh -o BatchMode=yes")
     if auth is not None and url is not None:
         count = int(env.get("GIT_CONFIG_COUNT", "0") or 0)
         env[f"GIT_CONFIG_KEY_{count}"] = f"http.{url}.extraHeader"
@@ -146,6 +149,7 @@ def _run(
         return subprocess.run(
             ["git", *args],
             cwd=cwd,
+            stdin=subprocess.DEVNULL,
             capture_output=True,
             check=True,
             timeout=GIT_TIMEOUT_S,
