@@ -43,6 +43,7 @@ _IGNORED_PARTS = {".git", "__pycache__", ".shipyard", ".venv", ".pytest_cache"}
 _URL_USERINFO = re.compile(r"(://)[^/@\s]+@")
 _AUTH_HEADER = re.compile(r"(Authorization:\s*\w+\s+)\S+", re.IGNORECASE)
 GIT_TIMEOUT_S = 300
+WEB = ("http", "https")
 CREDENTIALS_ENV = "SHIPYARD_SOURCE_CREDENTIALS"
 """Credentials given out of band for one run (`shipyard release URL-with-token`): a JSON object
 of credential-free URL → `user:token`, in the environment of the process running the flow."""
@@ -94,11 +95,10 @@ def split_credentials(source: str) -> tuple[str, GitAuth | None]:
     """`source` without user and token, and those as `GitAuth` (None when it has none).
 
     `https://user:token@host/…` and `https://token@host/…` carry credentials; an ssh:// user
-    (`ssh://git@host/…`) is a login name, not a secret, and stays."""
+    (`ssh://git@host/…`) is a login name, not a secret, and stays (an ssh password is split
+    off, and unused: ssh authenticates with keys here)."""
     parts = urlsplit(source)
-    if parts.scheme not in ("http", "https", "file", "git") or (
-        parts.username is None and parts.password is None
-    ):
+    if parts.password is None and (parts.username is None or parts.scheme not in WEB):
         return source, None
     auth = (
         GitAuth(parts.username or "", parts.password)

@@ -133,3 +133,18 @@ def test_a_commit_not_on_the_pushed_branch_is_refused(sklearn_repo: Path, tmp_pa
     assert checkout(url, side, None, tmp_path / "co", branch="side").commit == side
     with pytest.raises(SourceError, match="Branch 'gone' does not exist"):
         checkout(url, main, None, tmp_path / "co", branch="gone")
+
+
+@pytest.mark.parametrize(
+    ("given", "clean", "auth"),
+    [
+        ("https://bot:tok@h:8443/x.git", "https://h:8443/x.git", GitAuth("bot", "tok")),
+        ("https://tok@h/x.git", "https://h/x.git", GitAuth("x-access-token", "tok")),
+        ("ssh://git@h/x.git", "ssh://git@h/x.git", None),  # a login name, not a secret
+        ("ssh://git:pw@h/x.git", "ssh://h/x.git", GitAuth("git", "pw")),
+        ("git@h:team/x.git", "git@h:team/x.git", None),
+        ("/srv/git/x", "/srv/git/x", None),
+    ],
+)
+def test_split_credentials(given: str, clean: str, auth: GitAuth | None) -> None:
+    assert split_credentials(given) == (clean, auth)
