@@ -100,8 +100,10 @@ def grant(source: str, settings: Settings) -> Grant:
 
 
 def entry_for_repository(repository: str, settings: Settings) -> AllowedSource | None:
-    """The entry for the repository a git host names in a push, or None."""
-    return next((e for e in settings.allowed_sources if e.repository == repository), None)
+    """The entry for the repository a git host names in a push, or None. Compared without
+    case: GitHub and GitLab treat `Team/Model` and `team/model` as one repository."""
+    wanted = repository.casefold()
+    return next((e for e in settings.allowed_sources if e.repository.casefold() == wanted), None)
 
 
 def push_ignored(

@@ -179,3 +179,9 @@ def test_an_entrys_credentials_name_an_environment_variable(
 def test_the_audit_trail_scrubs_authorization_headers_and_userinfo() -> None:
     text = "git failed: Authorization: Basic Ym90OnNlY3JldA== at https://bot:secret@h/x"
     assert audit.scrub(text) == "git failed: Authorization: Basic *** at https://***@h/x"
+
+
+def test_a_push_names_its_repository_as_the_host_does_in_any_case(tmp_path: Path) -> None:
+    allowed = settings_with(tmp_path, "https://git.example.com/team/x")
+    assert trust.entry_for_repository("Team/X", allowed) is allowed.allowed_sources[0]
+    assert trust.entry_for_repository("team/x-fork", allowed) is None
