@@ -162,7 +162,8 @@ def ensure(settings: Settings, say: Callable[[str], None]) -> None:
     stack_state.write_private(_conf(settings), _render_main(settings))
     if running(settings):
         return
-    _private_log(settings.stack_dir / "supervisord.log")
+    for name in ("supervisord.log", "supervisord.pid"):  # opened by supervisord, kept 600
+        _private_file(settings.stack_dir / name)
     socket(settings).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     socket(settings).unlink(missing_ok=True)
     done = subprocess.run(
@@ -180,10 +181,10 @@ def ensure(settings: Settings, say: Callable[[str], None]) -> None:
     say(f"supervisor: started supervisord (config {_conf(settings)})")
 
 
-def _private_log(path: Path) -> None:
-    """A log supervisord appends to, created 600 before it opens it (supervisord itself
-    creates files with its umask, 022: a log it rotates is tightened by the next `stack up`,
-    and the stack directory, 700, keeps others out meanwhile)."""
+def _private_file(path: Path) -> None:
+    """A file supervisord writes (a log, its pid), created 600 before it opens it: supervisord
+    creates files with its umask, 022. A log it rotates is tightened by the next `stack up`;
+    the stack directory (700) keeps others out meanwhile."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, stack_state.PRIVATE_FILE)
     os.close(fd)
     os.chmod(path, stack_state.PRIVATE_FILE)
@@ -198,7 +199,7 @@ def add(settings: Settings, program: Program) -> bool:
     unchanged = path.is_file() and path.read_text() == text
     # Program files carry secrets in their environment: mode 600 from the first byte.
     stack_state.write_private(path, text)
-    _private_log(log)
+    _private_file(log)
     _update(settings)
     if unchanged and info(settings, program.name).get("statename") in ("STOPPED", "EXITED"):
         _rpc(settings).supervisor.startProcess(program.name, False)
