@@ -10,6 +10,7 @@ rotated), and stopped by `stack down` only if this stack started it. Teams point
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import secrets
 import signal
@@ -277,6 +278,12 @@ def up(settings: Settings, say: Say) -> dict[str, str]:
         register_deployments(settings, say)
     if not _own_mlflow(settings):
         say(f"mlflow-server: using the tracking server {settings.tracking_uri}; nothing started")
+    elif not _loopback(settings.services_host):
+        say(
+            f"mlflow-server: WARNING: it has no authentication and binds {settings.services_host} "
+            "(SHIPYARD_SERVICES_HOST), not loopback: anyone who reaches it reads and changes the "
+            "registry. Set SHIPYARD_SERVICES_HOST=127.0.0.1, or put an authenticating proxy in front."
+        )
     for service in services:
         _start(settings, service, say)
         if service.name == "prefect-server":
@@ -294,6 +301,13 @@ def up(settings: Settings, say: Say) -> dict[str, str]:
             else {}
         ),
     }
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def status(settings: Settings) -> dict[str, str]:
