@@ -7,6 +7,9 @@ plants a symlink for the worker to read back.
 
 from __future__ import annotations
 
+import hashlib
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -68,10 +71,11 @@ def _no_versions(settings: Settings) -> None:
     assert registry.client(settings).search_registered_models() == []
 
 
-def _no_sandbox_left() -> None:
+def _no_sandbox_left(settings: Settings) -> None:
     from shipyard.engine import engine
 
-    left = engine().containers.list(all=True, filters={"label": container.LABEL})
+    ours = f"{container.LABEL}.state={settings.state_dir.resolve()}"
+    left = engine().containers.list(all=True, filters={"label": ours})
     assert left == [], [c.name for c in left]
 
 
@@ -99,7 +103,7 @@ def test_training_code_reaches_no_network_secret_socket_or_source(
     password = settings.registry_password_file.read_text().strip()
     assert password not in message
     _no_versions(settings)
-    _no_sandbox_left()
+    _no_sandbox_left(settings)
 
 
 PLANTING_DATA = """
@@ -132,7 +136,7 @@ def test_a_symlink_planted_in_the_output_is_not_read_back(
     with pytest.raises(ProjectError, match="did not write data.npz as a regular file"):
         release(source=str(project), until="register", settings=settings)
     _no_versions(settings)
-    _no_sandbox_left()
+    _no_sandbox_left(settings)
 
 
 def test_a_network_request_its_allowed_source_does_not_grant_fails_before_any_code_runs(
@@ -153,3 +157,41 @@ def test_a_network_request_its_allowed_source_does_not_grant_fails_before_any_co
     with pytest.raises(ProjectError, match="sandbox.network is true .* does not grant"):
         release(source=str(project), until="register", settings=listed)
     _no_versions(settings)
+
+
+def _lock_of(package: str, tmp_path: Path) -> str:
+    """A real hash-locked requirement for `package`: its wheel downloaded and hashed."""
+    wheels = tmp_path / "wheels"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "-q",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--dest",
+            str(wheels),
+            package,
+        ],
+        check=True,
+    )
+    (wheel,) = wheels.glob("*.whl")
+    name, version = wheel.name.split("-")[:2]
+    sha = hashlib.sha256(wheel.read_bytes()).hexdigest()
+    return f"{name}=={version} --hash=sha256:{sha}\n"
+
+
+def test_a_project_with_its_own_lock_trains_with_those_packages_and_only_them(
+    tmp_path: Path, settings: Settings
+) -> None:
+    train = (EXAMPLES / "digits-sklearn" / "train.py").read_text()
+    project = _project(tmp_path, train="import tabulate  # from the project's lock\n" + train)
+    with pytest.raises(ProjectError, match="No module named 'tabulate'"):
+        release(source=str(project), until="train", settings=settings)
+
+    (project / "requirements.lock").write_text(_lock_of("tabulate", tmp_path))
+    summary = release(source=str(project), until="train", settings=settings)
+    assert summary.status == "stopped after train"
+    _no_sandbox_left(settings)

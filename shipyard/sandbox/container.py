@@ -35,7 +35,7 @@ from requests.exceptions import ReadTimeout
 import shipyard
 from shipyard import errors
 from shipyard.engine import base_image, engine
-from shipyard.errors import ProjectError, StackError
+from shipyard.errors import ImageError, ProjectError, StackError
 from shipyard.image.context import wheelhouse
 from shipyard.settings import Settings
 
@@ -74,6 +74,52 @@ def _exclusive(path: Path) -> Iterator[None]:
             fcntl.lockf(handle, fcntl.LOCK_UN)
 
 
+PROJECT_LOCK = "requirements.lock"
+"""A project's own hash-locked requirements (pip-compile --generate-hashes), installed on top of
+Shipyard's sandbox environment. The file is part of the project's tree, so of the fingerprint."""
+
+PROJECT_DOCKERFILE = """ARG BASE
+FROM ${BASE}
+COPY requirements.lock /build/requirements.lock
+COPY wheels/ /build/wheels/
+RUN /opt/venv/bin/pip install --quiet --no-index --no-deps --require-hashes \\
+      --find-links /build/wheels -r /build/requirements.lock && rm -rf /build
+"""
+
+
+def project_image(
+    client: docker.DockerClient, settings: Settings, project_dir: Path, say: Say
+) -> str:
+    """The sandbox image for a project: Shipyard's environment, plus the project's own locked
+    wheels when it has a `requirements.lock` (built once per lock)."""
+    image = environment_image(client, settings, say)
+    lock = project_dir / PROJECT_LOCK
+    if not lock.is_file() or lock.is_symlink():
+        return image
+    digest = hashlib.sha256(lock.read_bytes()).hexdigest()[:16]
+    tag = f"{image}-p{digest}"
+    with contextlib.suppress(ImageNotFound):
+        client.images.get(tag)
+        return tag
+    with _exclusive(settings.stack_dir / "sandbox-build.lock"):
+        say(f"sandbox: adding the project's {PROJECT_LOCK} ({digest}) to {image}")
+        try:
+            wheels = wheelhouse(settings.wheelhouse_dir, lock)
+        except ImageError as e:
+            raise ProjectError(
+                f"The project's {PROJECT_LOCK} cannot be installed: {e}. It must pin every "
+                "package with --hash (pip-compile --generate-hashes), wheels only."
+            ) from e
+        _build(
+            client,
+            {"Dockerfile": PROJECT_DOCKERFILE.encode(), "requirements.lock": lock.read_bytes()},
+            wheels,
+            tag,
+            image,
+        )
+    return tag
+
+
 def environment_image(client: docker.DockerClient, settings: Settings, say: Say) -> str:
     """The sandbox image for this lock and base, built once (about a minute with PyTorch)."""
     base = base_image(settings)
@@ -87,38 +133,42 @@ def environment_image(client: docker.DockerClient, settings: Settings, say: Say)
             return tag
         say(f"sandbox: building {tag} from {base} and the locked wheels (once per lock)")
         wheels = wheelhouse(settings.wheelhouse_dir, LOCK)
-        with tempfile.TemporaryDirectory(prefix="shipyard-sandbox-") as tmp:
-            context = Path(tmp)
-            shutil.copy(DOCKERFILE, context / "Dockerfile")
-            shutil.copy(LOCK, context / "requirements.lock")
-            (context / "wheels").mkdir()
-            for wheel in wheels.glob("*.whl"):
-                try:
-                    os.link(wheel, context / "wheels" / wheel.name)
-                except OSError:
-                    shutil.copy(wheel, context / "wheels" / wheel.name)
-            try:
-                client.images.build(
-                    path=str(context),
-                    tag=tag,
-                    buildargs={"BASE": base},
-                    labels={LABEL: lock_digest()},
-                    rm=True,
-                    forcerm=True,
-                    pull=False,
-                )
-            except BuildError as e:
-                log = "".join(
-                    str(line.get("stream", line.get("error", ""))) for line in e.build_log
-                )
-                raise StackError(
-                    f"Building the sandbox image failed: {e.msg}\n{log[-1500:]}"
-                ) from e
-            except APIError as e:
-                raise StackError(
-                    f"The Docker engine refused the sandbox build: {e.explanation}"
-                ) from e
+        files_ = {"Dockerfile": DOCKERFILE.read_bytes(), "requirements.lock": LOCK.read_bytes()}
+        _build(client, files_, wheels, tag, base)
     return tag
+
+
+def _build(
+    client: docker.DockerClient, files_: dict[str, bytes], wheels: Path, tag: str, base: str
+) -> None:
+    """`docker build` a context of `files_` plus the wheels, FROM `base`, tagged `tag`."""
+    with tempfile.TemporaryDirectory(prefix="shipyard-sandbox-") as tmp:
+        context = Path(tmp)
+        for name, content in files_.items():
+            (context / name).write_bytes(content)
+        (context / "wheels").mkdir()
+        for wheel in wheels.glob("*.whl"):
+            try:
+                os.link(wheel, context / "wheels" / wheel.name)
+            except OSError:
+                shutil.copy(wheel, context / "wheels" / wheel.name)
+        try:
+            client.images.build(
+                path=str(context),
+                tag=tag,
+                buildargs={"BASE": base},
+                labels={LABEL: lock_digest()},
+                rm=True,
+                forcerm=True,
+                pull=False,
+            )
+        except BuildError as e:
+            log = "".join(str(line.get("stream", line.get("error", ""))) for line in e.build_log)
+            raise StackError(
+                f"Building the sandbox image {tag} failed: {e.msg}\n{log[-1500:]}"
+            ) from e
+        except APIError as e:
+            raise StackError(f"The Docker engine refused the sandbox build: {e.explanation}") from e
 
 
 @dataclass(frozen=True)
@@ -166,7 +216,7 @@ def run(run: Run, settings: Settings, say: Say) -> dict[str, Any]:
         raise StackError(
             f"{e} The sandbox (SHIPYARD_SANDBOX=container) runs project code on the engine."
         ) from e
-    image = environment_image(client, settings, say)
+    image = project_image(client, settings, run.project_dir, say)
     # A fresh output directory: nothing a previous run left (a result, a symlink) is read back.
     shutil.rmtree(run.out_dir, ignore_errors=True)
     run.out_dir.mkdir(parents=True)
@@ -252,7 +302,7 @@ def _start(
             pids_limit=settings.sandbox_pids,
             mounts=mounts,
             environment={},
-            labels={LABEL: run.stage},
+            labels={LABEL: run.stage, f"{LABEL}.state": str(settings.state_dir.resolve())},
             log_config={"type": "json-file", "config": {"max-size": "10m"}},
         )
     except (APIError, DockerException) as e:
