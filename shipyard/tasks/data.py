@@ -27,7 +27,7 @@ def load_data(tree: Checkout, manifest: Manifest, settings: Settings) -> tuple[D
             work,
             settings,
             get_run_logger().info,
-            granted=getattr(tree, "network", False),
+            granted=tree.network,
         )
     finally:
         shutil.rmtree(work, ignore_errors=True)

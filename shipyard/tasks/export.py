@@ -30,5 +30,5 @@ def export(
         settings.builds_dir / fingerprint / "onnx",
         settings,
         get_run_logger().info,
-        granted=getattr(tree, "network", False),
+        granted=tree.network,
     )

@@ -31,7 +31,7 @@ def train(
         settings.builds_dir / fingerprint / "train",
         settings,
         get_run_logger().info,
-        granted=getattr(tree, "network", False),
+        granted=tree.network,
     )
     mlflow = registry.client(settings)
     params = {
