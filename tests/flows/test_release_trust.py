@@ -19,6 +19,7 @@ from typing import Any
 from uuid import UUID
 
 import pytest
+from prefect.blocks.system import Secret
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
     FlowRunFilter,
@@ -27,6 +28,7 @@ from prefect.client.schemas.filters import (
     LogFilterFlowRunId,
 )
 from prefect.concurrency.sync import concurrency
+from prefect.logging.handlers import APILogWorker
 
 from shipyard import audit, registry
 from shipyard.errors import SourceError
@@ -130,12 +132,13 @@ def cli(args: list[str], state: Path, api_url: str) -> subprocess.Popen[str]:
 def recorded(flow_run_ids: list[str]) -> str:
     """The runs' names, parameters and every log line the Prefect API holds for them."""
     ids = [UUID(i) for i in flow_run_ids]
+    APILogWorker.drain_all(timeout=10)  # this process's logs, sent in the background, are sent now
     with get_client(sync_client=True) as client:
         runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)))
         logs = client.read_logs(
             log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=ids)), limit=200
         )
-    assert len(runs) == len(ids) and logs
+    assert len(runs) == len(ids) and {log.flow_run_id for log in logs} == set(ids)
     return json.dumps(
         [{"name": r.name, "parameters": r.parameters} for r in runs]
         + [log.message for log in logs],
@@ -209,18 +212,41 @@ def test_the_flow_refuses_a_source_with_credentials_without_echoing_them(
     assert TOKEN not in str(e.value) and "https://git.example.com/team/digits.git" in str(e.value)
 
 
+@pytest.mark.parametrize("kind", ["environment variable", "Prefect Secret block"])
 def test_an_entrys_named_credentials_are_sent_for_its_url(
-    server: GitHttp, tmp_path: Path, settings: Settings, monkeypatch: pytest.MonkeyPatch
+    server: GitHttp,
+    tmp_path: Path,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    kind: str,
 ) -> None:
     url = server.repo_url("digits.git")
-    monkeypatch.setenv("DIGITS_GIT_TOKEN", f"bot:{TOKEN}")
-    strict = allowing(settings, tmp_path, entry(url, credentials="DIGITS_GIT_TOKEN"))
+    name = f"digits-git-token-{tmp_path.name[-8:].lower().replace('_', '-')}"
+    if kind == "environment variable":
+        monkeypatch.setenv(name, f"bot:{TOKEN}")
+    else:
+        Secret(value=f"bot:{TOKEN}").save(name, overwrite=True)
+    strict = allowing(settings, tmp_path, entry(url, credentials=name))
     summary = release(source=url, ref="main", until="source", settings=strict)
     assert summary.status == "stopped after source" and summary.source == url
+    assert server.refused == 0
     assert TOKEN not in recorded([str(summary.flow_run_id)])
 
 
 # ---- the pushed commit --------------------------------------------------------------------
+
+
+def test_a_commit_not_on_the_pushed_branch_fails_the_run_naming_the_rule(
+    sklearn_repo: Path, settings: Settings
+) -> None:
+    git(sklearn_repo, "checkout", "-q", "-b", "side")
+    edit_manifest(sklearn_repo, "seed: 0", "seed: 3")
+    side = commit_all(sklearn_repo, "Only on side")
+    git(sklearn_repo, "checkout", "-q", "main")
+    with pytest.raises(SourceError, match=f"Commit {side} is not on branch 'main'") as e:
+        release(source=sklearn_repo.as_uri(), ref=side, branch="main", settings=settings)
+    assert "must be reachable from its branch" in str(e.value)
+    assert audit.read(settings) == []
 
 
 def test_an_older_delivery_is_skipped_and_a_force_push_back_releases_it_again(
