@@ -41,6 +41,7 @@ from shipyard.tasks.source import checkout as source_stage
 from tests.flows.test_release import task_states
 from tests.support.githttp import GitHttp, bare_copy, serving
 from tests.support.projects import commit_all, edit_manifest, git
+from tests.test_source_credentials import chain
 
 pytestmark = [pytest.mark.services, pytest.mark.usefixtures("prefect_server")]
 
@@ -154,37 +155,36 @@ def test_a_token_in_the_url_appears_nowhere(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """`shipyard release URL-with-token` refused by the host (wrong token) and succeeding, as
-    subprocesses at once; a missing ref in this process, with the token handed over out of band
-    as the CLI does. Then the token is looked for everywhere they left anything."""
+    """`shipyard release URL-with-token` as a subprocess (-v: Prefect's logs too, --json);
+    meanwhile in this process, with the token handed over out of band as the CLI does, a wrong
+    token the host refuses and a missing ref. Then the token is looked for everywhere they
+    left anything."""
     url = server.repo_url("digits.git")
-    cases = {"wrong token": TOKEN + "-wrong", "ok": TOKEN}
-    states = {case: tmp_path / case.replace(" ", "-") for case in cases}
-    running = {  # at once: each is mostly Python's and Prefect's start-up
-        case: cli(
-            [
-                "release",
-                url.replace("http://", f"http://bot:{token}@"),
-                *("--ref", "main", "--until", "source", "--json", "-v"),
-            ],
-            states[case],
-            prefect_server,
-        )
-        for case, token in cases.items()
-    }
-    monkeypatch.setenv(CREDENTIALS_ENV, json.dumps({url: f"bot:{TOKEN}"}))
-    with pytest.raises(SourceError, match="'v9' does not exist") as missing:
-        release(source=url, ref="v9", until="source", settings=settings)
-    outputs, run_ids = [str(missing.value), caplog.text], []
-    for case, process in running.items():
-        stdout, stderr = process.communicate(timeout=300)
-        outputs.append(stdout + stderr)
-        last = json.loads(stdout.strip().splitlines()[-1])
-        assert process.returncode == (0 if case == "ok" else 1), stderr
-        if case == "ok":
-            assert last["status"] == "stopped after source" and last["source"] == url
-        else:
-            assert url in last["error"] and "Cannot clone" in last["error"]
+    state = tmp_path / "cli-state"
+    running = cli(
+        [
+            "release",
+            url.replace("http://", f"http://bot:{TOKEN}@"),
+            *("--ref", "main", "--until", "source", "--json", "-v"),
+        ],
+        state,
+        prefect_server,
+    )
+    failures = []
+    for token, ref, expected in (
+        (TOKEN + "-wrong", "main", "Cannot clone"),
+        (TOKEN, "v9", "'v9' does not exist"),
+    ):
+        monkeypatch.setenv(CREDENTIALS_ENV, json.dumps({url: f"bot:{token}"}))
+        with pytest.raises(SourceError, match=expected) as failed:
+            release(source=url, ref=ref, until="source", settings=settings)
+        assert url in str(failed.value)
+        failures.append(" | ".join(map(str, chain(failed.value))))
+    stdout, stderr = running.communicate(timeout=300)
+    assert running.returncode == 0, stderr
+    last = json.loads(stdout.strip().splitlines()[-1])
+    assert last["status"] == "stopped after source" and last["source"] == url
+    outputs = [*failures, caplog.text, stdout, stderr]
     with get_client(sync_client=True) as client:  # the failed runs too, by their source
         runs = client.read_flow_runs(limit=200)
     run_ids = [str(r.id) for r in runs if r.parameters.get("source") == url]
@@ -192,9 +192,9 @@ def test_a_token_in_the_url_appears_nowhere(
     shown = "\n".join(outputs) + recorded(run_ids)
     for secret in (TOKEN, HEADER, "bot:"):
         assert secret not in shown
-        for state in (*states.values(), settings.state_dir):
+        for where in (state, settings.state_dir):
             held = [
-                p for p in state.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()
+                p for p in where.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()
             ]
             assert held == [], (secret, held)
     assert server.refused >= 1 and not [r for r in server.requests if TOKEN in r]
