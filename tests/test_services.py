@@ -5,20 +5,25 @@ what it started."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from websockets.sync.client import ClientConnection, connect
 
 from shipyard import engine
 from shipyard.deploy import containers
 from shipyard.settings import Settings
+from shipyard.stack import credentials
 from shipyard.stack.engine import apt_install
 from tests.support.projects import commit_all
 
@@ -27,28 +32,104 @@ PREFECT = str(Path(sys.executable).parent / "prefect")
 MODEL = "digits-sklearn"
 
 
-def chromium(*args: str) -> subprocess.CompletedProcess[str]:
+def chromium_binary() -> str:
     binary = shutil.which("chromium")
     if binary is None:
         if os.geteuid() != 0:
             pytest.fail("Debian's chromium is missing: apt-get install chromium")
         apt_install("chromium", print)
         binary = "chromium"
-    return subprocess.run(
+    return binary
+
+
+class DevTools:
+    """One page of a headless Chromium, driven over the Chrome DevTools Protocol."""
+
+    def __init__(self, socket: ClientConnection) -> None:
+        self.socket, self.last = socket, 0
+
+    def call(self, method: str, **params: Any) -> dict[str, Any]:
+        self.last += 1
+        self.socket.send(json.dumps({"id": self.last, "method": method, "params": params}))
+        while True:  # events in between are not asked for
+            message = json.loads(self.socket.recv(timeout=60))
+            if message.get("id") == self.last:
+                assert "error" not in message, f"{method}: {message['error']}"
+                return dict(message.get("result", {}))
+
+
+def ui_page(
+    url: str, auth: str, expect: list[str], screenshot: Path | None = None, timeout_s: float = 60
+) -> str:
+    """The DOM of a Prefect UI page once it shows every `expect` text (or after `timeout_s`),
+    as a user logged in sees it: the UI keeps the auth string it asked for, base64, in local
+    storage under `prefect-password`; it is put there before the page's own scripts run
+    (through the DevTools socket, never on Chromium's command line)."""
+    profile = Path(tempfile.mkdtemp(prefix="chromium-"))
+    browser = subprocess.Popen(
         [
-            binary,
+            chromium_binary(),
             "--headless",
             "--no-sandbox",
             "--disable-gpu",
             "--disable-background-networking",
-            "--virtual-time-budget=20000",
             "--window-size=1400,1100",
-            *args,
+            "--remote-debugging-port=0",
+            f"--user-data-dir={profile}",
+            "about:blank",
         ],
-        capture_output=True,
-        text=True,
-        timeout=120,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
+    try:
+        active = profile / "DevToolsActivePort"
+        deadline = time.monotonic() + 30
+        while not (active.is_file() and active.read_text().strip()):
+            assert time.monotonic() < deadline, "chromium opened no DevTools port within 30 s"
+            time.sleep(0.1)
+        port = active.read_text().split()[0]
+        target = httpx.put(f"http://127.0.0.1:{port}/json/new?about:blank", timeout=10).json()
+        with connect(target["webSocketDebuggerUrl"], max_size=None) as socket:
+            page = DevTools(socket)
+            page.call("Page.enable")  # else the script below may miss the first document
+            stored = base64.b64encode(auth.encode()).decode()
+            page.call(
+                "Page.addScriptToEvaluateOnNewDocument",
+                source=f"localStorage.setItem('prefect-password', {json.dumps(stored)})",
+            )
+            page.call("Page.navigate", url=url)
+            deadline = time.monotonic() + timeout_s
+            while True:
+                evaluated = page.call(
+                    "Runtime.evaluate",
+                    expression="document.documentElement.outerHTML",
+                    returnByValue=True,
+                )["result"]
+                # Between two documents (the UI redirects) there is none to read yet.
+                dom = str(evaluated.get("value") or "")
+                if all(text in dom for text in expect) or time.monotonic() > deadline:
+                    break
+                time.sleep(0.5)
+            if screenshot is not None:
+                shot = page.call("Page.captureScreenshot", format="png")["data"]
+                screenshot.write_bytes(base64.b64decode(shot))
+            return dom
+    finally:
+        browser.terminate()
+        browser.wait(timeout=30)
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def prefect_http(api: str, auth: str) -> httpx.Client:
+    """An HTTP client of the stack's Prefect API as Prefect's own client is: Basic auth, and a
+    CSRF token for the changes (a filter is a POST)."""
+    client = httpx.Client(headers=credentials.basic_auth_header(auth))
+    token = client.get(f"{api}/csrf-token", params={"client": "test-services"}, timeout=10)
+    assert token.status_code == 200, token.text
+    client.headers.update(
+        {"Prefect-Csrf-Token": token.json()["token"], "Prefect-Csrf-Client": "test-services"}
+    )
+    return client
 
 
 @pytest.mark.e2e
@@ -83,7 +164,12 @@ def test_the_stack_runs_a_release_the_ui_shows_and_down_stops_only_its_services(
 
     urls = json.loads(run("stack", "up", "--json").stdout.splitlines()[-1])
     api = urls["prefect_api"]
+    auth = Path(urls["prefect_auth_file"]).read_text().strip()
+    prefect = prefect_http(api, auth)
     try:
+        # The control plane takes credentials; MLflow answers on loopback only.
+        assert httpx.get(f"{api}/flows", timeout=10).status_code == 401
+        assert urls["mlflow_ui"].startswith("http://127.0.0.1:")
         status = json.loads(run("stack", "status").stdout)
         for part in ("prefect-server", "mlflow-server", "webhook"):
             assert status[part].startswith("healthy") and "started by shipyard" in status[part]
@@ -94,13 +180,13 @@ def test_the_stack_runs_a_release_the_ui_shows_and_down_stops_only_its_services(
         started = subprocess.run(
             [PREFECT, "deployment", "run", "release/release", "--param", f"source={sklearn_repo.as_uri()}",
              "--param", "ref=main"],
-            capture_output=True, text=True, env={**env, "PREFECT_API_URL": api}, timeout=120,
+            capture_output=True, text=True, env={**env, "PREFECT_API_URL": api, "PREFECT_API_AUTH_STRING": auth}, timeout=120,
         )  # fmt: skip
         assert started.returncode == 0, started.stdout + started.stderr
         run_id = next(line.split()[-1] for line in started.stdout.splitlines() if "UUID" in line)
         deadline = time.monotonic() + 420
         while time.monotonic() < deadline:
-            flow_run = httpx.get(f"{api}/flow_runs/{run_id}", timeout=10).json()
+            flow_run = prefect.get(f"{api}/flow_runs/{run_id}", timeout=10).json()
             if flow_run["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
                 break
             time.sleep(1)
@@ -109,7 +195,7 @@ def test_the_stack_runs_a_release_the_ui_shows_and_down_stops_only_its_services(
         # The server's scheduler turned prefect.yaml's nightly cron into runs at 03:00 UTC.
         deadline = time.monotonic() + 90
         while True:
-            nightly = httpx.post(
+            nightly = prefect.post(
                 f"{api}/flow_runs/filter",
                 json={
                     "flows": {"name": {"any_": ["nightly-rebuild"]}},
@@ -123,33 +209,50 @@ def test_the_stack_runs_a_release_the_ui_shows_and_down_stops_only_its_services(
         assert nightly, "the scheduler created no nightly-rebuild run"
         assert {r["expected_start_time"][11:16] for r in nightly} == {"03:00"}
 
-        page = chromium("--dump-dom", f"{urls['prefect_ui']}/runs/flow-run/{run_id}").stdout
-        assert flow_run["name"] in page and "Completed" in page
         # Each task run by its own name (`deploy-1a2`), as the page's log rows show it: text
         # that only the task runs produce (the nav's "Deployments" contains "deploy").
-        task_runs = httpx.post(
+        task_runs = prefect.post(
             f"{api}/task_runs/filter",
             json={"flow_runs": {"id": {"any_": [run_id]}}},
             timeout=10,
         ).json()
         names = {t["name"].rpartition("-")[0]: t["name"] for t in task_runs}
-        for stage in ("build_image", "push_image", "deploy", "crown", "retire"):
-            assert f"<div>{names[stage]}</div>" in page, f"the page does not show {names[stage]}"
+        shown_stages = [
+            f"<div>{names[s]}</div>"
+            for s in ("build_image", "push_image", "deploy", "crown", "retire")
+        ]
         screenshot = tmp_path / "prefect-ui-flow-run.png"
-        chromium(f"--screenshot={screenshot}", f"{urls['prefect_ui']}/runs/flow-run/{run_id}")
+        page = ui_page(
+            f"{urls['prefect_ui']}/runs/flow-run/{run_id}",
+            auth,
+            [flow_run["name"], "Completed", *shown_stages],
+            screenshot,
+        )
+        assert flow_run["name"] in page and "Completed" in page
+        for shown in shown_stages:
+            assert shown in page, f"the page does not show {shown}"
         assert screenshot.stat().st_size > 20_000
         print(f"screenshot: {screenshot}")
+        # A browser with a wrong auth string sees the UI's login, not the run.
+        refused = ui_page(
+            f"{urls['prefect_ui']}/runs/flow-run/{run_id}", "shipyard:guess", ["failed"], None, 30
+        )
+        assert "Authentication failed" in refused and flow_run["name"] not in refused
 
-        artifacts = httpx.post(
+        artifacts = prefect.post(
             f"{api}/artifacts/filter",
             json={"artifacts": {"flow_run_id": {"any_": [run_id]}}},
             timeout=10,
         ).json()
         report = next(a for a in artifacts if a["key"] == f"{MODEL}-release-report")
         assert {a["key"] for a in artifacts} >= {f"{MODEL}-variants", f"{MODEL}-release-report"}
-        shown = chromium("--dump-dom", f"{urls['prefect_ui']}/artifacts/artifact/{report['id']}")
-        assert f"Release report of {MODEL}" in shown.stdout
-        assert f"127.0.0.1:{port}" in shown.stdout  # the endpoint it deployed to
+        shown = ui_page(
+            f"{urls['prefect_ui']}/artifacts/artifact/{report['id']}",
+            auth,
+            [f"Release report of {MODEL}", f"127.0.0.1:{port}"],
+        )
+        assert f"Release report of {MODEL}" in shown
+        assert f"127.0.0.1:{port}" in shown  # the endpoint it deployed to
 
         # The MLflow server reads the same store: its API names the deployed champion.
         model = httpx.get(
@@ -163,7 +266,7 @@ def test_the_stack_runs_a_release_the_ui_shows_and_down_stops_only_its_services(
         done = run("promote", MODEL, "--version", "champion", "--json")
         promoted = json.loads(done.stdout.splitlines()[-1])
         assert promoted["endpoint"] == f"http://127.0.0.1:{port}"
-        runs = httpx.post(
+        runs = prefect.post(
             f"{api}/flow_runs/filter", json={"flows": {"name": {"any_": ["promote"]}}}, timeout=10
         ).json()
         assert [r["state"]["type"] for r in runs] == ["COMPLETED"]
@@ -179,6 +282,7 @@ def test_the_stack_runs_a_release_the_ui_shows_and_down_stops_only_its_services(
         )
         assert trail[1]["who"]["started_by"] == "a process running the flow directly (CLI)"
     finally:
+        prefect.close()
         subprocess.run([SHIPYARD, "stack", "down"], env=env, capture_output=True, timeout=120)
 
     for name in ("prefect", "mlflow", "webhook"):
