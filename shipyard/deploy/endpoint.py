@@ -19,6 +19,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import docker
@@ -132,15 +133,24 @@ class Endpoint:
         return key.get_secret_value() if key else None
 
     def _environment(self) -> dict[str, str]:
-        environment = {}
-        if self._api_key:
-            environment["SHIPYARD_SERVE_API_KEYS"] = self._api_key
-        if self.settings.serve_workers:
-            environment["SHIPYARD_SERVE_WORKERS"] = str(self.settings.serve_workers)
-        return environment
+        """The serving container's environment: never a key (`_keys_file` holds them)."""
+        workers = self.settings.serve_workers or containers.workers(
+            self.deployment.policy.resources
+        )
+        return {"SHIPYARD_SERVE_WORKERS": str(workers)}
+
+    def _keys_file(self) -> Path | None:
+        """The configured API keys (comma-separated, as the server reads them), written to the
+        endpoint's directory for a read-only bind mount; None when no key is configured."""
+        keys = [k.strip() for k in (self._api_key or "").split(",") if k.strip()]
+        if not keys:
+            return None
+        directory = self.settings.deploy_dir / self.deployment.model / "secrets"
+        return containers.write_keys(directory, keys)
 
     def run_slot(self, image: str, version: str, color: str) -> tuple[Container, int]:
-        """Start `image` (by digest) in slot `color` of this endpoint; its container and port."""
+        """Start `image` (by digest) in slot `color` of this endpoint, locked down and limited
+        to the policy's `deploy.resources`; its container and port."""
         d = self.deployment
         return containers.run(
             self.client,
@@ -151,6 +161,8 @@ class Endpoint:
             host=d.host,
             endpoint_port=d.port,
             environment=self._environment(),
+            resources=d.policy.resources,
+            keys_file=self._keys_file(),
         )
 
     def deploy(self, target: Target, strategy: Strategy) -> str:

@@ -27,7 +27,7 @@ from shipyard.contracts import ReleaseSummary
 from shipyard.deploy import containers, state
 from shipyard.flows.release import release
 from shipyard.flows.rollout import rollout, target_of_version
-from shipyard.manifest import DeployPolicy
+from shipyard.manifest import DeployPolicy, Resources
 from shipyard.settings import Settings
 from tests.support.projects import ROOT, edit_manifest
 
@@ -181,24 +181,32 @@ def serving_containers(settings: Settings, model: str = MODEL) -> list[str]:
     )
 
 
-def register_copy(settings: Settings, model: str, name: str, alias: str) -> str:
+def register_copy(
+    settings: Settings, model: str, name: str, alias: str, tags: dict[str, str] | None = None
+) -> str:
     """A version of a second model `name`, registered from `model`'s `alias` version (its run,
-    pushed image and golden data): served like any release, without training one."""
+    pushed image and golden data; its tags, but for `tags`): served like any release, without
+    training one."""
     mlflow = registry.client(settings)
     original = registry.version_by_alias(mlflow, model, alias)
     assert original is not None, f"{model} has no {alias!r} version"
     if not mlflow.search_registered_models(filter_string=f"name = '{name}'"):
         mlflow.create_registered_model(name)
     copy = mlflow.create_model_version(
-        name, str(original.source), run_id=original.run_id, tags=dict(original.tags)
+        name, str(original.source), run_id=original.run_id, tags={**original.tags, **(tags or {})}
     )
     return str(copy.version)
 
 
-def deploy_copy(settings: Settings, name: str, version: str, port: int) -> str:
+def deploy_copy(
+    settings: Settings, name: str, version: str, port: int, resources: Resources | None = None
+) -> str:
     """Roll out version `version` of the copied model `name` on `port` (blue-green once one
-    serves); return its endpoint URL."""
+    serves), its containers limited to `resources` (default: the manifest's defaults); return
+    its endpoint URL."""
     mlflow = registry.client(settings)
     target = target_of_version(settings, name, mlflow.get_model_version(name, version))
-    policy = DeployPolicy(port=port, keep_blue_seconds=1, ready_seconds=30)
+    policy = DeployPolicy(
+        port=port, keep_blue_seconds=1, ready_seconds=30, resources=resources or Resources()
+    )
     return rollout(target, "blue-green", policy, settings, record_policy=True).endpoint
