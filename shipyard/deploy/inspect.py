@@ -1,11 +1,13 @@
-"""What `shipyard status` and `shipyard logs` read: the state, the engine and the proxy."""
+"""What `shipyard status` and `shipyard logs` read: the state, the engine and the proxy; and
+what an image says it holds (`verify_image`), read before a registered version is deployed."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from typing import Any
 
-from docker.errors import NotFound
+import docker
+from docker.errors import DockerException, ImageNotFound, NotFound
 
 from shipyard import engine
 from shipyard.deploy import containers, state
@@ -95,3 +97,73 @@ def logs(
                 yield prefix + line + b"\n"
         if pending:
             yield prefix + pending + b"\n"
+
+
+ONNX_LABEL = "ai.shipyard.onnx.sha256"
+"""The image label naming the sha256 of the model.onnx it serves (shipyard/image/context.py)."""
+
+
+def registry_of(image: str) -> str:
+    """The registry host of an image reference (Docker's rule: a first path component with a
+    dot, a colon or `localhost` is a host; otherwise Docker Hub)."""
+    first, slash, _ = image.partition("/")
+    if slash and ("." in first or ":" in first or first == "localhost"):
+        return first
+    return "docker.io"
+
+
+def provenance_failures(
+    registry: str, image: str, label: str | None, expected: str | None
+) -> list[str]:
+    """Why `image` may not be deployed as a version tagged `onnx_sha256` = `expected`: it is
+    not in `registry`, or its `ONNX_LABEL` (`label`) is not that tag. Empty: it may."""
+    if registry_of(image) != registry:
+        return [
+            f"it is in registry {registry_of(image)!r}, not the configured {registry!r} "
+            f"(SHIPYARD_REGISTRY), so its {ONNX_LABEL} label was not read (the version's MLflow "
+            f"tag onnx_sha256 is {expected})"
+        ]
+    if expected is None:
+        return [
+            f"the version has no MLflow tag onnx_sha256 to check its {ONNX_LABEL} label against"
+        ]
+    if label != expected:
+        found = f"label {ONNX_LABEL}={label}" if label else f"no {ONNX_LABEL} label"
+        return [f"it has {found}, but the version's MLflow tag onnx_sha256 is {expected}"]
+    return []
+
+
+def image_labels(client: docker.DockerClient, image: str, settings: Settings) -> dict[str, str]:
+    """The labels of `image` (by digest), as the engine reads them; pulled first if absent."""
+    try:
+        found = client.images.get(image)
+    except ImageNotFound:
+        try:
+            found = client.images.pull(image, auth_config=engine.registry_login(settings).auth())
+        except (DockerException, ShipyardError) as e:
+            raise DeployError(
+                f"Image {image} cannot be pulled to read its labels ({e}): check that the "
+                f"registry {settings.registry} is up and holds it, or re-release the version."
+            ) from e
+    return dict(found.labels or {})
+
+
+def verify_image(
+    settings: Settings, model: str, version: str, image: str, onnx_sha256: str | None
+) -> None:
+    """Refuse (`DeployError`) to deploy `image` as `model` v`version` unless it comes from the
+    configured registry and its `ONNX_LABEL` equals the version's tag `onnx_sha256`: what
+    serves is then the registered model, whatever was pushed or tagged since."""
+    label = None
+    if registry_of(image) == settings.registry:  # never pull from a registry not configured
+        label = image_labels(engine.engine(settings), image, settings).get(ONNX_LABEL)
+    failures = provenance_failures(settings.registry, image, label, onnx_sha256)
+    if failures:
+        raise DeployError(
+            f"Refusing to deploy {model} v{version} from image {image}: "
+            + "; ".join(failures)
+            + ". Nothing was changed. Re-release the version (`shipyard release SOURCE`) or "
+            "rebuild its image from the registered ONNX file (the `nightly-rebuild` flow) so "
+            "that its image is pushed to the configured registry with the matching label.",
+            [f"Gate 'provenance' failed: {f}" for f in failures],
+        )

@@ -18,6 +18,7 @@ from prefect.concurrency.sync import concurrency
 from shipyard import audit, registry
 from shipyard.deploy import state
 from shipyard.deploy.endpoint import Target
+from shipyard.deploy.inspect import verify_image
 from shipyard.errors import ShipyardError, Superseded
 from shipyard.flows.rollout import LOCK_WAIT_S, build_lock, rollout
 from shipyard.flows.stages import run_stage
@@ -89,6 +90,9 @@ def nightly_rebuild(
                 redeploy = False
                 result["why"] += " — but it is not deployed on this host: pushed only"
             if redeploy:
+                # The rebuilt image must hold the registered ONNX file and be in the registry.
+                tags = registry.tags_of(version)
+                verify_image(settings, model, number, image.pinned, tags.onnx_sha256)
                 # Checked again under the deploy lock: a release or promote that crowned another
                 # version while this one rebuilt (or waited for the lock) wins.
                 with audit.audited(

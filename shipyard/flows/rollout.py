@@ -22,6 +22,7 @@ from shipyard.contracts import RolloutResult
 from shipyard.deploy import state
 from shipyard.deploy.checks import Golden
 from shipyard.deploy.endpoint import Strategy, Target, serving
+from shipyard.deploy.inspect import verify_image
 from shipyard.errors import DeployError, RegistryError, Superseded
 from shipyard.flows.stages import run_stage
 from shipyard.manifest import DeployPolicy
@@ -152,13 +153,19 @@ def target_of_release(model: str, version: str, image: str, golden: Path) -> Tar
 
 
 def target_of_version(settings: Settings, model: str, version: ModelVersion) -> Target:
-    """A registered version's pushed image (by digest) and golden data, from MLflow."""
-    image = registry.tags_of(version).pinned_image
+    """A registered version's pushed image (by digest) and golden data, from MLflow.
+
+    The image must come from the configured registry and hold the version's ONNX file (its
+    label names the version's `onnx_sha256` tag), else `DeployError`, before anything changes.
+    """
+    tags = registry.tags_of(version)
+    image = tags.pinned_image
     if image is None:
         raise RegistryError(
             f"{model} v{version.version} has no pushed image (tags image, image_digest): release "
             "it through the push stage first (shipyard release SOURCE)."
         )
+    verify_image(settings, model, str(version.version), image, tags.onnx_sha256)
     mlflow = registry.client(settings)
     with tempfile.TemporaryDirectory() as tmp:
         try:
