@@ -7,6 +7,10 @@ import time
 from typing import ParamSpec, TypeVar
 
 from prefect import Task
+from prefect.runtime import flow_run
+
+from shipyard.errors import ShipyardError
+from shipyard.settings import Settings
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -23,3 +27,20 @@ def run_stage(stage: Task[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
     seconds = round(time.perf_counter() - start, 2)
     progress.info("finished", extra={"stage": stage.name, "state": state.name, "seconds": seconds})
     return state.result()
+
+
+def run_settings(settings: Settings | None) -> Settings:
+    """The settings a flow runs with: the caller's for a direct call (the CLI, tests), the
+    worker's own for a deployment run (UI, API, trigger, schedule).
+
+    A deployment run's parameters are data only: one that carries `settings` is refused, so
+    whoever can start a run cannot point it at another registry, turn the sandbox off or
+    widen the allowed sources.
+    """
+    if settings is not None and flow_run.get_deployment_id() is not None:
+        raise ShipyardError(
+            "`settings` was given as a parameter of a deployment run: deployment runs use the "
+            "worker's settings (SHIPYARD_* in its environment, shipyard.toml). Start the run "
+            "without `settings`."
+        )
+    return settings or Settings()
