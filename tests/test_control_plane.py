@@ -8,6 +8,7 @@ temporary stack directory (not the default stack's)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import stat
@@ -74,6 +75,8 @@ def test_the_api_refuses_a_request_without_the_auth_string_and_serves_one_with_i
     token = httpx.get(f"{api(stack)}/csrf-token?client=t", headers=good, timeout=10).json()
     csrf = {"Prefect-Csrf-Token": token["token"], "Prefect-Csrf-Client": "t"}
     assert httpx.post(url, json={}, headers={**good, **csrf}, timeout=10).status_code == 200
+    with contextlib.closing(credentials.http_client(stack)) as client:  # for scripts, tests
+        assert client.post(url, json={}).status_code == 200
     # Health stays open: supervisord's checks and `stack status` ask it.
     assert httpx.get(f"{api(stack)}/health", timeout=10).status_code == 200
 

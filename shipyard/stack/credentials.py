@@ -18,8 +18,11 @@ from __future__ import annotations
 import base64
 import os
 import secrets
+import uuid
 from collections.abc import MutableMapping
 from pathlib import Path
+
+import httpx
 
 from shipyard.errors import StackError
 from shipyard.settings import Settings
@@ -104,8 +107,6 @@ def use_stack_prefect(
 
 
 def _health(api: str) -> bool:
-    import httpx
-
     try:
         return httpx.get(f"{api}/health", timeout=1).status_code == 200
     except httpx.HTTPError:
@@ -119,3 +120,26 @@ def client_env(settings: Settings, api: str) -> dict[str, str]:
         return {"PREFECT_API_AUTH_STRING": prefect_auth(settings)}
     given = os.environ.get("PREFECT_API_AUTH_STRING")
     return {"PREFECT_API_AUTH_STRING": given} if given else {}
+
+
+def http_client(settings: Settings) -> httpx.Client:
+    """A plain HTTP client of the stack's Prefect API, as Prefect's own client is: Basic auth
+    with the stack's string, and a CSRF token for changes (a `/filter` query is a POST too).
+    For scripts and tests that read the API without Prefect's client; close it when done
+    (it is already open: not a `with` block, `contextlib.closing` is)."""
+    api = stack_api(settings)
+    client = httpx.Client(headers=basic_auth_header(prefect_auth(settings)), timeout=10)
+    name = f"shipyard-{uuid.uuid4()}"
+    try:
+        answer = client.get(f"{api}/csrf-token", params={"client": name})
+        answer.raise_for_status()
+    except httpx.HTTPError as e:
+        client.close()
+        raise StackError(
+            f"The stack's Prefect server at {api} gave no CSRF token ({e}): is it up "
+            "(`shipyard stack status`), and does prefect-auth hold its auth string?"
+        ) from e
+    client.headers.update(
+        {"Prefect-Csrf-Token": answer.json()["token"], "Prefect-Csrf-Client": name}
+    )
+    return client
