@@ -11,9 +11,11 @@ Trust (`shipyard/trust.py`): a push names its repository (GitHub `repository.ful
 `project.path_with_namespace`); one not in `allowed_sources` gets 403, and with no
 `allowed_sources` at all every push gets 403 saying how to configure them. A push to another
 branch or touching none of the entry's paths gets 202 `ignored: …`. A commit is remembered as
-`<url>@<ref>@<before>..<after>`: a captured body resent under a new delivery id is a replay
-(409), while a branch force-pushed back to an earlier commit is a new push and releases it
-again (the release itself skips a commit that is no longer its branch's tip).
+`<url>@<ref>@<before>..<after>@<pushed_at>` (GitHub's push time; GitLab sends none): a
+captured body resent under a new delivery id is a replay (409), while a branch force-pushed
+back to an earlier commit is a new push and releases it again (the release itself skips a
+commit that is no longer its branch's tip). Without a push time, pushing the same
+`before..after` twice (main X→Y, back to X, X→Y again) is taken for a replay.
 
 - GitHub: `X-Hub-Signature-256: sha256=<hex HMAC-SHA256 of the body>`, `X-GitHub-Event`,
   `X-GitHub-Delivery`. https://docs.github.com/en/webhooks/using-webhooks/validating-webhook-deliveries
@@ -166,6 +168,8 @@ class Push:
     """Who pushed, as the git host names them (for the audit trail; not checked)."""
     before: str = ""
     """The branch's commit before the push ("" when the payload does not say)."""
+    pushed_at: str = ""
+    """When it was pushed, if the payload says (GitHub's `repository.pushed_at`)."""
     repo: str = ""
     """The clone URL the release checks out: the allowed entry's, set once matched."""
 
@@ -244,7 +248,16 @@ def parse_push(provider: str, headers: dict[str, str], body: bytes) -> Push:
         truncated,
         _pusher(provider, payload),
         before,
+        _pushed_at(payload),
     )
+
+
+def _pushed_at(payload: dict[str, Any]) -> str:
+    """GitHub's `repository.pushed_at` (the push's time, signed with the body); "" when absent
+    (GitLab sends none) or not a number."""
+    repository = payload.get("repository")
+    found = repository.get("pushed_at") if isinstance(repository, dict) else None
+    return str(found) if type(found) is int else ""
 
 
 def _pusher(provider: str, payload: dict[str, Any]) -> str:
@@ -638,8 +651,9 @@ class WebhookApp:
             raise
         push = dataclasses.replace(push, repo=entry.url)
         # A captured body resent under a new delivery id is signed too: the push is the key.
-        # `before` is part of it, so a force-push back to an earlier commit is a new push.
-        commit = f"{push.repo}@{push.ref}@{push.before}..{push.sha}"
+        # `before` (and GitHub's push time) are part of it, so a force-push back to an earlier
+        # commit, or pushing a commit again after that, is a new push.
+        commit = f"{push.repo}@{push.ref}@{push.before}..{push.sha}@{push.pushed_at}"
         with self.deliveries.reserve(push.delivery, commit) as reservation:
             reason = ignored(push, entry, self.settings)
             if reason:

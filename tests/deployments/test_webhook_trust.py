@@ -118,3 +118,27 @@ def test_a_force_push_back_to_an_earlier_commit_releases_again_and_a_resent_body
     mark = sentinel(repo)
     shas = sorted(e.payload["sha"] for e in stored(repo) if str(e.id) != mark)
     assert shas == sorted([x, y, x])
+
+
+def test_a_commit_pushed_again_after_a_force_push_back_is_a_new_push_by_its_push_time(
+    tmp_path: Path,
+) -> None:
+    """main X→Y, forced back to X, then X→Y again: the same before..after, told apart by
+    GitHub's signed `repository.pushed_at`."""
+    repo = unique_repo()
+    x, y = "1" * 40, "2" * 40
+    remembered = tmp_path / "deliveries"
+
+    def pushed(at: int) -> bytes:
+        payload = json.loads(push_body(repo, after=y, before=x))
+        payload["repository"]["pushed_at"] = at
+        return json.dumps(payload).encode()
+
+    first, again = pushed(1_700_000_000), pushed(1_700_000_600)
+    for body, delivery, status in (
+        (first, "d-first", 202),
+        (again, "d-again", 202),
+        (again, "d-again-resent", 409),
+    ):
+        answer = post(body, github_headers(body, delivery), deliveries_file=remembered)
+        assert answer.status_code == status, (delivery, answer.text)
