@@ -30,7 +30,7 @@ from shipyard.settings import Settings
 from shipyard.stack import supervisor
 from tests.support.endpoints import served_version, steady_load
 from tests.support.projects import ROOT, commit_all, edit_manifest
-from tests.support.webhooks import signed_push
+from tests.support.webhooks import allowed_env, signed_push
 
 pytestmark = [pytest.mark.e2e, pytest.mark.chaos]
 
@@ -72,6 +72,8 @@ class Stack:
             "SHIPYARD_REGISTRY_PASSWORD": engine.registry_login(Settings()).password,
             "SHIPYARD_BASE_IMAGE": base_image,
             "SHIPYARD_LATENCY_RUNS": "50",
+            # The sklearn_repo fixture's repository, in the same tmp_path: allowed to release.
+            **allowed_env(root / "digits-sklearn-repo"),
         }
         self.api = f"http://127.0.0.1:{ports['prefect']}/api"
         self.webhook = f"http://127.0.0.1:{ports['webhook']}"

@@ -23,7 +23,7 @@ from shipyard.deploy.endpoint import Strategy
 from shipyard.fingerprint import fingerprint as compute_fingerprint
 from shipyard.fingerprint import package_versions
 from shipyard.flows.rollout import LOCK_WAIT_S, build_lock, rollout, target_of_release
-from shipyard.flows.stages import run_stage
+from shipyard.flows.stages import run_settings, run_stage
 from shipyard.frameworks import adapter_for
 from shipyard.manifest import Manifest
 from shipyard.project import Dataset
@@ -129,7 +129,7 @@ def release(
     when the deploy (by `strategy`, default the manifest's `deploy.strategy`) passed every step.
     """
     refuse_credentials(source)
-    settings = settings or Settings()
+    settings = run_settings(settings)
     logger = get_run_logger()
     tree, manifest = run_stage(checkout, source, ref, subdir, settings, branch)
     with audit.audited(

@@ -7,7 +7,7 @@ import time
 from typing import ParamSpec, TypeVar
 
 from prefect import Task
-from prefect.runtime import flow_run
+from prefect.runtime import deployment
 
 from shipyard.errors import ShipyardError
 from shipyard.settings import Settings
@@ -37,7 +37,7 @@ def run_settings(settings: Settings | None) -> Settings:
     whoever can start a run cannot point it at another registry, turn the sandbox off or
     widen the allowed sources.
     """
-    if settings is not None and flow_run.get_deployment_id() is not None:
+    if settings is not None and deployment.id is not None:
         raise ShipyardError(
             "`settings` was given as a parameter of a deployment run: deployment runs use the "
             "worker's settings (SHIPYARD_* in its environment, shipyard.toml). Start the run "

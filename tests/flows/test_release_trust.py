@@ -310,3 +310,29 @@ def test_the_tip_is_checked_again_under_the_build_lock(
     assert mlflow.search_model_versions(f"name = '{MODEL}'") == []
     assert mlflow.get_run(str(summary.mlflow_run_id)).info.status == "KILLED"
     assert audit.read(settings, MODEL)[-1]["outcome"] == summary.status
+
+
+def test_a_deployment_run_given_settings_as_a_parameter_is_refused(
+    sklearn_repo: Path, settings: Settings
+) -> None:
+    """Whoever can start a run (UI, API) cannot hand it settings: another registry, the sandbox
+    off, a wider allow-list. Only a direct call (the CLI, tests) passes its own."""
+    from prefect.flow_engine import run_flow
+    from prefect.states import State
+
+    from shipyard.errors import ShipyardError
+
+    with get_client(sync_client=True) as client:
+        flow_id = client.create_flow_from_name("release")
+        deployment_id = client.create_deployment(flow_id=flow_id, name="settings-refused")
+        wanted = {"source": sklearn_repo.as_uri(), "ref": "main", "until": "source"}
+        run = client.create_flow_run_from_deployment(
+            deployment_id, parameters={**wanted, "settings": {"sandbox": "off"}}
+        )
+    state = run_flow(release, flow_run=run, parameters={**wanted, "settings": settings},
+                     return_type="state")  # fmt: skip
+    assert isinstance(state, State) and state.is_failed()
+    with pytest.raises(
+        ShipyardError, match="`settings` was given as a parameter of a deployment run"
+    ):
+        state.result()
