@@ -23,7 +23,7 @@ from websockets.sync.client import ClientConnection, connect
 from shipyard import engine
 from shipyard.deploy import containers
 from shipyard.settings import Settings
-from shipyard.stack import credentials
+from shipyard.stack import credentials as control_plane
 from shipyard.stack.engine import apt_install
 from tests.support.projects import commit_all
 
@@ -120,18 +120,6 @@ def ui_page(
         shutil.rmtree(profile, ignore_errors=True)
 
 
-def prefect_http(api: str, auth: str) -> httpx.Client:
-    """An HTTP client of the stack's Prefect API as Prefect's own client is: Basic auth, and a
-    CSRF token for the changes (a filter is a POST)."""
-    client = httpx.Client(headers=credentials.basic_auth_header(auth))
-    token = client.get(f"{api}/csrf-token", params={"client": "test-services"}, timeout=10)
-    assert token.status_code == 200, token.text
-    client.headers.update(
-        {"Prefect-Csrf-Token": token.json()["token"], "Prefect-Csrf-Client": "test-services"}
-    )
-    return client
-
-
 @pytest.mark.e2e
 @pytest.mark.usefixtures("prefect_server")
 def test_the_stack_runs_a_release_the_ui_shows_and_down_stops_only_its_services(
@@ -165,7 +153,11 @@ def test_the_stack_runs_a_release_the_ui_shows_and_down_stops_only_its_services(
     urls = json.loads(run("stack", "up", "--json").stdout.splitlines()[-1])
     api = urls["prefect_api"]
     auth = Path(urls["prefect_auth_file"]).read_text().strip()
-    prefect = prefect_http(api, auth)
+    stack = Settings(stack_dir=tmp_path / "stack", prefect_port=ports["prefect"])
+    prefect = control_plane.http_client(stack)  # Basic auth and a CSRF token, as Prefect's client
+    assert (
+        prefect.headers["Authorization"] == control_plane.basic_auth_header(auth)["Authorization"]
+    )
     try:
         # The control plane takes credentials; MLflow answers on loopback only.
         assert httpx.get(f"{api}/flows", timeout=10).status_code == 401
