@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -145,8 +146,7 @@ class Endpoint:
         keys = [k.strip() for k in (self._api_key or "").split(",") if k.strip()]
         if not keys:
             return None
-        directory = self.settings.deploy_dir / self.deployment.model / "secrets"
-        return containers.write_keys(directory, keys)
+        return containers.write_keys(keys_dir(self.settings, self.deployment.model), keys)
 
     def run_slot(self, image: str, version: str, color: str) -> tuple[Container, int]:
         """Start `image` (by digest) in slot `color` of this endpoint, locked down and limited
@@ -457,6 +457,11 @@ def recover(settings: Settings, model: str, say: Say = lambda _: None) -> str:
     return "; ".join([serves, *done])
 
 
+def keys_dir(settings: Settings, model: str) -> Path:
+    """Where the API keys file of `model`'s serving containers is written (mode 0700)."""
+    return settings.deploy_dir / model / "secrets"
+
+
 def serving(settings: Settings, model: str) -> Instance | None:
     """The instance that serves `model` now, if any."""
     deployment = state.load(settings.deploy_dir, model)
@@ -480,6 +485,7 @@ def undeploy(settings: Settings, model: str, say: Say = lambda _: None) -> bool:
         containers.remove(client, instance.container_id)
         say(f"removed {color} v{instance.version}")
     proxy.stop()
+    shutil.rmtree(keys_dir(settings, model), ignore_errors=True)  # no key left behind
     state.path(settings.deploy_dir, model).unlink()
     say(f"stopped the endpoint {deployment.url}")
     return True

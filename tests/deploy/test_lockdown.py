@@ -19,7 +19,7 @@ from pydantic import SecretStr
 
 from shipyard import engine, registry
 from shipyard.deploy import containers, state
-from shipyard.deploy.endpoint import recover, undeploy
+from shipyard.deploy.endpoint import keys_dir, recover, undeploy
 from shipyard.errors import DeployError
 from shipyard.flows.promote import promote
 from shipyard.flows.rollback import rollback
@@ -63,6 +63,7 @@ def locked(_deployed: Endpoint) -> Iterator[Locked]:
         yield Locked(settings, url, version)
     finally:
         undeploy(settings, NAME)
+        assert not keys_dir(settings, NAME).exists()  # undeploy leaves no key behind
 
 
 def assert_locked_down(container: Container) -> None:
