@@ -27,7 +27,7 @@ import pytest
 from shipyard import engine, registry
 from shipyard.deploy import containers, state
 from shipyard.settings import Settings
-from shipyard.stack import supervisor
+from shipyard.stack import credentials, supervisor
 from tests.support.endpoints import served_version, steady_load
 from tests.support.projects import ROOT, commit_all, edit_manifest
 from tests.support.webhooks import allowed_env, signed_push
@@ -116,12 +116,29 @@ class Stack:
             registry.client(self.settings).get_model_version_by_alias(MODEL, "champion").version
         )
 
+    def auth(self) -> dict[str, str]:
+        """The stack's Prefect API needs its auth string (`stack up` generated it)."""
+        auth = credentials.read_prefect_auth(self.settings)
+        assert auth, "stack up wrote no prefect-auth"
+        return credentials.basic_auth_header(auth)
+
+    def get(self, path: str) -> Any:
+        return httpx.get(f"{self.api}{path}", headers=self.auth(), timeout=5).json()
+
+    def query(self, path: str, body: dict[str, Any]) -> Any:
+        """A POST query: Prefect's CSRF protection wants a token for it."""
+        with httpx.Client(headers=self.auth(), timeout=10) as client:
+            name = f"chaos-{uuid.uuid4()}"
+            token = client.get(f"{self.api}/csrf-token", params={"client": name}).json()["token"]
+            client.headers.update({"Prefect-Csrf-Token": token, "Prefect-Csrf-Client": name})
+            return client.post(f"{self.api}{path}", json=body).json()
+
     def flow_run(self, run_id: str, timeout_s: float) -> dict[str, Any]:
         """The flow run once it is final (answers from a server that may be restarting)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             try:
-                run = httpx.get(f"{self.api}/flow_runs/{run_id}", timeout=5).json()
+                run = self.get(f"/flow_runs/{run_id}")
                 if run["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
                     return dict(run)
             except (httpx.HTTPError, ValueError, KeyError):
@@ -131,11 +148,10 @@ class Stack:
 
     def release_runs(self) -> list[dict[str, Any]]:
         return list(
-            httpx.post(
-                f"{self.api}/flow_runs/filter",
-                json={"flows": {"name": {"any_": ["release"]}}, "sort": "START_TIME_DESC"},
-                timeout=10,
-            ).json()
+            self.query(
+                "/flow_runs/filter",
+                {"flows": {"name": {"any_": ["release"]}}, "sort": "START_TIME_DESC"},
+            )
         )
 
 
@@ -225,14 +241,13 @@ def test_every_part_comes_back_by_itself_and_no_release_is_lost(
     started = subprocess.run(
         [PREFECT, "deployment", "run", "release/release", "--param", f"source={sklearn_repo.as_uri()}",
          "--param", "ref=main", "--param", "until=register"],
-        capture_output=True, text=True, env={**stack.env, "PREFECT_API_URL": stack.api}, timeout=120,
+        capture_output=True, text=True, timeout=120, env={**stack.env, "PREFECT_API_URL": stack.api,
+                                "PREFECT_API_AUTH_STRING": credentials.read_prefect_auth(stack.settings) or ""},
     )  # fmt: skip
     assert started.returncode == 0, started.stdout + started.stderr
     run_id = next(line.split()[-1] for line in started.stdout.splitlines() if "UUID" in line)
     deadline = time.monotonic() + 120
-    while (
-        httpx.get(f"{stack.api}/flow_runs/{run_id}", timeout=5).json()["state"]["type"] != "RUNNING"
-    ):
+    while stack.get(f"/flow_runs/{run_id}")["state"]["type"] != "RUNNING":
         assert time.monotonic() < deadline, "the release never started running"
         time.sleep(0.2)
     kill(stack.pid("prefect-server"))
