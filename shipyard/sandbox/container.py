@@ -120,9 +120,12 @@ def project_image(
     return tag
 
 
-def environment_image(client: docker.DockerClient, settings: Settings, say: Say) -> str:
-    """The sandbox image for this lock and base, built once (about a minute with PyTorch)."""
-    base = base_image(settings)
+def environment_image(
+    client: docker.DockerClient, settings: Settings, say: Say, base: str | None = None
+) -> str:
+    """The sandbox image for this lock and `base` (default: the one releases build on), built
+    once (about a minute with PyTorch): `stack up` builds it, else the first release does."""
+    base = base or base_image(settings)
     tag = image_tag(base)
     with contextlib.suppress(ImageNotFound):
         client.images.get(tag)

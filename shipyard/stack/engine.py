@@ -33,6 +33,7 @@ from shipyard.deploy.proxy import PROXY_IMAGE
 from shipyard.engine import RegistryLogin, engine, push, registry_login
 from shipyard.errors import ShipyardError, StackError
 from shipyard.processes import Started
+from shipyard.sandbox import container as sandbox_container
 from shipyard.settings import Settings
 from shipyard.stack import state as stack_state
 from shipyard.stack import supervisor
@@ -305,7 +306,13 @@ def up(settings: Settings, say: Say) -> dict[str, Any]:
     client.login(registry.username, registry.password, registry=registry.address, reauth=True)
     base = ensure_base(settings, client, registry, say)
     ensure_proxy_image(client, base, say)
-    return {"engine": client.api.base_url, "registry": registry.address, "base_image": base}
+    sandbox = sandbox_container.environment_image(client, settings, say, base)
+    return {
+        "engine": client.api.base_url,
+        "registry": registry.address,
+        "base_image": base,
+        "sandbox_image": sandbox,
+    }
 
 
 def recover_endpoints(settings: Settings, say: Say) -> dict[str, str]:
