@@ -449,8 +449,16 @@ def render_k8s(
             "--registry", help="Registry host the cluster pulls from (default: as pushed)."
         ),
     ] = None,
+    with_keys: Annotated[
+        bool,
+        typer.Option(
+            "--with-keys",
+            help="Put SHIPYARD_SERVE_API_KEY into the rendered Secret (it is printed).",
+        ),
+    ] = False,
 ) -> None:
-    """Print Kubernetes YAML for MODEL's release: Deployments, Services, a weighted HTTPRoute."""
+    """Print Kubernetes YAML for MODEL's release: a Secret, Deployments, Services, a weighted
+    HTTPRoute; each server limited as its last Docker deploy (`deploy.resources`)."""
     _quiet(False)
     import yaml
 
@@ -469,6 +477,12 @@ def render_k8s(
             image = f"{registry_host}/{image.split('/', 1)[1]}"
         return k8s.Track(name, str(found.version), image)
 
+    from shipyard.deploy import state
+
+    recorded = state.load(settings.deploy_dir, model)
+    key = settings.serve_api_key
+    if key is not None and not with_keys:
+        _say("the Secret holds no API key: pass --with-keys, or fill it in the cluster")
     try:
         objects = k8s.render(
             model,
@@ -477,6 +491,8 @@ def render_k8s(
             weight,
             replicas,
             namespace,
+            resources=recorded.policy.resources if recorded else None,
+            api_keys=[key.get_secret_value()] if key is not None and with_keys else None,
         )
     except ShipyardError as e:
         _fail(str(e), False)

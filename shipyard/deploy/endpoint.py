@@ -458,8 +458,9 @@ def recover(settings: Settings, model: str, say: Say = lambda _: None) -> str:
 
 
 def keys_dir(settings: Settings, model: str) -> Path:
-    """Where the API keys file of `model`'s serving containers is written (mode 0700)."""
-    return settings.deploy_dir / model / "secrets"
+    """Where the API keys file of `model`'s serving containers is written (mode 0700): outside
+    the endpoint's directory, which the proxy's container mounts."""
+    return settings.deploy_dir / ".secrets" / model
 
 
 def serving(settings: Settings, model: str) -> Instance | None:

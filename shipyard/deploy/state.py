@@ -41,7 +41,8 @@ class Deployment(BaseModel):
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        scheme = "https" if self.policy.tls else "http"
+        return f"{scheme}://{self.host}:{self.port}"
 
     def idle_color(self) -> str:
         return "green" if self.live == "blue" else "blue"
