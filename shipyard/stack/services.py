@@ -169,6 +169,8 @@ def plan(settings: Settings) -> list[Service]:
             {
                 **base_env,
                 **_trust_env(settings),
+                # Prefect's default is 10 s: a pushed commit would wait that long to start.
+                "PREFECT_WORKER_QUERY_SECONDS": "1",
                 "SHIPYARD_STATE_DIR": str(settings.state_dir.resolve()),
                 "SHIPYARD_MLFLOW_UI_URL": mlflow_ui(settings),
                 "PREFECT_UI_URL": prefect_url,
