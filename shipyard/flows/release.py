@@ -19,14 +19,22 @@ from prefect.utilities.urls import url_for
 
 from shipyard import audit, registry, report
 from shipyard.contracts import ReleaseSummary
-from shipyard.deploy.endpoint import Strategy
+from shipyard.deploy.endpoint import Strategy, Target
+from shipyard.errors import ShipyardError
 from shipyard.fingerprint import fingerprint as compute_fingerprint
 from shipyard.fingerprint import package_versions
-from shipyard.flows.rollout import LOCK_WAIT_S, build_lock, rollout, target_of_release
+from shipyard.flows.rollout import (
+    LOCK_WAIT_S,
+    build_lock,
+    rollout,
+    target_of_release,
+    target_of_version,
+)
 from shipyard.flows.stages import run_settings, run_stage
 from shipyard.frameworks import adapter_for
 from shipyard.manifest import Manifest
 from shipyard.project import Dataset
+from shipyard.register import RegisteredVersion
 from shipyard.sandbox import stages as sandbox_stages
 from shipyard.settings import Settings
 from shipyard.source import Checkout, redact, refuse_credentials
@@ -228,6 +236,20 @@ def _publish(summary: ReleaseSummary, shown: Report) -> None:
         )
 
 
+def _pushed_before(settings: Settings, version: RegisteredVersion) -> Target | None:
+    """A reused version's image, when it is still in the registry and is what its tags say:
+    re-releasing unchanged inputs then builds, smoke-tests and pushes nothing (the image was
+    smoke-tested when it was built; the rollout's gates still run). Else None: build it."""
+    if not version.reused or version.tags.pinned_image is None:
+        return None
+    found = registry.client(settings).get_model_version(version.model, version.version)
+    try:
+        return target_of_version(settings, version.model, found)
+    except ShipyardError as e:
+        get_run_logger().info("Building v%s's image again: %s", version.version, e)
+        return None
+
+
 def _stages(
     inputs: Inputs, summary: ReleaseSummary, until: Stage, strategy: Strategy | None
 ) -> tuple[ReleaseSummary, Report | None]:
@@ -301,6 +323,19 @@ def _stages(
     summary = status("registered", version=version.version, reused=version.reused)
     if stop_after("register"):
         return summary, shown
+    unchanged = None if stop_after("build") else _pushed_before(settings, version)
+    if unchanged is not None:
+        summary = status("pushed", image=version.tags.image, image_digest=version.tags.image_digest)
+        if stop_after("push"):
+            return summary, shown
+        deployed = rollout(
+            unchanged,
+            strategy or manifest.deploy.strategy,
+            manifest.deploy,
+            settings,
+            record_policy=True,
+        )
+        return summary.deployed(deployed), shown
     image = run_stage(build_image, manifest, tree, chosen, data, fp, version.version, settings)
     summary = status("built", image_size_bytes=image.size_bytes)
     if stop_after("build"):

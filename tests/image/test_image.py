@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import tarfile
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -114,6 +115,21 @@ def test_release_builds_smoke_tests_and_pushes_a_labelled_image(
     assert components["onnxruntime"] and components["numpy"]
     shipped = file_in_image(client, summary.image, "/model/shipyard.json")
     assert json.loads(shipped)["version"] == summary.version  # what /v2/models/{name} reports
+
+
+def test_re_releasing_unchanged_inputs_builds_and_pushes_nothing(
+    sklearn_repo: Path, image_settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    first = release(source=sklearn_repo.as_uri(), ref="main", until="push", settings=image_settings)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="shipyard.progress"):
+        again = release(
+            source=sklearn_repo.as_uri(), ref="main", until="push", settings=image_settings
+        )
+    stages = {getattr(r, "stage", None) for r in caplog.records if r.name == "shipyard.progress"}
+    assert "register" in stages and not stages & {"build_image", "push_image"}, stages
+    assert again.status == "pushed" and again.reused
+    assert (again.image, again.image_digest) == (first.image, first.image_digest)
 
 
 def test_the_pushed_image_pulls_and_serves_anywhere(
