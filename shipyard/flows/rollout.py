@@ -8,6 +8,7 @@ concurrency limit `deploy-<model>` (one slot) from the first container to the la
 from __future__ import annotations
 
 import contextlib
+import logging
 import tempfile
 from pathlib import Path
 
@@ -19,10 +20,11 @@ from prefect.transactions import transaction
 
 from shipyard import registry
 from shipyard.contracts import RolloutResult
-from shipyard.deploy import state
+from shipyard.deploy import containers, state
 from shipyard.deploy.checks import Golden
 from shipyard.deploy.endpoint import Strategy, Target, serving
 from shipyard.deploy.inspect import verify_image
+from shipyard.engine import engine
 from shipyard.errors import DeployError, RegistryError, Superseded
 from shipyard.flows.stages import run_stage
 from shipyard.manifest import DeployPolicy
@@ -78,6 +80,23 @@ def rollout(
             _check_champion(settings, target.model, expect_champion)
         before = registry.crowned(registry.client(settings), target.model)
         serving_before = serving(settings, target.model)
+        recorded = state.load(settings.deploy_dir, target.model)
+        if recorded is not None and already_serves(recorded, target, policy, before[0]):
+            live = recorded.serving()
+            if live is not None and containers.running(engine(settings), live.container_id):
+                logging.getLogger(__name__).info(
+                    "%s v%s already serves %s with this image and policy: nothing to roll out",
+                    target.model,
+                    target.version,
+                    recorded.url,
+                )
+                return RolloutResult(
+                    model=target.model,
+                    endpoint=recorded.url,
+                    deployed_version=target.version,
+                    previous_version=before[1],
+                    strategy="unchanged",
+                )
         try:
             with transaction():
                 endpoint = run_stage(deploy, target, strategy, policy, record_policy, settings)
@@ -107,6 +126,21 @@ def rollout(
         deployed_version=target.version,
         previous_version=previous,
         strategy=strategy,
+    )
+
+
+def already_serves(
+    recorded: state.Deployment, target: Target, policy: DeployPolicy | None, champion: str | None
+) -> bool:
+    """Whether the endpoint already serves `target` as it would after the rollout: the same
+    version, by the same image, as `champion`, under the same policy. Then a rollout would
+    only replace a container by its twin."""
+    live = recorded.serving()
+    return (
+        live is not None
+        and live.version == target.version == champion
+        and live.image == target.image
+        and (policy is None or policy == recorded.policy)
     )
 
 

@@ -23,6 +23,7 @@ from shipyard.deploy.endpoint import keys_dir, recover, undeploy
 from shipyard.errors import DeployError
 from shipyard.flows.promote import promote
 from shipyard.flows.rollback import rollback
+from shipyard.flows.rollout import rollout, target_of_version
 from shipyard.manifest import Resources
 from shipyard.settings import Settings
 from tests.support.endpoints import MODEL, Endpoint, aliases, deploy_copy, register_copy
@@ -187,3 +188,17 @@ def test_rolling_back_to_an_image_from_another_registry_is_refused(locked: Locke
         )
     finally:
         mlflow.delete_registered_model_alias(NAME, registry.PREVIOUS)
+
+
+def test_rolling_out_what_already_serves_replaces_nothing(locked: Locked) -> None:
+    """A re-release of unchanged inputs ends here: same version, image and policy, champion."""
+    serving_before = locked.container().id
+    recorded = state.load(locked.settings.deploy_dir, NAME)
+    assert recorded is not None
+    found = registry.client(locked.settings).get_model_version(NAME, locked.version)
+    target = target_of_version(locked.settings, NAME, found)
+
+    result = rollout(target, "blue-green", recorded.policy, locked.settings)
+    assert result.strategy == "unchanged" and result.deployed_version == locked.version
+    assert locked.container().id == serving_before
+    assert locked.infer({"Authorization": f"Bearer {KEY}"}).status_code == 200
