@@ -58,9 +58,11 @@ def lock_digest() -> str:
     return hashlib.sha256(LOCK.read_bytes()).hexdigest()[:16]
 
 
-def image_tag(base: str) -> str:
-    base_id = hashlib.sha256(base.encode()).hexdigest()[:8]
-    return f"{REPOSITORY}:{lock_digest()}-{base_id}"
+def image_tag() -> str:
+    """One sandbox image per lock, built on the stack's base (recorded in its label): a
+    process that would pick another base for release images (another HOME, another
+    SHIPYARD_BASE_IMAGE) still runs project code in the same environment."""
+    return f"{REPOSITORY}:{lock_digest()}"
 
 
 @contextlib.contextmanager
@@ -125,11 +127,11 @@ def environment_image(
 ) -> str:
     """The sandbox image for this lock and `base` (default: the one releases build on), built
     once (about a minute with PyTorch): `stack up` builds it, else the first release does."""
-    base = base or base_image(settings)
-    tag = image_tag(base)
+    tag = image_tag()
     with contextlib.suppress(ImageNotFound):
         client.images.get(tag)
         return tag
+    base = base or base_image(settings)
     with _exclusive(settings.stack_dir / "sandbox-build.lock"):
         with contextlib.suppress(ImageNotFound):
             client.images.get(tag)
@@ -160,7 +162,7 @@ def _build(
                 path=str(context),
                 tag=tag,
                 buildargs={"BASE": base},
-                labels={LABEL: lock_digest()},
+                labels={LABEL: lock_digest(), f"{LABEL}.base": base},
                 rm=True,
                 forcerm=True,
                 pull=False,
@@ -241,6 +243,8 @@ def run(run: Run, settings: Settings, say: Say) -> dict[str, Any]:
             f"{settings.sandbox_memory_mb} MiB): raise SHIPYARD_SANDBOX_MEMORY_MB, or use less."
         )
     result = read_result(run.out_dir)
+    # The protocol's file is not an output: the stage's directory holds only what it made.
+    (run.out_dir / "result.json").unlink(missing_ok=True)
     if result is None:
         raise ProjectError(
             f"The {run.stage} stage's sandbox exited with code {exit_code} and no result. "
