@@ -71,9 +71,12 @@ def file_in_image(client: docker.DockerClient, image: str, path: str) -> bytes:
 
 
 def forget_local_images(client: docker.DockerClient, repository: str) -> None:
-    """A clean engine for this model: its images and the classic builder's cache gone."""
+    """A clean engine for this model: its images and the classic builder's cache gone, but for
+    those a running container uses (a model deployed by `make demo` on the same engine)."""
+    in_use = {c.image.id for c in client.containers.list() if c.image is not None}
     for image in client.images.list(name=repository):
-        client.images.remove(image.id, force=True)
+        if image.id not in in_use:
+            client.images.remove(image.id, force=True)
     client.images.prune(filters={"dangling": True})
 
 
