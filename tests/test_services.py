@@ -305,23 +305,3 @@ def test_a_team_server_configured_in_the_environment_is_used_not_started(
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
     own = {service.name for service in services.plan(Settings(stack_dir=tmp_path / "stack"))}
     assert own == {"prefect-server", "mlflow-server", "prefect-worker", "webhook"}
-
-
-@pytest.mark.unit
-def test_the_worker_and_receiver_get_the_allow_list_stack_up_read(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    """Whatever directory they run in, and a changed list changes their program files."""
-    from shipyard.settings import AllowedSource
-    from shipyard.stack import services
-
-    entry = AllowedSource(
-        repository="acme/digits", url="https://git.example.com/acme/digits.git", models=["d"]
-    )
-    settings = Settings(
-        state_dir=tmp_path / "state", stack_dir=tmp_path / "stack", allowed_sources=[entry]
-    )
-    plan = {service.name: service for service in services.plan(settings)}
-    for name in ("prefect-worker", "webhook"):
-        monkeypatch.setenv("SHIPYARD_ALLOWED_SOURCES", plan[name].env["SHIPYARD_ALLOWED_SOURCES"])
-        assert Settings().allowed_sources == [entry]  # as the program reads its environment

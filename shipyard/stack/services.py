@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
-import json
 import os
 import secrets
 import signal
@@ -97,20 +96,6 @@ def _prefect_env(settings: Settings) -> dict[str, str]:
     }
 
 
-def _trust_env(settings: Settings) -> dict[str, str]:
-    """The allow-list as `stack up` read it, for the worker and the receiver: a changed list
-    changes their program files, so the next `stack up` restarts them with it, whatever
-    directory they run in."""
-    env = {
-        "SHIPYARD_ALLOWED_SOURCES": json.dumps(
-            [entry.model_dump(mode="json") for entry in settings.allowed_sources]
-        )
-    }
-    if settings.allowed_file_root is not None:
-        env["SHIPYARD_ALLOWED_FILE_ROOT"] = str(settings.allowed_file_root.resolve())
-    return env
-
-
 def plan(settings: Settings) -> list[Service]:
     """What the stack runs here: the servers it owns (not those the user configured), the
     worker and the webhook receiver."""
@@ -168,7 +153,6 @@ def plan(settings: Settings) -> list[Service]:
             "pool shipyard",
             {
                 **base_env,
-                **_trust_env(settings),
                 # Prefect's default is 10 s: a pushed commit would wait that long to start.
                 "PREFECT_WORKER_QUERY_SECONDS": "1",
                 "SHIPYARD_STATE_DIR": str(settings.state_dir.resolve()),
@@ -184,7 +168,6 @@ def plan(settings: Settings) -> list[Service]:
             f"http://{webhook.host}:{webhook.port}/hooks/git",
             {
                 **base_env,
-                **_trust_env(settings),
                 "SHIPYARD_WEBHOOK_SECRET": webhook_secret(settings),
                 # Delivery ids outlive a restart: a captured push cannot be replayed after one.
                 "SHIPYARD_WEBHOOK_DELIVERIES_FILE": os.environ.get(
