@@ -1,4 +1,4 @@
-"""Build, normalize and smoke-test the release image on the Docker engine."""
+"""Build and normalize images on the Docker engine; smoke-test a release image."""
 
 from __future__ import annotations
 
@@ -26,8 +26,8 @@ class BuiltImage:
     size_bytes: int
 
 
-def build(client: docker.DockerClient, context: Path, reference: str, epoch: int) -> BuiltImage:
-    """`docker build` the context, then normalize the result into `reference`."""
+def docker_build(client: docker.DockerClient, context: Path) -> str:
+    """`docker build` the context; return the (not yet normalized) image id."""
     try:
         image, _ = client.images.build(path=str(context), rm=True, forcerm=True, pull=False)
     except BuildError as e:
@@ -42,9 +42,15 @@ def build(client: docker.DockerClient, context: Path, reference: str, epoch: int
         raise ImageError(f"docker build failed: {e.msg}.{hint}\n{log}") from e
     except APIError as e:
         raise ImageError(f"The Docker engine refused the build: {e.explanation}") from e
-    image_id = normalize(client, str(image.id), epoch, reference)
+    return str(image.id)
+
+
+def build(client: docker.DockerClient, context: Path, reference: str, epoch: int) -> BuiltImage:
+    """`docker build` the context, then normalize the result into `reference`."""
+    built = docker_build(client, context)
+    image_id = normalize(client, built, epoch, reference)
     with contextlib.suppress(APIError):  # shares layers with the normalized one, or already gone
-        client.images.remove(str(image.id), noprune=False)
+        client.images.remove(built, noprune=False)
     size = int(client.images.get(image_id).attrs["Size"])
     return BuiltImage(reference, image_id, size)
 

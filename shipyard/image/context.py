@@ -1,9 +1,11 @@
-"""The build context: Dockerfile, hash-locked wheelhouse (the server's dependencies and the
-server itself, `shipyard_serving`, as a wheel) and the model.
+"""What goes into a release image.
 
-Every file in it has the same modification time (the commit's), so `COPY` layers depend on
-content only. The template, the lock and the server come from the installed packages
-(package data), never from a checkout.
+The runtime image's build context: Dockerfile, hash-locked wheelhouse (the server's
+dependencies and the server itself, `shipyard_serving`, as a wheel). Every file in it has the
+same modification time, so `COPY` layers depend on content only. The template, the lock and the
+server come from the installed packages (package data), never from a checkout.
+
+A release's own layer (the model) and labels are described by `ImageSpec`.
 """
 
 from __future__ import annotations
@@ -47,18 +49,23 @@ class ImageSpec:
     def created(self) -> str:
         return datetime.fromtimestamp(self.epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
+    @property
+    def labels(self) -> dict[str, str]:
+        """The image's labels (OCI annotations and Shipyard's own)."""
+        return {
+            "org.opencontainers.image.title": self.model,
+            "org.opencontainers.image.revision": self.revision,
+            "org.opencontainers.image.version": self.fingerprint,
+            "org.opencontainers.image.created": self.created,
+            "org.opencontainers.image.source": self.source,
+            "ai.shipyard.model.name": self.model,
+            "ai.shipyard.onnx.sha256": self.onnx_sha256,
+        }
 
-def dockerfile(spec: ImageSpec) -> str:
-    return Template(TEMPLATE.read_text()).substitute(
-        base=spec.base,
-        epoch=spec.epoch,
-        model=spec.model,
-        revision=spec.revision,
-        fingerprint=spec.fingerprint,
-        created=spec.created,
-        source=spec.source,
-        onnx_sha256=spec.onnx_sha256,
-    )
+
+def dockerfile(base: str, epoch: int = NO_COMMIT_EPOCH) -> str:
+    """The runtime image's Dockerfile on `base`."""
+    return Template(TEMPLATE.read_text()).substitute(base=base, epoch=epoch)
 
 
 def wheelhouse(cache_dir: Path, lock: Path = LOCK) -> Path:
@@ -151,19 +158,16 @@ def locked_requirements(lock: Path, server: Path) -> str:
     return lock.read_text().rstrip("\n") + "\n" + pin
 
 
-def build_context(
-    spec: ImageSpec, model_files: list[Path], wheels: Path, server: Path, out: Path
+def runtime_context(
+    dockerfile_text: str, requirements: str, wheels: Path, server: Path, out: Path
 ) -> Path:
-    """Write the context into `out` and return it."""
+    """Write the runtime image's build context into `out` and return it."""
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    (out / "Dockerfile").write_text(dockerfile(spec))
-    (out / "requirements.lock").write_text(locked_requirements(LOCK, server))
+    (out / "Dockerfile").write_text(dockerfile_text)
+    (out / "requirements.lock").write_text(requirements)
     shutil.copytree(wheels, out / "wheels", ignore=shutil.ignore_patterns(".complete"))
     shutil.copy(server, out / "wheels" / server.name)
-    (out / "model").mkdir()
-    for path in model_files:
-        shutil.copy(path, out / "model" / path.name)
     for path in [out, *out.rglob("*")]:
-        os.utime(path, (spec.epoch, spec.epoch), follow_symlinks=False)
+        os.utime(path, (NO_COMMIT_EPOCH, NO_COMMIT_EPOCH), follow_symlinks=False)
     return out

@@ -48,27 +48,31 @@ def _config(config: dict[str, Any], diff_ids: list[str], epoch: int) -> dict[str
     return config
 
 
-def _read(archive: tarfile.TarFile, name: str) -> bytes:
+def read_member(archive: tarfile.TarFile, name: str) -> bytes:
     member = archive.extractfile(name)
     if member is None:
         raise ValueError(f"{name} is not a file in the saved image")
     return member.read()
 
 
-def normalize(client: docker.DockerClient, image_id: str, epoch: int, tag: str) -> str:
-    """Rewrite `image_id` deterministically, load it as `tag`, and return the new image id."""
-    with tempfile.TemporaryFile() as saved:
-        for chunk in client.images.get(image_id).save(named=False):
-            saved.write(chunk)
-        saved.seek(0)
-        with tarfile.open(fileobj=saved) as archive:
-            manifest = json.loads(_read(archive, "manifest.json"))[0]
-            config = json.loads(_read(archive, manifest["Config"]))
-            layers = [_layer(_read(archive, name), epoch) for name in manifest["Layers"]]
-    diff_ids = [f"sha256:{hashlib.sha256(layer).hexdigest()}" for layer in layers]
-    config_bytes = json.dumps(
-        _config(config, diff_ids, epoch), sort_keys=True, separators=(",", ":")
-    ).encode()
+def canonical(config: dict[str, Any]) -> bytes:
+    """An image config's bytes as Shipyard writes them (their sha256 is the image id)."""
+    return json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
+
+
+def load(
+    client: docker.DockerClient,
+    config: dict[str, Any],
+    layers: dict[str, bytes],
+    tag: str,
+    epoch: int,
+) -> str:
+    """`docker load` an image made of `config` and return its id.
+
+    `layers` maps diff ids to layer tars; a layer of `config` not in it must already be in the
+    engine (the engine skips reading layers it has, so a release's image is loaded with its own
+    layer only)."""
+    config_bytes = canonical(config)
     config_id = hashlib.sha256(config_bytes).hexdigest()
     out = io.BytesIO()
     with tarfile.open(fileobj=out, mode="w") as archive:
@@ -80,9 +84,10 @@ def normalize(client: docker.DockerClient, image_id: str, epoch: int, tag: str) 
 
         add(f"{config_id}.json", config_bytes)
         paths = []
-        for diff_id, layer in zip(diff_ids, layers, strict=True):
+        for diff_id in config["rootfs"]["diff_ids"]:
             path = f"{diff_id.removeprefix('sha256:')}/layer.tar"
-            add(path, layer)
+            if diff_id in layers:
+                add(path, layers[diff_id])
             paths.append(path)
         add(
             "manifest.json",
@@ -92,3 +97,25 @@ def normalize(client: docker.DockerClient, image_id: str, epoch: int, tag: str) 
         )
     client.images.load(out.getvalue())
     return f"sha256:{config_id}"
+
+
+def normalize_image(
+    client: docker.DockerClient, image_id: str, epoch: int, tag: str
+) -> tuple[str, dict[str, Any]]:
+    """Rewrite `image_id` deterministically, load it as `tag`; return its id and config."""
+    with tempfile.TemporaryFile() as saved:
+        for chunk in client.images.get(image_id).save(named=False):
+            saved.write(chunk)
+        saved.seek(0)
+        with tarfile.open(fileobj=saved) as archive:
+            manifest = json.loads(read_member(archive, "manifest.json"))[0]
+            config = json.loads(read_member(archive, manifest["Config"]))
+            layers = [_layer(read_member(archive, name), epoch) for name in manifest["Layers"]]
+    diff_ids = [f"sha256:{hashlib.sha256(layer).hexdigest()}" for layer in layers]
+    config = _config(config, diff_ids, epoch)
+    return load(client, config, dict(zip(diff_ids, layers, strict=True)), tag, epoch), config
+
+
+def normalize(client: docker.DockerClient, image_id: str, epoch: int, tag: str) -> str:
+    """Rewrite `image_id` deterministically, load it as `tag`, and return the new image id."""
+    return normalize_image(client, image_id, epoch, tag)[0]

@@ -15,15 +15,11 @@ from shipyard import engine, registry
 from shipyard.contracts import pinned
 from shipyard.deploy.checks import Golden
 from shipyard.errors import ImageError, RegistryError
-from shipyard.image.build import build, smoke_test
-from shipyard.image.context import (
-    NO_COMMIT_EPOCH,
-    ImageSpec,
-    build_context,
-    server_wheel,
-    wheelhouse,
-)
+from shipyard.image.build import smoke_test
+from shipyard.image.context import NO_COMMIT_EPOCH, ImageSpec
+from shipyard.image.layers import compose
 from shipyard.image.push import push_with_retries
+from shipyard.image.release import runtime_for
 from shipyard.settings import Settings
 
 
@@ -66,6 +62,8 @@ def rebuild(version: ModelVersion, settings: Settings) -> RebuiltImage:
         )
     client = engine.engine(settings)
     base = engine.base_image(settings)
+    runtime = runtime_for(settings)
+    reference = f"{settings.registry}/shipyard/{model}:v{version.version}-rebuild"
     work = settings.builds_dir / "rebuild" / f"{model}-v{version.version}"
     work.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=work) as tmp:
@@ -96,15 +94,14 @@ def rebuild(version: ModelVersion, settings: Settings) -> RebuiltImage:
             source=tags.source or "",
             epoch=tags.commit_time or NO_COMMIT_EPOCH,
         )
-        context = build_context(
-            spec,
+        built = compose(
+            client,
+            runtime,
             [bundle / "model.onnx", bundle / "shipyard.json"],
-            wheelhouse(settings.wheelhouse_dir),
-            server_wheel(settings.wheelhouse_dir),
-            work / "context",
+            spec.labels,
+            spec.epoch,
+            reference,
         )
-    reference = f"{settings.registry}/shipyard/{model}:v{version.version}-rebuild"
-    built = build(client, context, reference, spec.epoch)
     smoke_test(
         client,
         built.image_id,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -12,15 +14,10 @@ from shipyard.bundle import write_metadata
 from shipyard.deploy.checks import Golden
 from shipyard.errors import ImageError
 from shipyard.gates import Measurement
-from shipyard.image.build import build, smoke_test
-from shipyard.image.context import (
-    LOCK,
-    NO_COMMIT_EPOCH,
-    ImageSpec,
-    build_context,
-    server_wheel,
-    wheelhouse,
-)
+from shipyard.image.build import smoke_test
+from shipyard.image.context import LOCK, NO_COMMIT_EPOCH, ImageSpec
+from shipyard.image.layers import compose
+from shipyard.image.runtime import Runtime, ensure_runtime
 from shipyard.inference import predict, session
 from shipyard.manifest import Manifest
 from shipyard.project import Dataset
@@ -54,39 +51,37 @@ def image_spec(
     )
 
 
-def sbom(out: Path, lock: Path = LOCK) -> Path:
-    """A CycloneDX SBOM of the image's Python environment: the hash-locked requirements it installs."""
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "cyclonedx_py",
-            "requirements",
-            "--of",
-            "JSON",
-            "--output-reproducible",
-            "-o",
-            str(out),
-            str(lock),
-        ],
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode:
-        raise ImageError(f"SBOM generation failed: {done.stderr.strip()[-500:]}")
+def sbom(out: Path, cache_dir: Path, lock: Path = LOCK) -> Path:
+    """A CycloneDX SBOM of the image's Python environment: the hash-locked requirements it
+    installs. The same for every image on one lock, so made once per lock and copied."""
+    cached = cache_dir / f"{hashlib.sha256(lock.read_bytes()).hexdigest()[:16]}.cdx.json"
+    if not cached.is_file():
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "cyclonedx_py",
+                "requirements",
+                "--of",
+                "JSON",
+                "--output-reproducible",
+                "-o",
+                str(cached.with_suffix(".tmp")),
+                str(lock),
+            ],
+            capture_output=True,
+            text=True,
+        )
+        if done.returncode:
+            raise ImageError(f"SBOM generation failed: {done.stderr.strip()[-500:]}")
+        cached.with_suffix(".tmp").replace(cached)
+    shutil.copyfile(cached, out)
     return out
 
 
-def build_release_image(
-    manifest: Manifest,
-    tree: Checkout,
-    chosen: Measurement,
-    data: Dataset,
-    fingerprint: str,
-    version: str,
-    settings: Settings,
-) -> ReleaseImage:
-    """Build the image, normalize it, and smoke-test it against the validated ONNX model."""
+def runtime_for(settings: Settings) -> Runtime:
+    """The runtime image on the configured base: the base pulled if this engine lacks it."""
     client = engine.engine(settings)
     registry = engine.registry_login(settings)
     base = engine.base_image(settings)
@@ -100,22 +95,37 @@ def build_release_image(
                 f"Base image {base} is missing and cannot be pulled ({e}). "
                 "Run `shipyard stack up`, or set SHIPYARD_BASE_IMAGE to one you can pull."
             ) from e
+    return ensure_runtime(client, base, settings.wheelhouse_dir)
+
+
+def build_release_image(
+    manifest: Manifest,
+    tree: Checkout,
+    chosen: Measurement,
+    data: Dataset,
+    fingerprint: str,
+    version: str,
+    settings: Settings,
+) -> ReleaseImage:
+    """The runtime image plus the model layer, smoke-tested against the validated ONNX model."""
+    client = engine.engine(settings)
+    runtime = runtime_for(settings)
     build_dir = settings.builds_dir / fingerprint / "image"
     bundle = build_dir / "bundle"
     bundle.mkdir(parents=True, exist_ok=True)
     (bundle / "model.onnx").write_bytes(chosen.path.read_bytes())
     write_metadata(bundle, manifest, tree, chosen, fingerprint, version)
-    spec = image_spec(manifest, tree, chosen, fingerprint, base)
-    context = build_context(
-        spec,
-        [bundle / "model.onnx", bundle / "shipyard.json"],
-        wheelhouse(settings.wheelhouse_dir),
-        server_wheel(settings.wheelhouse_dir),
-        build_dir / "context",
-    )
+    spec = image_spec(manifest, tree, chosen, fingerprint, engine.base_image(settings))
     # Content names the tag: the same fingerprint at another commit is another image (labels).
     reference = f"{settings.registry}/shipyard/{manifest.name}:{fingerprint[:12]}-{(tree.commit or 'worktree')[:12]}"
-    built = build(client, context, reference, spec.epoch)
+    built = compose(
+        client,
+        runtime,
+        [bundle / "model.onnx", bundle / "shipyard.json"],
+        spec.labels,
+        spec.epoch,
+        reference,
+    )
     # A sample within the server's default limits (1024 rows, 1 MiB) whatever the test set's size.
     sample = data.x_test[:64]
     labels, probabilities = predict(session(chosen.path), sample)
@@ -125,7 +135,7 @@ def build_release_image(
         built.reference,
         built.image_id,
         built.size_bytes,
-        sbom(build_dir / "sbom.cdx.json"),
+        sbom(build_dir / "sbom.cdx.json", settings.builds_dir / "sbom"),
         golden.save(build_dir / "golden.json"),
         bundle / "shipyard.json",
     )
