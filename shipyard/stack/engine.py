@@ -17,7 +17,6 @@ import secrets
 import shutil
 import signal
 import subprocess
-import tarfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,29 +29,16 @@ from docker.errors import APIError, DockerException, ImageNotFound
 from shipyard.deploy import endpoint
 from shipyard.deploy.containers import LABEL
 from shipyard.deploy.proxy import PROXY_IMAGE
-from shipyard.engine import RegistryLogin, engine, push, registry_login
+from shipyard.engine import RegistryLogin, engine, registry_login
 from shipyard.errors import ShipyardError, StackError
 from shipyard.processes import Started
 from shipyard.sandbox import container as sandbox_container
 from shipyard.settings import Settings
+from shipyard.stack import base, supervisor
 from shipyard.stack import state as stack_state
-from shipyard.stack import supervisor
 from shipyard.waiting import TimedOut, wait_until
 
 Say = Callable[[str], None]
-BASE_REPOSITORY = "shipyard/base"
-BASE_TAG = "bookworm-python3.11"
-# Not needed at run time, and most of a Debian root's size: docs, locales, caches, bytecode.
-_STRIP = (
-    "var/cache",
-    "var/lib/apt/lists",
-    "var/log",
-    "usr/share/doc",
-    "usr/share/locale",
-    "usr/share/man",
-    "usr/share/info",
-    "usr/lib/x86_64-linux-gnu/gconv",
-)
 
 
 def apt_install(package: str, say: Say) -> None:
@@ -197,31 +183,27 @@ def ensure_registry(settings: Settings, say: Say) -> RegistryLogin:
     return RegistryLogin(settings.registry, settings.registry_username, password)
 
 
-def _debian_rootfs(root: Path, say: Say) -> Path:
-    if shutil.which("debootstrap") is None:
-        apt_install("debootstrap", say)
-    rootfs = root / "rootfs"
-    shutil.rmtree(rootfs, ignore_errors=True)
-    say("base: building a Debian bookworm root with python3 (debootstrap, about a minute)")
-    done = subprocess.run(
-        [
-            "debootstrap",
-            "--variant=minbase",
-            "--include=python3,python3-venv,ca-certificates",
-            "bookworm",
-            str(rootfs),
-        ],
-        capture_output=True,
-        text=True,
+def build_base(
+    settings: Settings,
+    client: docker.DockerClient,
+    registry: RegistryLogin,
+    say: Say,
+    debs: Path | None = None,
+) -> base.Base:
+    """Build the base (`shipyard.stack.base`) in the stack directory, with Debian's mmdebstrap
+    (installed if missing), push it, and record it and its package set in the stack state.
+    `debs`: the .deb cache (default the stack directory's `debs/`, kept between builds)."""
+    if shutil.which("mmdebstrap") is None:
+        apt_install("mmdebstrap", say)
+    stack_state.private_dir(settings)
+    built = base.build(
+        client, registry, settings.stack_dir, debs or settings.stack_dir / "debs", say
     )
-    if done.returncode:
-        raise StackError(f"debootstrap failed: {done.stdout[-800:]}{done.stderr[-800:]}")
-    for relative in _STRIP:
-        for child in (rootfs / relative).glob("*") if (rootfs / relative).is_dir() else []:
-            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
-    for cache in rootfs.rglob("__pycache__"):
-        shutil.rmtree(cache, ignore_errors=True)
-    return rootfs
+    state = stack_state.read(settings)
+    state["base_image"] = built.reference
+    state["base_packages"] = [list(p) for p in built.packages]
+    stack_state.write(settings, state)
+    return built
 
 
 def ensure_base(
@@ -249,31 +231,12 @@ def ensure_base(
             return str(recorded)
         except (APIError, DockerException):
             say(f"base: the recorded {recorded} is gone from the registry; building it again")
-    rootfs = _debian_rootfs(settings.stack_dir, say)
-    archive = settings.stack_dir / "rootfs.tar"
-    with tarfile.open(archive, "w") as tar:
-        for path in sorted(rootfs.iterdir()):
-            tar.add(path, arcname=path.name)
-    repository = f"{registry.address}/{BASE_REPOSITORY}"
-    client.api.import_image_from_file(
-        str(archive),
-        repository=repository,
-        tag=BASE_TAG,
-        changes=[
-            "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            "ENV LANG=C.UTF-8",
-        ],
+    built = build_base(settings, client, registry, say)
+    say(
+        f"base: built and pushed {built.reference} ({built.size_bytes / 1e6:.0f} MB, "
+        f"{len(built.packages)} Debian packages, recorded in {settings.stack_file})"
     )
-    archive.unlink()
-    shutil.rmtree(rootfs, ignore_errors=True)
-    digest = push(client, repository, BASE_TAG, registry)
-    reference = f"{repository}@{digest}"
-    state = stack_state.read(settings)
-    state["base_image"] = reference
-    stack_state.write(settings, state)
-    size = client.images.get(reference).attrs["Size"] / 1e6
-    say(f"base: built and pushed {reference} ({size:.0f} MB)")
-    return reference
+    return built.reference
 
 
 def ensure_proxy_image(client: docker.DockerClient, base: str, say: Say) -> None:
