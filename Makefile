@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: install stack demo test test-fast lint bench bench-all bench-serving bench-image bench-rollout lock clean
+.PHONY: install stack demo test test-fast lint bench bench-all bench-serving bench-floor bench-image bench-rollout lock clean
 
 # Everything is pinned by constraints.txt (regenerate: make lock). torch 2.13.0 is the CPU
 # wheel pip finds on this machine's disk; an unpinned torch would pull a multi-GB CUDA build.
@@ -66,6 +66,10 @@ bench-rollout: install
 bench-serving: install
 	@command -v wrk >/dev/null || { echo "installing wrk"; apt-get update -qq && apt-get install -y -qq wrk; }
 	$(BIN)/python benchmarks/serving_vs_mlflow.py
+
+bench-floor: install
+	@command -v wrk >/dev/null || { echo "installing wrk"; apt-get update -qq && apt-get install -y -qq wrk; }
+	$(BIN)/python benchmarks/serving_floor.py
 
 lock: install
 	$(BIN)/pip freeze --exclude-editable | grep -v '^shipyard' > constraints.txt

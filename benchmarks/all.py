@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS = [
     ("Release variants: size, accuracy, latency; cold and warm releases", "release_variants.py"),
     ("Serving: Shipyard's server against `mlflow models serve`", "serving_vs_mlflow.py"),
+    ("Serving overhead: Shipyard's server against a bare uvicorn app", "serving_floor.py"),
     ("Release image: cold and cached builds, reproducible digests", "image_build.py"),
     ("Rollout strategies under a steady load", "rollout_strategies.py"),
 ]

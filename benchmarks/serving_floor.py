@@ -1,0 +1,152 @@
+"""Serving overhead: Shipyard's server against the floor (a bare uvicorn + ONNX Runtime app).
+
+Run: `make bench-floor`. One run trains the reference scikit-learn project with the stage
+functions and writes its INT8 graph as a release bundle, then starts, on 127.0.0.1 and with the
+same number of worker processes, `python -m shipyard_serving` (API keys and metrics on) and
+benchmarks/floor_server.py (neither). It prints how long each took from process start to its
+first 200 on /v2/health/ready, then drives each with wrk at two shapes (1 row with 16
+connections, 32 rows with 8) on MLflow's /invocations contract, and prints requests/s, p50 and
+p99, and Shipyard's requests/s and p99 over the floor's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+from serving_vs_mlflow import KEY, SECONDS, free_port, wrk
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKERS = int(os.environ.get("BENCH_WORKERS", "2"))
+SHAPES = [("1 row", 1, 16), ("32 rows", 32, 8)]  # name, rows per request, connections
+
+
+def build_bundle(out: Path) -> Path:
+    """digits-sklearn's INT8 graph and its shipyard.json, as a release bundle in `out`."""
+    sys.path.insert(0, str(ROOT))
+    from shipyard.export import export_onnx
+    from shipyard.manifest import load_manifest
+    from shipyard.optimize import quantize
+    from shipyard.project import load_dataset
+    from shipyard.training import train_model
+
+    project = ROOT / "examples" / "digits-sklearn"
+    manifest = load_manifest(project)
+    data = load_dataset(project, manifest)
+    trained = train_model(project, manifest, data, out / "train")
+    fp32 = export_onnx(trained, manifest, out / "export")
+    bundle = out / "bundle"
+    bundle.mkdir()
+    calibration = data.x_train[: manifest.optimize.calibration_samples]
+    quantize(fp32, bundle / "model.onnx", manifest, calibration)
+    meta = {"name": manifest.name, "version": "1", "labels": manifest.labels, "variant": "int8"}
+    (bundle / "shipyard.json").write_text(json.dumps(meta))
+    return bundle
+
+
+def start(
+    command: list[str], env: dict[str, str], port: int
+) -> tuple[subprocess.Popen[bytes], float]:
+    """Start a server; return it and the seconds from its start to a 200 on /v2/health/ready."""
+    started = time.perf_counter()
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/v2/health/ready"
+    with httpx.Client(timeout=1) as client:
+        while time.perf_counter() - started < 120:
+            if process.poll() is not None:
+                raise SystemExit(f"{command}: exited with {process.returncode}")
+            try:
+                if client.get(url).status_code == 200:
+                    return process, time.perf_counter() - started
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.01)
+    process.kill()
+    raise SystemExit(f"{url} not ready in 120 s")
+
+
+def main() -> None:
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is missing: apt-get install wrk (make bench-floor does)")
+    tmp = Path(tempfile.mkdtemp(prefix="shipyard-floor-bench-"))
+    servers: list[subprocess.Popen[bytes]] = []
+    try:
+        print("training and exporting examples/digits-sklearn ...", flush=True)
+        bundle = build_bundle(tmp)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SHIPYARD_SERVE_")}
+        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+
+        floor_port, ours_port = free_port(), free_port()
+        floor, floor_start = start(
+            [
+                sys.executable,
+                str(ROOT / "benchmarks" / "floor_server.py"),
+                str(bundle),
+                f"--port={floor_port}",
+                f"--workers={WORKERS}",
+            ],
+            env,
+            floor_port,
+        )
+        servers.append(floor)
+        ours_env = {
+            **env,
+            "SHIPYARD_SERVE_MODEL_DIR": str(bundle),
+            "SHIPYARD_SERVE_PORT": str(ours_port),
+            "SHIPYARD_SERVE_WORKERS": str(WORKERS),
+            "SHIPYARD_SERVE_API_KEYS": KEY,
+        }
+        ours, ours_start = start([sys.executable, "-m", "shipyard_serving"], ours_env, ours_port)
+        servers.append(ours)
+
+        x = json.loads((ROOT / "benchmarks" / "digits_rows.json").read_text())
+        results = {}
+        for name, n, connections in SHAPES:
+            body = {"inputs": x[:n]}
+            for server, port in (("floor", floor_port), ("shipyard", ours_port)):
+                url = f"http://127.0.0.1:{port}/invocations"
+                results[server, name] = wrk(url, body, connections=connections)
+        metrics = httpx.get(
+            f"http://127.0.0.1:{ours_port}/metrics", headers={"X-API-Key": KEY}
+        ).text
+        if 'shipyard_requests_total{route="/invocations",status="200"}' not in metrics:
+            raise SystemExit("Shipyard's server counted no /invocations: were metrics on?")
+
+        print(
+            f"\ndigits-sklearn int8, {WORKERS} workers each, {SECONDS} s per case, wrk 1 thread; "
+            "shipyard: API key and metrics on; floor: benchmarks/floor_server.py\n"
+        )
+        print(f"start to ready: floor {floor_start:.2f} s, shipyard {ours_start:.2f} s\n")
+        print(
+            f"{'request':<22}{'server':<10}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}"
+            f"{'req/s ×':>10}{'p99 ×':>8}"
+        )
+        for name, _, connections in SHAPES:
+            base = results["floor", name]
+            for server in ("floor", "shipyard"):
+                r = results[server, name]
+                ratios = (
+                    f"{r['rps'] / base['rps']:>10.2f}{r['p99'] / base['p99']:>8.2f}"
+                    if server != "floor"
+                    else ""
+                )
+                case = f"{name}, {connections} conns"
+                print(
+                    f"{case:<22}{server:<10}{r['rps']:>9.0f}{r['p50']:>9.2f}{r['p99']:>9.2f}{ratios}"
+                )
+    finally:
+        for server in servers:
+            server.terminate()
+            server.wait(timeout=30)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
