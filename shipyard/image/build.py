@@ -26,10 +26,12 @@ class BuiltImage:
     size_bytes: int
 
 
-def docker_build(client: docker.DockerClient, context: Path) -> str:
+def docker_build(client: docker.DockerClient, context: Path, nocache: bool = False) -> str:
     """`docker build` the context; return the (not yet normalized) image id."""
     try:
-        image, _ = client.images.build(path=str(context), rm=True, forcerm=True, pull=False)
+        image, _ = client.images.build(
+            path=str(context), rm=True, forcerm=True, pull=False, nocache=nocache
+        )
     except BuildError as e:
         log = "".join(str(line.get("stream", line.get("error", ""))) for line in e.build_log)[
             -1500:

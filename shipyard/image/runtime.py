@@ -70,9 +70,10 @@ def ensure_runtime(
     base: str,
     wheelhouse_dir: Path,
     say: Callable[[str], None] | None = None,
+    nocache: bool = False,
 ) -> Runtime:
     """The runtime image for `base` and the lock: reused if this engine has it, else built and
-    normalized (about 20 s, once per base and lock)."""
+    normalized (about 40 s, once per base and lock). `nocache`: without the builder's cache."""
     server = server_wheel(wheelhouse_dir)
     requirements = locked_requirements(LOCK, server)
     key = runtime_key(base, requirements)
@@ -94,7 +95,7 @@ def ensure_runtime(
             server,
             wheelhouse_dir.parent / "runtime" / key,
         )
-        built = docker_build(client, context)
+        built = docker_build(client, context, nocache)
         image_id, config = normalize_image(client, built, NO_COMMIT_EPOCH, reference)
         with contextlib.suppress(APIError):
             client.images.remove(built, noprune=False)
