@@ -260,12 +260,18 @@ def build(
         with contextlib.suppress(APIError):  # shares its layer with the normalized one
             client.images.remove(imported)
     digest = push(client, repository, TAG, registry)
-    size = int(client.images.get(image_id).attrs["Size"])
+    image = client.images.get(image_id)
+    reference = f"{repository}@{digest}"
+    if reference not in image.attrs.get("RepoDigests", []):
+        raise StackError(
+            f"The push of {repository}:{TAG} stored {digest}, which is not the base just built "
+            f"({image_id}): another build moved the tag meanwhile. Build again."
+        )
     say(
         f"base: {len(packages)} Debian packages, image {image_id[:19]}, "
         f"{time.perf_counter() - start:.0f} s"
     )
-    return Base(f"{repository}@{digest}", image_id, packages, size)
+    return Base(reference, image_id, packages, int(image.attrs["Size"]))
 
 
 def _read_from(client: docker.DockerClient, image: str, path: str) -> bytes | None:
