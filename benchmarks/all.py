@@ -21,6 +21,7 @@ BENCHMARKS = [
     ("Serving overhead: Shipyard's server against a bare uvicorn app", "serving_floor.py"),
     ("Release image: cold and cached builds, reproducible digests", "image_build.py"),
     ("Rollout strategies under a steady load", "rollout_strategies.py"),
+    ("Base image: two clean builds, the same digest", "base_digest.py"),
 ]
 
 
