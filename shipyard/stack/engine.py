@@ -31,6 +31,7 @@ from shipyard.deploy.containers import LABEL
 from shipyard.deploy.proxy import PROXY_IMAGE
 from shipyard.engine import RegistryLogin, engine, registry_login
 from shipyard.errors import ShipyardError, StackError
+from shipyard.image.runtime import ensure_runtime
 from shipyard.processes import Started
 from shipyard.sandbox import container as sandbox_container
 from shipyard.settings import Settings
@@ -264,7 +265,8 @@ def ensure_proxy_image(client: docker.DockerClient, base: str, say: Say) -> None
 
 
 def up(settings: Settings, say: Say) -> dict[str, Any]:
-    """Bring up engine, registry, base and proxy images; return what a release uses."""
+    """Bring up engine, registry, base, proxy, sandbox and runtime images; return what a
+    release uses."""
     private = stack_state.tighten(settings)
     say(f"modes: {' and '.join(map(str, private))} and what they hold are their owner's only")
     client = ensure_engine(settings, say)
@@ -273,11 +275,14 @@ def up(settings: Settings, say: Say) -> dict[str, Any]:
     base = ensure_base(settings, client, registry, say)
     ensure_proxy_image(client, base, say)
     sandbox = sandbox_container.environment_image(client, settings, say, base)
+    # Every release image is this plus its model layer: built here once, not by the first release.
+    runtime = ensure_runtime(client, base, settings.wheelhouse_dir, say)
     return {
         "engine": client.api.base_url,
         "registry": registry.address,
         "base_image": base,
         "sandbox_image": sandbox,
+        "runtime_image": runtime.reference,
     }
 
 
