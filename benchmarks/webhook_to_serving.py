@@ -1,0 +1,258 @@
+"""Webhook to serving: a signed push of a new commit until the endpoint answers with the new
+version, split by stage.
+
+Run: `make bench-webhook` (after `shipyard stack up`: it uses the stack's engine and registry).
+Like the stack, it runs a Prefect server, `prefect deploy --all` of prefect.yaml, a process
+worker polling every second and the webhook receiver, here on free ports with a state directory
+of their own. A git repository holding examples/digits-sklearn gets a first commit, pushed and
+served (cold: nothing cached), then RUNS commits that each change the seed (a new model:
+retrained, exported, optimized, validated, registered, built, pushed, rolled out). For each it
+prints the receiver's answer, the run's creation and start, every stage's start and duration,
+and the first answer from the new version, all from the moment the push was sent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from release_variants import free_port, start_prefect
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+MODEL = "digits-sklearn"
+REPOSITORY = "bench/digits-sklearn"
+SECRET = "benchmark-webhook-secret"
+RUNS = 3
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", "-c", "user.name=Bench", "-c", "user.email=bench@example.invalid", *args],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+
+
+def commit(repo: Path, seed: int, port: int) -> str:
+    manifest = (ROOT / "examples" / MODEL / "shipyard.yaml").read_text()
+    manifest = (
+        manifest.replace("seed: 0", f"seed: {seed}")
+        .replace("port: 8000", f"port: {port}")
+        .replace("keep_blue_seconds: 30", "keep_blue_seconds: 1")  # retire is after serving
+    )
+    (repo / "shipyard.yaml").write_text(manifest)
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", f"seed {seed}")
+    return git(repo, "rev-parse", "HEAD")
+
+
+def push(receiver: str, repo: Path, sha: str) -> httpx.Response:
+    body = json.dumps(
+        {
+            "ref": "refs/heads/main",
+            "after": sha,
+            "repository": {"clone_url": repo.as_uri(), "full_name": REPOSITORY},
+            "pusher": {"name": "bench"},
+            "commits": [{"id": sha, "added": [], "modified": ["shipyard.yaml"], "removed": []}],
+        }
+    ).encode()
+    signature = hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+    return httpx.post(
+        f"{receiver}/hooks/git",
+        content=body,
+        headers={
+            "content-type": "application/json",
+            "x-github-event": "push",
+            "x-github-delivery": str(uuid.uuid4()),
+            "x-hub-signature-256": f"sha256={signature}",
+        },
+        timeout=10,
+    )
+
+
+def served_version(port: int) -> str | None:
+    try:
+        answer = httpx.get(f"http://127.0.0.1:{port}/v2/models/{MODEL}", timeout=1)
+        return str(answer.json()["versions"][0]) if answer.status_code == 200 else None
+    except (httpx.HTTPError, ValueError, KeyError, IndexError):
+        return None
+
+
+def flow_run_of(api: str, sha: str) -> dict[str, Any] | None:
+    runs = httpx.post(f"{api}/flow_runs/filter", json={"limit": 50}, timeout=10).json()
+    mine = [r for r in runs if r["parameters"].get("ref") == sha]
+    return mine[0] if mine else None
+
+
+def task_runs(api: str, flow_run_id: str) -> list[dict[str, Any]]:
+    body = {"flow_runs": {"id": {"any_": [flow_run_id]}}, "limit": 200}
+    return list(httpx.post(f"{api}/task_runs/filter", json=body, timeout=10).json())
+
+
+def at(stamp: str | None, sent: float) -> float | None:
+    return datetime.fromisoformat(stamp).timestamp() - sent if stamp else None
+
+
+def release_once(api: str, receiver: str, repo: Path, port: int, seed: int) -> dict[str, Any]:
+    sha = commit(repo, seed, port)
+    before = served_version(port)
+    sent = time.time()
+    answer = push(receiver, repo, sha)
+    answered = time.time() - sent
+    if answer.status_code != 202:
+        raise SystemExit(f"the receiver answered {answer.status_code}: {answer.text}")
+    deadline, serving = sent + 600, None
+    while time.time() < deadline:
+        version = served_version(port)
+        if version is not None and version != before:
+            serving = time.time() - sent
+            break
+        run = flow_run_of(api, sha)
+        if run and run["state_type"] in ("FAILED", "CRASHED", "CANCELLED"):
+            raise SystemExit(f"the release of {sha[:12]} ended {run['state_name']}")
+        time.sleep(0.05)
+    if serving is None:
+        raise SystemExit(f"{sha[:12]} was not served within 600 s")
+    run = flow_run_of(api, sha)
+    assert run is not None
+    while run["state_type"] not in ("COMPLETED", "FAILED", "CRASHED"):
+        time.sleep(0.5)
+        run = flow_run_of(api, sha)
+        assert run is not None
+    stages = sorted(
+        (
+            (t["task_key"].split("-")[0], at(t["start_time"], sent), t["total_run_time"])
+            for t in task_runs(api, run["id"])
+            if t["start_time"]
+        ),
+        key=lambda s: s[1] or 0,
+    )
+    return {
+        "answered": answered,
+        "created": at(run["created"], sent),
+        "started": at(run["start_time"], sent),
+        "stages": stages,
+        "serving": serving,
+        "ended": at(run["end_time"], sent),
+    }
+
+
+def report(name: str, r: dict[str, Any]) -> None:
+    print(f"\n== {name}: new version serving after {r['serving']:.1f} s")
+    print(f"  receiver answered        {r['answered'] * 1000:6.0f} ms")
+    print(f"  flow run created at      {r['created']:6.2f} s")
+    print(f"  flow run running at      {r['started']:6.2f} s")
+    for stage, start, seconds in r["stages"]:
+        print(f"  {stage:<24} {start:6.2f} s  +{seconds:5.2f} s")
+    print(f"  first answer, new version {r['serving']:5.2f} s")
+    print(f"  run ended at             {r['ended']:6.2f} s")
+
+
+def main() -> None:
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # clean up on kill too
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        server, api = start_prefect(root / "prefect")
+        repo = root / "repo"
+        shutil.copytree(ROOT / "examples" / MODEL, repo)
+        git(repo, "init", "-q", "-b", "main")
+        entry = {"repository": REPOSITORY, "url": repo.as_uri(), "models": [MODEL]}
+        env = {
+            **os.environ,
+            "PREFECT_API_URL": api,
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "SHIPYARD_STATE_DIR": str(root / "state"),
+            "SHIPYARD_ALLOWED_SOURCES": json.dumps([entry]),
+            "SHIPYARD_ALLOWED_FILE_ROOT": str(root),
+            "SHIPYARD_WEBHOOK_SECRET": SECRET,
+            "SHIPYARD_WEBHOOK_DELIVERIES_FILE": str(root / "deliveries"),
+            "PREFECT_WORKER_QUERY_SECONDS": "1",
+        }
+        processes: list[subprocess.Popen[bytes]] = [server]
+        port = free_port()
+        try:
+            for args in (
+                ["work-pool", "create", "shipyard", "--type", "process", "--overwrite"],
+                ["--no-prompt", "deploy", "--all"],
+            ):
+                subprocess.run(
+                    [str(BIN / "prefect"), *args],
+                    cwd=ROOT,
+                    env=env,
+                    check=True,
+                    capture_output=True,
+                )
+            log = (root / "services.log").open("w")
+            processes.append(
+                subprocess.Popen(
+                    [
+                        str(BIN / "prefect"),
+                        "worker",
+                        "start",
+                        "--pool",
+                        "shipyard",
+                        "--type",
+                        "process",
+                    ],
+                    cwd=ROOT,
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+            hook_port = free_port()
+            processes.append(
+                subprocess.Popen(
+                    [str(BIN / "shipyard"), "webhook", "serve", "--port", str(hook_port)],
+                    cwd=ROOT,
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+            receiver = f"http://127.0.0.1:{hook_port}"
+            while True:
+                try:
+                    httpx.get(f"{receiver}/health", timeout=1)
+                    break
+                except httpx.HTTPError:
+                    time.sleep(0.2)
+            report("cold (first commit)", release_once(api, receiver, repo, port, 0))
+            for seed in range(1, RUNS + 1):
+                report(
+                    f"new commit {seed} (seed {seed})",
+                    release_once(api, receiver, repo, port, seed),
+                )
+        finally:
+            subprocess.run(
+                [str(BIN / "shipyard"), "undeploy", MODEL],
+                env=env,
+                cwd=ROOT,
+                capture_output=True,
+                check=False,
+            )
+            for process in reversed(processes):
+                process.terminate()
+                process.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    main()
