@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: install stack demo test test-fast lint bench bench-all bench-serving bench-floor bench-image bench-rollout bench-base lock clean
+.PHONY: install stack demo test test-fast lint bench bench-all bench-serving bench-floor bench-image bench-webhook bench-rollout bench-base lock clean
 
 # Everything is pinned by constraints.txt (regenerate: make lock). torch 2.13.0 is the CPU
 # wheel pip finds on this machine's disk; an unpinned torch would pull a multi-GB CUDA build.
@@ -58,6 +58,11 @@ bench: install
 
 bench-image: stack
 	$(BIN)/python benchmarks/image_build.py
+
+# A signed push of a new commit until the new version answers, split by stage.
+bench-webhook: install
+	$(BIN)/shipyard stack up --no-services
+	$(BIN)/python benchmarks/webhook_to_serving.py
 
 # The stack's base built twice from clean stack directories (mmdebstrap; cold and warm .deb
 # cache): times, package count, and whether the two digests are equal.

@@ -19,7 +19,8 @@ BENCHMARKS = [
     ("Release variants: size, accuracy, latency; cold and warm releases", "release_variants.py"),
     ("Serving: Shipyard's server against `mlflow models serve`", "serving_vs_mlflow.py"),
     ("Serving overhead: Shipyard's server against a bare uvicorn app", "serving_floor.py"),
-    ("Release image: cold and cached builds, reproducible digests", "image_build.py"),
+    ("Release image: old and new layout, reproducible digests", "image_build.py"),
+    ("Webhook to serving, by stage", "webhook_to_serving.py"),
     ("Rollout strategies under a steady load", "rollout_strategies.py"),
     ("Base image: two clean builds, the same digest", "base_digest.py"),
 ]
