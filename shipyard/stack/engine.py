@@ -35,8 +35,9 @@ from shipyard.image.runtime import ensure_runtime
 from shipyard.processes import Started
 from shipyard.sandbox import container as sandbox_container
 from shipyard.settings import Settings
-from shipyard.stack import base, supervisor
+from shipyard.stack import base as stack_base
 from shipyard.stack import state as stack_state
+from shipyard.stack import supervisor
 from shipyard.waiting import TimedOut, wait_until
 
 Say = Callable[[str], None]
@@ -193,14 +194,14 @@ def build_base(
     registry: RegistryLogin,
     say: Say,
     debs: Path | None = None,
-) -> base.Base:
+) -> stack_base.Base:
     """Build the base (`shipyard.stack.base`) in the stack directory, with Debian's mmdebstrap
     (installed if missing), push it, and record it and its package set in the stack state.
     `debs`: the .deb cache (default the stack directory's `debs/`, kept between builds)."""
     if shutil.which("mmdebstrap") is None:
         apt_install("mmdebstrap", say)
     stack_state.private_dir(settings)
-    built = base.build(
+    built = stack_base.build(
         client, registry, settings.stack_dir, debs or settings.stack_dir / "debs", say
     )
     state = stack_state.read(settings)
