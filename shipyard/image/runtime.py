@@ -35,6 +35,7 @@ from shipyard.image.context import (
     wheelhouse,
 )
 from shipyard.image.normalize import normalize_image, read_member
+from shipyard.image.packages import DebianPackage, base_packages
 
 REPOSITORY = "shipyard/runtime"
 
@@ -46,6 +47,8 @@ class Runtime:
     image_id: str
     config: dict[str, Any]
     """Its image config as loaded: a release image's config extends it."""
+    packages: list[DebianPackage]
+    """The base's Debian packages (for the SBOM)."""
 
 
 def runtime_key(base: str, requirements: str) -> str:
@@ -62,7 +65,11 @@ def _recorded(client: docker.DockerClient, record: Path, reference: str) -> Runt
         present = str(client.images.get(reference).id)
     except ImageNotFound:
         return None
-    return Runtime(reference, present, saved["config"]) if present == saved["image_id"] else None
+    if present != saved["image_id"] or "packages" not in saved:
+        return None
+    return Runtime(
+        reference, present, saved["config"], [DebianPackage(*p) for p in saved["packages"]]
+    )
 
 
 def ensure_runtime(
@@ -99,8 +106,9 @@ def ensure_runtime(
         image_id, config = normalize_image(client, built, NO_COMMIT_EPOCH, reference)
         with contextlib.suppress(APIError):
             client.images.remove(built, noprune=False)
-    _record(record, image_id, config)
-    return Runtime(reference, image_id, config)
+    runtime = Runtime(reference, image_id, config, base_packages(client, reference))
+    _record(record, runtime)
+    return runtime
 
 
 def _config_of(client: docker.DockerClient, reference: str) -> dict[str, Any]:
@@ -115,9 +123,16 @@ def _config_of(client: docker.DockerClient, reference: str) -> dict[str, Any]:
             return config
 
 
-def _record(record: Path, image_id: str, config: dict[str, Any]) -> None:
+def _record(record: Path, runtime: Runtime) -> None:
     """Atomically: two releases building the same runtime write the same record."""
     record.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=record.parent, delete=False) as tmp:
-        json.dump({"image_id": image_id, "config": config}, tmp)
+        json.dump(
+            {
+                "image_id": runtime.image_id,
+                "config": runtime.config,
+                "packages": [list(p) for p in runtime.packages],
+            },
+            tmp,
+        )
     os.replace(tmp.name, record)

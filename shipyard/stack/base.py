@@ -14,7 +14,6 @@ pushed. `base_packages` reads the package set back from an image.
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import shlex
@@ -25,14 +24,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
 
 import docker
-from docker.errors import APIError, DockerException, NotFound
+from docker.errors import APIError, DockerException
 
 from shipyard.engine import RegistryLogin, push
 from shipyard.errors import StackError
 from shipyard.image.normalize import normalize
+from shipyard.image.packages import PACKAGES_FILE, DebianPackage, parse_status
 
 Say = Callable[[str], None]
 REPOSITORY = "shipyard/base"
@@ -53,8 +52,6 @@ the package set only: a Release file's date changes whenever the archive is sign
 security suite's at least weekly) with the same packages in it, and a date derived from the
 packages would need them resolved before the build that resolves them. The package set, not a
 time, says what is in the image."""
-PACKAGES_FILE = "usr/share/shipyard/base-packages.json"
-"""The package set, in the image (and in every image built on it)."""
 # Not needed at run time, and most of a Debian root's size: docs, locales, caches, logs; the
 # host's files mmdebstrap copies in; device nodes (the engine mounts /dev).
 _STRIP = (
@@ -75,14 +72,6 @@ _CHANGES = (
 )
 
 
-class DebianPackage(NamedTuple):
-    """One installed Debian package, as dpkg records it."""
-
-    name: str
-    version: str
-    architecture: str
-
-
 @dataclass(frozen=True)
 class Base:
     """A built and pushed base image."""
@@ -92,22 +81,6 @@ class Base:
     image_id: str
     packages: list[DebianPackage]
     size_bytes: int
-
-
-def parse_status(text: str) -> list[DebianPackage]:
-    """The installed packages of a dpkg status file (`/var/lib/dpkg/status`), sorted."""
-    packages = []
-    for paragraph in text.split("\n\n"):
-        fields = {
-            key: value.strip()
-            for key, _, value in (line.partition(":") for line in paragraph.splitlines())
-            if key[:1] not in ("", " ")  # a continuation line starts with a space
-        }
-        if fields.get("Status") == "install ok installed":
-            packages.append(
-                DebianPackage(fields["Package"], fields["Version"], fields["Architecture"])
-            )
-    return sorted(packages)
 
 
 def packages_json(packages: list[DebianPackage]) -> str:
@@ -272,37 +245,3 @@ def build(
         f"{time.perf_counter() - start:.0f} s"
     )
     return Base(reference, image_id, packages, int(image.attrs["Size"]))
-
-
-def _read_from(client: docker.DockerClient, image: str, path: str) -> bytes | None:
-    """The file at `path` in `image` (a container created, never started), or None."""
-    container = client.containers.create(image, command=["/bin/true"])
-    try:
-        stream, _ = container.get_archive(f"/{path}")
-        with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
-            member = tar.next()
-            data = tar.extractfile(member) if member is not None else None
-            return data.read() if data is not None else None
-    except NotFound:
-        return None
-    finally:
-        container.remove(force=True)
-
-
-def base_packages(client: docker.DockerClient, image: str) -> list[DebianPackage]:
-    """The Debian packages of `image`'s base, sorted by name: the set the stack's base records
-    in `PACKAGES_FILE` (images built on it carry it too); for another Debian-based image (the
-    configured `python:3.11-slim`), what its dpkg status says is installed."""
-    try:
-        recorded = _read_from(client, image, PACKAGES_FILE)
-        if recorded is not None:
-            return [DebianPackage(**p) for p in json.loads(recorded)["packages"]]
-        status = _read_from(client, image, "var/lib/dpkg/status")
-    except (APIError, DockerException) as e:
-        raise StackError(f"Reading the Debian packages of {image} failed: {e}") from e
-    if status is None:
-        raise StackError(
-            f"{image} records no Debian packages: neither /{PACKAGES_FILE} nor "
-            "/var/lib/dpkg/status is in it; is it Debian-based?"
-        )
-    return parse_status(status.decode())

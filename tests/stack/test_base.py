@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 
 from shipyard import engine
+from shipyard.image import packages
+from shipyard.image.packages import DebianPackage
 from shipyard.settings import Settings
 from shipyard.stack import base
 from shipyard.stack import engine as stack_engine
 from shipyard.stack import state as stack_state
-from shipyard.stack.base import DebianPackage
 
 STATUS = """Package: python3
 Status: install ok installed
@@ -107,7 +108,7 @@ def test_two_clean_stacks_build_the_same_base_and_record_its_packages(
     assert len(python3) == 1 and python3[0].version.startswith("3.11."), python3
     # What the image records, and what its dpkg status says (the reading of a Debian base
     # that Shipyard did not build), are that set.
-    assert base.base_packages(client, first.reference) == first.packages
+    assert packages.base_packages(client, first.reference) == first.packages
     container = client.containers.create(first.reference, ["rm", f"/{base.PACKAGES_FILE}"])
     try:
         container.start()
@@ -116,6 +117,6 @@ def test_two_clean_stacks_build_the_same_base_and_record_its_packages(
     finally:
         container.remove(force=True)
     try:
-        assert base.base_packages(client, str(unrecorded.id)) == first.packages
+        assert packages.base_packages(client, str(unrecorded.id)) == first.packages
     finally:
         client.images.remove(str(unrecorded.id))
