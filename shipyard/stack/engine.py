@@ -229,6 +229,12 @@ def ensure_base(
         say(f"base: {settings.base_image} cannot be pulled here")
     state = stack_state.read(settings)
     recorded = state.get("base_image")
+    if recorded and "base_packages" not in state:
+        say(
+            f"base: the recorded {recorded} was built before bases were reproducible "
+            "(no package set recorded); building it again, once"
+        )
+        recorded = None
     if recorded:
         try:
             client.images.pull(recorded, auth_config=registry.auth())
