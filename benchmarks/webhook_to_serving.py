@@ -39,6 +39,8 @@ MODEL = "digits-sklearn"
 REPOSITORY = "bench/digits-sklearn"
 SECRET = "benchmark-webhook-secret"
 RUNS = 3
+LOG = Path(tempfile.gettempdir()) / "webhook_to_serving.services.log"
+"""The worker's and the receiver's output (kept after the run, to read where time went)."""
 
 
 def git(repo: Path, *args: str) -> str:
@@ -200,7 +202,7 @@ def main() -> None:
                     check=True,
                     capture_output=True,
                 )
-            log = (root / "services.log").open("w")
+            log = LOG.open("w")
             processes.append(
                 subprocess.Popen(
                     [
