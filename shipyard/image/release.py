@@ -2,15 +2,8 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
-import shutil
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-from urllib.parse import quote
 
 from shipyard import engine
 from shipyard.bundle import write_metadata
@@ -18,10 +11,10 @@ from shipyard.deploy.checks import Golden
 from shipyard.errors import ImageError
 from shipyard.gates import Measurement
 from shipyard.image.build import smoke_test
-from shipyard.image.context import LOCK, NO_COMMIT_EPOCH, ImageSpec
+from shipyard.image.context import NO_COMMIT_EPOCH, ImageSpec, server_wheel, wheelhouse
 from shipyard.image.layers import compose
-from shipyard.image.packages import DebianPackage
 from shipyard.image.runtime import Runtime, ensure_runtime
+from shipyard.image.sbom import sbom
 from shipyard.inference import predict, session
 from shipyard.manifest import Manifest
 from shipyard.project import Dataset
@@ -53,63 +46,6 @@ def image_spec(
         source=tree.source,
         epoch=tree.commit_time if tree.commit_time is not None else NO_COMMIT_EPOCH,
     )
-
-
-def _python_sbom(lock: Path, out: Path) -> dict[str, Any]:
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "cyclonedx_py",
-            "requirements",
-            "--of",
-            "JSON",
-            "--output-reproducible",
-            "-o",
-            str(out),
-            str(lock),
-        ],
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode:
-        raise ImageError(f"SBOM generation failed: {done.stderr.strip()[-500:]}")
-    document: dict[str, Any] = json.loads(out.read_text())
-    out.unlink()
-    return document
-
-
-def debian_component(package: DebianPackage) -> dict[str, str]:
-    """A base package as a CycloneDX component, with its package URL (purl-spec's `deb` type)."""
-    version = quote(package.version, safe="")
-    purl = f"pkg:deb/debian/{package.name}@{version}?arch={package.architecture}&distro=debian-12"
-    return {
-        "bom-ref": purl,
-        "type": "library",
-        "name": package.name,
-        "version": package.version,
-        "purl": purl,
-    }
-
-
-def sbom(out: Path, cache_dir: Path, packages: list[DebianPackage], lock: Path = LOCK) -> Path:
-    """A CycloneDX SBOM of the image: the hash-locked Python requirements it installs and the
-    base's Debian packages (name, version, architecture), so a changed digest can be explained.
-    The same for every image on one runtime, so made once per lock and package set."""
-    key = hashlib.sha256(lock.read_bytes() + repr(packages).encode()).hexdigest()[:16]
-    cached = cache_dir / f"{key}.cdx.json"
-    if not cached.is_file():
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        document = _python_sbom(lock, cache_dir / f"{key}.python.tmp")
-        document["components"] = [
-            *document.get("components", []),
-            *(debian_component(p) for p in sorted(packages)),
-        ]
-        tmp = cache_dir / f"{key}.tmp"
-        tmp.write_text(json.dumps(document, indent=2, sort_keys=True))
-        tmp.replace(cached)
-    shutil.copyfile(cached, out)
-    return out
 
 
 def runtime_for(settings: Settings) -> Runtime:
@@ -167,7 +103,15 @@ def build_release_image(
         built.reference,
         built.image_id,
         built.size_bytes,
-        sbom(build_dir / "sbom.cdx.json", settings.builds_dir / "sbom", runtime.packages),
+        sbom(
+            build_dir / "sbom.cdx.json",
+            settings.builds_dir / "sbom",
+            [
+                *wheelhouse(settings.wheelhouse_dir).glob("*.whl"),
+                server_wheel(settings.wheelhouse_dir),
+            ],
+            runtime.packages,
+        ),
         golden.save(build_dir / "golden.json"),
         bundle / "shipyard.json",
     )
