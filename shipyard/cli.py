@@ -248,7 +248,7 @@ def promote(
     as_json: Annotated[bool, typer.Option("--json", help="End with one JSON line.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect's logs.")] = False,
 ) -> None:
-    """DeployPolicy a registered version (default: `candidate`); on success it becomes `champion`."""
+    """Deploy a registered version (default: `candidate`); on success it becomes `champion`."""
     _quiet(verbose)
     from shipyard.flows.promote import promote as promote_flow
 

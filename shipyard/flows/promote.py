@@ -39,7 +39,7 @@ def promote(
     strategy: Strategy = "blue-green",
     settings: Settings | None = None,
 ) -> RolloutResult:
-    """DeployPolicy `version` (a number or an alias) of `model` by `strategy`; on success it is
+    """Deploy `version` (a number or an alias) of `model` by `strategy`; on success it is
     `champion` and the version it replaced is `previous`."""
     settings = settings or Settings()
     with audit.audited(

@@ -2,7 +2,7 @@
 build → push → deploy (→ crown → retire).
 
 Each stage is one Prefect task, visible in the UI; the expensive ones are cached by the
-release fingerprint. DeployPolicy is `flows/deploy.py`, shared with `promote` and `rollback`.
+release fingerprint. Deploying is `flows/rollout.py`, shared with `promote` and `rollback`.
 """
 
 from __future__ import annotations

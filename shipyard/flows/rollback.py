@@ -19,7 +19,7 @@ from shipyard.settings import Settings
 
 @flow(name="rollback", flow_run_name="rollback-{model}", validate_parameters=True)
 def rollback(model: str, settings: Settings | None = None) -> RolloutResult:
-    """DeployPolicy `model`'s `previous` version; it becomes `champion` again."""
+    """Deploy `model`'s `previous` version; it becomes `champion` again."""
     settings = settings or Settings()
     with audit.audited(settings, "rollback", model, audit.who()) as what:
         previous = registry.version_by_alias(registry.client(settings), model, registry.PREVIOUS)
