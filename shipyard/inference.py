@@ -5,13 +5,18 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import onnxruntime as ort
+
+if TYPE_CHECKING:  # ONNX Runtime loads with the first session: the result types need none
+    import onnxruntime as ort
 
 
 def session(model: Path, threads: int = 1) -> ort.InferenceSession:
     """A CPU session with a fixed thread count, so measurements compare like with like."""
+    import onnxruntime as ort
+
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1

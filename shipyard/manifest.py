@@ -123,6 +123,10 @@ class Tls(_Strict):
     key: Path = Field(description="PEM private key file of the certificate.")
 
 
+Strategy = Literal["blue-green", "canary", "recreate"]
+"""How a rollout moves traffic to the new version (`deploy.strategy`)."""
+
+
 class DeployPolicy(_Strict):
     """How a release is rolled out on the Docker target, and the limits its gates hold it to.
 
@@ -132,7 +136,7 @@ class DeployPolicy(_Strict):
     port: int = Field(
         default=8000, ge=1, le=65535, description="Stable endpoint port on the deploy host."
     )
-    strategy: Literal["blue-green", "canary", "recreate"] = "blue-green"
+    strategy: Strategy = "blue-green"
     canary_steps: list[Annotated[int, Field(ge=1, le=100)]] = Field(
         default=[10, 50, 100], min_length=1, description="Traffic % on the new version, in order."
     )

@@ -7,13 +7,9 @@ from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 
-import mlflow.onnx
 import numpy as np
-import onnx
-from mlflow.models import infer_signature
 
 from shipyard import registry
-from shipyard.bundle import write_metadata
 from shipyard.contracts import VersionTags
 from shipyard.gates import Measurement, Verdict
 from shipyard.manifest import Manifest
@@ -33,6 +29,12 @@ class RegisteredVersion:
 
 def mlflow_model(chosen: Measurement, manifest: Manifest, data: Dataset, out_dir: Path) -> Path:
     """The chosen variant as an MLflow ONNX model (so `mlflow models serve` can serve it too)."""
+    # Imported here: a release of a fingerprint registered before reuses its version, and
+    # needs neither ONNX nor MLflow's ONNX flavor.
+    import mlflow.onnx
+    import onnx
+    from mlflow.models import infer_signature
+
     if out_dir.exists():
         shutil.rmtree(out_dir)
     sample = data.x_test[:2]
@@ -75,6 +77,8 @@ def register_release(
         return RegisteredVersion(
             manifest.name, str(existing.version), True, VersionTags.from_mlflow(existing.tags)
         )
+    from shipyard.bundle import write_metadata
+
     chosen = next(m for m in measurements if m.variant == verdict.chosen)
     build = settings.builds_dir / fingerprint
     model_dir = mlflow_model(chosen, manifest, data, build / "mlflow-model")

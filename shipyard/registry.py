@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Any
-
-from mlflow import MlflowClient
-from mlflow.entities.model_registry import ModelVersion
-from mlflow.exceptions import MlflowException
+from typing import TYPE_CHECKING, Any
 
 from shipyard.contracts import VersionTags
 from shipyard.errors import RegistryError
 from shipyard.gates import Champion
 from shipyard.settings import Settings
+
+if TYPE_CHECKING:  # MLflow (about a second to import) loads with the first client
+    from mlflow import MlflowClient
+    from mlflow.entities.model_registry import ModelVersion
 
 CANDIDATE = "candidate"
 CHAMPION = "champion"
@@ -27,6 +27,8 @@ FINGERPRINT_TAG = "shipyard.fingerprint"
 
 def client(settings: Settings) -> MlflowClient:
     """A client for the configured store; the embedded SQLite one lives in `state_dir`."""
+    from mlflow import MlflowClient
+
     if not settings.mlflow_tracking_uri:
         settings.state_dir.mkdir(parents=True, exist_ok=True)
     return MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
@@ -73,6 +75,8 @@ def version_by_fingerprint(
 
 
 def version_by_alias(mlflow: MlflowClient, model: str, alias: str) -> ModelVersion | None:
+    from mlflow.exceptions import MlflowException
+
     try:
         return mlflow.get_model_version_by_alias(model, alias)
     except MlflowException:
@@ -80,6 +84,8 @@ def version_by_alias(mlflow: MlflowClient, model: str, alias: str) -> ModelVersi
 
 
 def version_by_number(mlflow: MlflowClient, model: str, version: str) -> ModelVersion | None:
+    from mlflow.exceptions import MlflowException
+
     try:
         return mlflow.get_model_version(model, version)
     except MlflowException:
@@ -116,6 +122,8 @@ def register(
     mlflow: MlflowClient, model: str, source: str, run_id: str, tags: dict[str, str]
 ) -> ModelVersion:
     """Create the version and point `candidate` at it, or leave nothing behind."""
+    from mlflow.exceptions import MlflowException
+
     try:
         try:
             mlflow.get_registered_model(model)
@@ -141,6 +149,8 @@ def _alias(mlflow: MlflowClient, model: str, alias: str) -> str | None:
 
 
 def _set_alias(mlflow: MlflowClient, model: str, alias: str, version: str | None) -> None:
+    from mlflow.exceptions import MlflowException
+
     if version is None:
         with contextlib.suppress(MlflowException):
             mlflow.delete_registered_model_alias(model, alias)
@@ -151,6 +161,8 @@ def _set_alias(mlflow: MlflowClient, model: str, alias: str, version: str | None
 def crowned(mlflow: MlflowClient, model: str) -> tuple[str | None, str | None]:
     """The versions `champion` and `previous` name now. An MLflow that does not answer raises
     (unlike `version_by_alias`): an answer of "none" must mean none."""
+    from mlflow.exceptions import MlflowException
+
     try:
         aliases = mlflow.get_registered_model(model).aliases
     except MlflowException as e:
@@ -169,6 +181,8 @@ def crown(mlflow: MlflowClient, model: str, version: str) -> tuple[str | None, s
 
     Returns the old (champion, previous), for `restore_crown`.
     """
+    from mlflow.exceptions import MlflowException
+
     old = crowned(mlflow, model)
     try:
         if old[0] is not None and old[0] != version:
@@ -207,6 +221,8 @@ class AliasStatus:
 
 def aliases(mlflow: MlflowClient, model: str) -> list[AliasStatus]:
     """Every alias of `model` with its version's tags, for `shipyard status`."""
+    from mlflow.exceptions import MlflowException
+
     try:
         registered = mlflow.get_registered_model(model)
     except MlflowException as e:

@@ -7,12 +7,8 @@ import json
 import re
 from dataclasses import asdict
 from pathlib import Path
+from types import ModuleType
 from typing import Any
-
-import matplotlib
-
-matplotlib.use("Agg")  # files only, never a window
-import matplotlib.pyplot as plt
 
 from shipyard.contracts import ReleaseSummary
 from shipyard.gates import Measurement, Verdict
@@ -53,8 +49,20 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _pyplot() -> ModuleType:
+    """matplotlib's pyplot, drawing to files only (never a window); imported when a picture is
+    drawn, not with the report module."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def tradeoff_plot(measurements: list[Measurement], chosen: str | None, out: Path) -> Path:
     """Size against batch-1 p50 latency, one point per variant, annotated with accuracy."""
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     for m in measurements:
         ax.scatter(
@@ -81,6 +89,7 @@ def tradeoff_plot(measurements: list[Measurement], chosen: str | None, out: Path
 
 
 def confusion_plot(confusion: list[list[int]], labels: list[str], title: str, out: Path) -> Path:
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 4.5), dpi=100)
     ax.imshow(confusion, cmap="Blues")
     ticks = range(len(labels))

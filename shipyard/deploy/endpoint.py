@@ -21,7 +21,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import docker
 import httpx
@@ -34,11 +33,10 @@ from shipyard.deploy.checks import Golden
 from shipyard.deploy.proxy import Proxy, Slot
 from shipyard.deploy.state import Deployment, Instance
 from shipyard.errors import DeployError
-from shipyard.manifest import DeployPolicy
+from shipyard.manifest import DeployPolicy, Strategy
 from shipyard.settings import Settings
 from shipyard.waiting import TimedOut, wait_until
 
-Strategy = Literal["blue-green", "canary", "recreate"]
 Say = Callable[[str], None]
 POLL_S = 0.25
 

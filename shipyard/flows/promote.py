@@ -8,9 +8,9 @@ from prefect import flow
 
 from shipyard import audit, registry
 from shipyard.contracts import RolloutResult
-from shipyard.deploy.endpoint import Strategy
 from shipyard.errors import RegistryError
 from shipyard.flows.rollout import rollout, target_of_version
+from shipyard.manifest import Strategy
 from shipyard.settings import Settings
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
@@ -19,7 +19,6 @@ from prefect.utilities.urls import url_for
 
 from shipyard import audit, registry, report
 from shipyard.contracts import ReleaseSummary
-from shipyard.deploy.endpoint import Strategy, Target
 from shipyard.errors import ShipyardError
 from shipyard.fingerprint import fingerprint as compute_fingerprint
 from shipyard.fingerprint import package_versions
@@ -31,10 +30,9 @@ from shipyard.flows.rollout import (
     target_of_version,
 )
 from shipyard.flows.stages import run_settings, run_stage
-from shipyard.frameworks import adapter_for
-from shipyard.manifest import Manifest
+from shipyard.frameworks import PACKAGES
+from shipyard.manifest import Manifest, Strategy
 from shipyard.project import Dataset
-from shipyard.register import RegisteredVersion
 from shipyard.sandbox import stages as sandbox_stages
 from shipyard.settings import Settings
 from shipyard.source import Checkout, redact, refuse_credentials
@@ -48,6 +46,13 @@ from shipyard.tasks.register import register
 from shipyard.tasks.source import checkout, still_tip
 from shipyard.tasks.train import train
 from shipyard.tasks.validate import validate
+
+if TYPE_CHECKING:
+    from shipyard.deploy.endpoint import Target
+    from shipyard.register import RegisteredVersion
+
+# What a stage needs (MLflow, ONNX, the engine's client, matplotlib) is imported when it runs,
+# not with this module: a worker's run imports it before its first stage starts.
 
 Stage = Literal[
     "source",
@@ -163,7 +168,7 @@ def release(
             what["outcome"] = summary.status
             return summary
         data, data_hash = run_stage(load_data, tree, manifest, settings)
-        packages = package_versions(adapter_for(manifest.framework).packages)
+        packages = package_versions(PACKAGES[manifest.framework])
         packages["(project code ran in)"] = sandbox_stages.describe(settings)
         fp = compute_fingerprint(tree.tree_hash, data_hash, manifest.canonical_json(), packages)
         logger.info(

@@ -11,8 +11,8 @@ import contextlib
 import logging
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from mlflow.entities.model_registry import ModelVersion
 from prefect import get_client
 from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectNotFound
@@ -20,16 +20,20 @@ from prefect.transactions import transaction
 
 from shipyard import registry
 from shipyard.contracts import RolloutResult
-from shipyard.deploy import containers, state
-from shipyard.deploy.checks import Golden
-from shipyard.deploy.endpoint import Strategy, Target, serving
-from shipyard.deploy.inspect import verify_image
-from shipyard.engine import engine
+from shipyard.deploy import state
 from shipyard.errors import DeployError, RegistryError, Superseded
 from shipyard.flows.stages import run_stage
-from shipyard.manifest import DeployPolicy
+from shipyard.manifest import DeployPolicy, Strategy
 from shipyard.settings import Settings
 from shipyard.tasks.deploy import crown, deploy, retire
+
+if TYPE_CHECKING:
+    from mlflow.entities.model_registry import ModelVersion
+
+    from shipyard.deploy.endpoint import Target
+
+# The engine's client, the endpoint and its checks are imported by the functions that use them:
+# the flows that import this module start without them.
 
 LOCK_WAIT_S = 1800
 
@@ -74,6 +78,10 @@ def rollout(
     With `expect_champion`, the rollout happens only if that version is still `champion` once
     the deploy lock is held (else `Superseded`): a redeploy never undoes a newer release.
     """
+    from shipyard.deploy import containers
+    from shipyard.deploy.endpoint import serving
+    from shipyard.engine import engine
+
     lock = rollout_lock(target.model)
     with concurrency(lock, occupy=1, timeout_seconds=LOCK_WAIT_S, strict=True):
         if expect_champion is not None:
@@ -183,6 +191,9 @@ def _check_champion(settings: Settings, model: str, expected: str) -> None:
 
 
 def target_of_release(model: str, version: str, image: str, golden: Path) -> Target:
+    from shipyard.deploy.checks import Golden
+    from shipyard.deploy.endpoint import Target
+
     return Target(model, version, image, Golden.load(golden))
 
 
@@ -192,6 +203,10 @@ def target_of_version(settings: Settings, model: str, version: ModelVersion) -> 
     The image must come from the configured registry and hold the version's ONNX file (its
     label names the version's `onnx_sha256` tag), else `DeployError`, before anything changes.
     """
+    from shipyard.deploy.checks import Golden
+    from shipyard.deploy.endpoint import Target
+    from shipyard.deploy.inspect import verify_image
+
     tags = registry.tags_of(version)
     image = tags.pinned_image
     if image is None:

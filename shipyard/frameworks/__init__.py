@@ -18,6 +18,13 @@ from shipyard.manifest import Framework, Manifest
 
 OUTPUTS = ("label", "probabilities")
 
+PACKAGES: dict[Framework, tuple[str, ...]] = {
+    Framework.SKLEARN: ("numpy", "scipy", "scikit-learn", "skl2onnx", "onnx"),
+    Framework.PYTORCH: ("numpy", "torch", "onnx", "onnxscript"),
+}
+"""Per framework, the distributions whose versions change what training and export produce
+(part of the fingerprint): readable without importing the framework."""
+
 
 class Adapter(Protocol):
     packages: tuple[str, ...]

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from shipyard.errors import ExportError, ProjectError
-from shipyard.manifest import Manifest
+from shipyard.frameworks import PACKAGES
+from shipyard.manifest import Framework, Manifest
 
 
 class _Served(torch.nn.Module):
@@ -33,7 +34,7 @@ class _Served(torch.nn.Module):
 
 
 class PytorchAdapter:
-    packages: tuple[str, ...] = ("numpy", "torch", "onnx", "onnxscript")
+    packages: tuple[str, ...] = PACKAGES[Framework.PYTORCH]
 
     def check_model(self, model: Any, manifest: Manifest) -> None:
         if not isinstance(model, torch.nn.Module):

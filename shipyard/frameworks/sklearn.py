@@ -11,11 +11,12 @@ from typing import Any
 import numpy as np
 
 from shipyard.errors import ExportError, ProjectError
-from shipyard.manifest import Manifest
+from shipyard.frameworks import PACKAGES
+from shipyard.manifest import Framework, Manifest
 
 
 class SklearnAdapter:
-    packages: tuple[str, ...] = ("numpy", "scipy", "scikit-learn", "skl2onnx", "onnx")
+    packages: tuple[str, ...] = PACKAGES[Framework.SKLEARN]
 
     def check_model(self, model: Any, manifest: Manifest) -> None:
         if not hasattr(model, "predict_proba"):

@@ -14,12 +14,13 @@ from pathlib import Path
 import numpy as np
 
 from shipyard.errors import ProjectError
-from shipyard.export import check_onnx, export_onnx
 from shipyard.manifest import Manifest
 from shipyard.project import DATA_KEYS, Dataset, check_dataset, load_dataset
-from shipyard.sandbox import container
 from shipyard.settings import Settings
 from shipyard.training import TrainedModel, train_model
+
+# The engine's client (docker) and ONNX are imported by the stages that use them, not with this
+# module: the release flow imports it, and a run's start waits for what the flow imports.
 
 Say = Callable[[str], None]
 
@@ -50,6 +51,8 @@ def data(
     """The project's dataset, checked against the manifest."""
     if settings.sandbox == "off":
         return load_dataset(project_dir, manifest)
+    from shipyard.sandbox import container
+
     out = work_dir / "data"
     run = container.Run(
         "data", project_dir, out, _request(manifest), {}, network_allowed(manifest, granted)
@@ -76,6 +79,8 @@ def train(
     """The trained model on disk, its test-set probabilities and its training metrics."""
     if settings.sandbox == "off":
         return train_model(project_dir, manifest, dataset, out_dir)
+    from shipyard.sandbox import container
+
     arrays = out_dir.parent / "train-input.npz"
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     np.savez(arrays, **{key: getattr(dataset, key) for key in DATA_KEYS})
@@ -126,8 +131,12 @@ def export(
     granted: bool = False,
 ) -> Path:
     """The fp32 ONNX graph, checked by the full ONNX checker and against the served contract."""
+    from shipyard.export import check_onnx, export_onnx
+
     if settings.sandbox == "off":
         return export_onnx(trained, manifest, out_dir)
+    from shipyard.sandbox import container
+
     run = container.Run(
         "export",
         project_dir,
@@ -144,4 +153,6 @@ def describe(settings: Settings) -> str:
     """What the fingerprint records of where the project's code ran."""
     if settings.sandbox == "off":
         return "worker"
+    from shipyard.sandbox import container
+
     return f"sandbox-{container.lock_digest()}"

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from prefect import task
 
 from shipyard.gates import Measurement
-from shipyard.image.release import ReleaseImage, build_release_image
 from shipyard.manifest import Manifest
 from shipyard.project import Dataset
 from shipyard.settings import Settings
 from shipyard.source import Checkout
+
+if TYPE_CHECKING:
+    from shipyard.image.release import ReleaseImage
 
 
 @task(name="build_image")
@@ -23,4 +27,6 @@ def build_image(
     settings: Settings,
 ) -> ReleaseImage:
     """Build the image, normalize it, and smoke-test it against the validated ONNX model."""
+    from shipyard.image.release import build_release_image  # the engine's client, SBOM tools
+
     return build_release_image(manifest, tree, chosen, data, fingerprint, version, settings)

@@ -6,16 +6,21 @@ earlier ones' `on_rollback` hooks put traffic and the MLflow aliases back as the
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.transactions import Transaction, get_transaction
 
 from shipyard import registry
-from shipyard.deploy.endpoint import Endpoint, Strategy, Target
-from shipyard.manifest import DeployPolicy
+from shipyard.manifest import DeployPolicy, Strategy
 from shipyard.settings import Settings
+
+if TYPE_CHECKING:
+    from shipyard.deploy.endpoint import Target
+
+# `Endpoint` (the engine's client, the proxy, the serving checks) is imported by the stages that
+# open one: a flow that imports these tasks starts without it.
 
 
 def _remember(**values: Any) -> None:
@@ -35,6 +40,8 @@ def deploy(
 ) -> str:
     """Start `target` beside what serves, gate it, and move traffic to it by `strategy`;
     return the endpoint's URL."""
+    from shipyard.deploy.endpoint import Endpoint
+
     endpoint = Endpoint.open(
         settings, target.model, policy, get_run_logger().info, keep=record_policy
     )
@@ -45,6 +52,8 @@ def deploy(
 
 @deploy.on_rollback
 def _revert_traffic(transaction: Transaction) -> None:
+    from shipyard.deploy.endpoint import Endpoint
+
     Endpoint.open(transaction.get("settings"), transaction.get("model"), None).revert()
 
 
@@ -73,4 +82,6 @@ def retire(
     model: str, policy: DeployPolicy | None, record_policy: bool, settings: Settings
 ) -> None:
     """Keep the old version warm while the new one is watched, then drain and remove it."""
+    from shipyard.deploy.endpoint import Endpoint
+
     Endpoint.open(settings, model, policy, get_run_logger().info, keep=record_policy).retire()

@@ -8,7 +8,6 @@ from prefect import task
 
 from shipyard.gates import Measurement
 from shipyard.manifest import Manifest
-from shipyard.optimize import build_variants, measure
 from shipyard.project import Dataset
 from shipyard.settings import Settings
 from shipyard.training import TrainedModel
@@ -24,6 +23,8 @@ def optimize(
     settings: Settings,
 ) -> list[Measurement]:
     """Build and measure every variant (fp32 included)."""
+    from shipyard.optimize import build_variants, measure  # ONNX and ONNX Runtime
+
     paths = build_variants(fp32, manifest, data, settings.builds_dir / fingerprint / "onnx")
     reference = trained.reference()
     return [measure(v, p, data, reference, settings) for v, p in paths.items()]

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from prefect import task
 from prefect.runtime import flow_run
 
 from shipyard.gates import Measurement, Verdict
 from shipyard.manifest import Manifest
 from shipyard.project import Dataset
-from shipyard.register import RegisteredVersion, register_release
 from shipyard.settings import Settings
 from shipyard.source import Checkout
+
+if TYPE_CHECKING:
+    from shipyard.register import RegisteredVersion
 
 
 @task(name="register")
@@ -26,6 +30,8 @@ def register(
     settings: Settings,
 ) -> RegisteredVersion:
     """Register the chosen variant with its variants and report; idempotent per fingerprint."""
+    from shipyard.register import register_release  # MLflow's ONNX flavor, ONNX
+
     return register_release(
         manifest,
         tree,
