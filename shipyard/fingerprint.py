@@ -50,3 +50,25 @@ def fingerprint(
         separators=(",", ":"),
     )
     return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def data_inputs(tree_hash: str, manifest_json: str, environment: str) -> str:
+    """sha256 over what the `data` stage computes from when nothing else can reach it (its code
+    in the sandbox, with no network): the project tree, the manifest, the environment the code
+    runs in (`sandbox-<lock digest>`) and Shipyard's own code, which runs and checks it.
+
+    The key the stage is cached by. Its output, the data's own hash, is what the release
+    fingerprint holds.
+    """
+    payload = json.dumps(
+        {
+            "stage": "data",
+            "tree": tree_hash,
+            "manifest": manifest_json,
+            "environment": environment,
+            "shipyard": f"{shipyard.__version__}+{code_digest()}",
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()

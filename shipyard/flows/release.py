@@ -2,7 +2,8 @@
 build → push → deploy (→ crown → retire).
 
 Each stage is one Prefect task, visible in the UI; the expensive ones are cached by the
-release fingerprint. Deploying is `flows/rollout.py`, shared with `promote` and `rollback`.
+release fingerprint, and `data` by the fingerprint of its own inputs. Deploying is
+`flows/rollout.py`, shared with `promote` and `rollback`.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from prefect.utilities.urls import url_for
 from shipyard import audit, registry, report
 from shipyard.contracts import ReleaseSummary
 from shipyard.errors import ShipyardError
+from shipyard.fingerprint import data_inputs, package_versions
 from shipyard.fingerprint import fingerprint as compute_fingerprint
-from shipyard.fingerprint import package_versions
 from shipyard.flows.rollout import (
     LOCK_WAIT_S,
     build_lock,
@@ -78,6 +79,7 @@ class Inputs:
     data: Dataset
     data_hash: str
     fingerprint: str
+    experiment: str
     run_id: str
     settings: Settings
 
@@ -143,7 +145,6 @@ def release(
     """
     refuse_credentials(source)
     settings = run_settings(settings)
-    logger = get_run_logger()
     tree, manifest = run_stage(checkout, source, ref, subdir, settings, branch)
     with audit.audited(
         settings,
@@ -167,46 +168,19 @@ def release(
             summary = _skipped(summary, superseded) if superseded else summary
             what["outcome"] = summary.status
             return summary
-        data, data_hash = run_stage(load_data, tree, manifest, settings)
-        packages = package_versions(PACKAGES[manifest.framework])
-        packages["(project code ran in)"] = sandbox_stages.describe(settings)
-        fp = compute_fingerprint(tree.tree_hash, data_hash, manifest.canonical_json(), packages)
-        logger.info(
-            "Release %s at %s: fingerprint %s", manifest.name, tree.commit or "working tree", fp
-        )
-        mlflow = registry.client(settings)
-        experiment = registry.experiment_id(mlflow, settings, manifest.name)
-        run_id = registry.release_run(
-            mlflow,
-            experiment,
-            fp,
-            registry.summary_tags(
-                {
-                    "git_sha": tree.commit,
-                    "source": tree.source,
-                    "data_sha256": data_hash,
-                    "prefect_flow_run_id": summary.flow_run_id,
-                }
-            ),
-        )
-        summary = summary.model_copy(update={"fingerprint": fp, "mlflow_run_id": run_id})
-        inputs = Inputs(tree, manifest, data, data_hash, fp, run_id, settings)
-        try:
-            with concurrency(
-                build_lock(manifest.name), occupy=1, timeout_seconds=LOCK_WAIT_S, strict=True
-            ):
-                # Under the lock: a newer push's release cannot slip in between check and build.
-                superseded = run_stage(still_tip, tree, settings) if tree.branch else None
-                if superseded:
-                    summary, shown = _skipped(summary, superseded), None
-                else:
-                    summary, shown = _stages(inputs, summary, until, strategy)
-        except BaseException:
-            mlflow.set_terminated(run_id, "FAILED")
-            raise
-        mlflow.set_terminated(run_id, "KILLED" if superseded else "FINISHED")
+        # Under the model's build lock: the cached stages' records (data's too) are read and
+        # written by one release at a time, and a newer push's release cannot slip in
+        # between the tip check and the build.
+        with concurrency(
+            build_lock(manifest.name), occupy=1, timeout_seconds=LOCK_WAIT_S, strict=True
+        ):
+            inputs = _inputs(tree, manifest, summary.flow_run_id, settings)
+            summary = summary.model_copy(
+                update={"fingerprint": inputs.fingerprint, "mlflow_run_id": inputs.run_id}
+            )
+            summary, shown = _locked(inputs, summary, until, strategy)
         summary = summary.model_copy(
-            update=_urls(settings, experiment, run_id, manifest.name, summary.version)
+            update=_urls(settings, inputs.experiment, inputs.run_id, manifest.name, summary.version)
         )
         if shown is not None:
             _publish(summary, shown)
@@ -218,6 +192,66 @@ def release(
             champion_after=summary.deployed_version,
         )
         return summary
+
+
+def _data(tree: Checkout, manifest: Manifest, settings: Settings) -> tuple[Dataset, str]:
+    """The `data` stage, cached by the fingerprint of its inputs when they alone determine the
+    data (`sandbox.stages.sealed`): a release of an unchanged tree starts no sandbox for it."""
+    if not sandbox_stages.sealed(manifest, settings):
+        return run_stage(load_data, tree, manifest, settings)
+    key = data_inputs(tree.tree_hash, manifest.model_dump_json(), sandbox_stages.describe(settings))
+    return run_stage(cached(load_data, settings), tree, manifest, settings, key)
+
+
+def _inputs(
+    tree: Checkout, manifest: Manifest, flow_run_id: str | None, settings: Settings
+) -> Inputs:
+    """The release's fixed inputs: its data, its fingerprint, and its MLflow run (the one of an
+    earlier release of the same fingerprint, if any)."""
+    data, data_hash = _data(tree, manifest, settings)
+    packages = package_versions(PACKAGES[manifest.framework])
+    packages["(project code ran in)"] = sandbox_stages.describe(settings)
+    fp = compute_fingerprint(tree.tree_hash, data_hash, manifest.canonical_json(), packages)
+    get_run_logger().info(
+        "Release %s at %s: fingerprint %s", manifest.name, tree.commit or "working tree", fp
+    )
+    mlflow = registry.client(settings)
+    experiment = registry.experiment_id(mlflow, settings, manifest.name)
+    run_id = registry.release_run(
+        mlflow,
+        experiment,
+        fp,
+        registry.summary_tags(
+            {
+                "git_sha": tree.commit,
+                "source": tree.source,
+                "data_sha256": data_hash,
+                "prefect_flow_run_id": flow_run_id,
+            }
+        ),
+    )
+    return Inputs(tree, manifest, data, data_hash, fp, experiment, run_id, settings)
+
+
+def _locked(
+    inputs: Inputs, summary: ReleaseSummary, until: Stage, strategy: Strategy | None
+) -> tuple[ReleaseSummary, Report | None]:
+    """Under the build lock: the tip checked again, then the stages; the MLflow run ends
+    FINISHED, KILLED (skipped) or FAILED with them."""
+    mlflow = registry.client(inputs.settings)
+    tree = inputs.tree
+    try:
+        # A newer push's release cannot slip in between check and build.
+        superseded = run_stage(still_tip, tree, inputs.settings) if tree.branch else None
+        if superseded:
+            summary, shown = _skipped(summary, superseded), None
+        else:
+            summary, shown = _stages(inputs, summary, until, strategy)
+    except BaseException:
+        mlflow.set_terminated(inputs.run_id, "FAILED")
+        raise
+    mlflow.set_terminated(inputs.run_id, "KILLED" if superseded else "FINISHED")
+    return summary, shown
 
 
 def _skipped(summary: ReleaseSummary, reason: str) -> ReleaseSummary:

@@ -156,3 +156,12 @@ def describe(settings: Settings) -> str:
     from shipyard.sandbox import container
 
     return f"sandbox-{container.lock_digest()}"
+
+
+def sealed(manifest: Manifest, settings: Settings) -> bool:
+    """Whether the data stage's output is determined by its inputs alone: its code runs in the
+    sandbox (a read-only copy of the project, the locked environment, nothing of the worker's)
+    with no network. Only then may a release reuse the data an earlier one computed from the
+    same inputs; in the worker's process (`off`) or with a network the data may come from
+    anywhere, and is loaded every time."""
+    return settings.sandbox == "container" and not manifest.sandbox.network

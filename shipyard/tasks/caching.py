@@ -2,7 +2,8 @@
 
 A task whose inputs are fully determined by the fingerprint caches under
 `<task>-<fingerprint>`: a second release of unchanged inputs reuses its result, and a fresh state
-directory starts clean. The cache is only ever a shortcut: a cached result that cannot be used
+directory starts clean. (The `data` stage runs before there is a release fingerprint: its
+`fingerprint` is that of its own inputs, `shipyard.fingerprint.data_inputs`.) The cache is only ever a shortcut: a cached result that cannot be used
 is a miss, and the task recomputes it (training is deterministic: the same bytes again).
 """
 
@@ -13,7 +14,7 @@ import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeGuard, TypeVar
 
 from prefect import Task, get_run_logger
 from prefect.cache_policies import CachePolicy
@@ -22,6 +23,7 @@ from prefect.filesystems import LocalFileSystem
 from prefect.results import ResultStore
 
 from shipyard.gates import Measurement
+from shipyard.project import Dataset
 from shipyard.settings import Settings
 
 P = ParamSpec("P")
@@ -93,7 +95,19 @@ def unusable(directory: Path, key: str) -> str | None:
     for m in _measurements(result):
         if hashlib.sha256(m.path.read_bytes()).hexdigest() != m.sha256:
             return f"{m.path} no longer has the measured sha256 {m.sha256}"
+    if _hashed_dataset(result) and result[0].sha256() != result[1]:
+        return f"its dataset no longer has the recorded sha256 {result[1]}"
     return None
+
+
+def _hashed_dataset(value: object) -> TypeGuard[tuple[Dataset, str]]:
+    """Whether `value` is the `data` stage's result: a dataset and its sha256."""
+    return (
+        isinstance(value, tuple)
+        and len(value) == 2
+        and isinstance(value[0], Dataset)
+        and isinstance(value[1], str)
+    )
 
 
 def _paths(value: object) -> Iterator[Path]:

@@ -16,8 +16,14 @@ from shipyard.source import Checkout
 
 
 @task(name="data")
-def load_data(tree: Checkout, manifest: Manifest, settings: Settings) -> tuple[Dataset, str]:
-    """The checked dataset and its sha256 (part of the fingerprint)."""
+def load_data(
+    tree: Checkout, manifest: Manifest, settings: Settings, fingerprint: str | None = None
+) -> tuple[Dataset, str]:
+    """The checked dataset and its sha256 (part of the release fingerprint).
+
+    `fingerprint` is that of the stage's own inputs (`shipyard.fingerprint.data_inputs`), when
+    they alone determine the data: the key the flow caches the stage by.
+    """
     settings.builds_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".data-", dir=settings.builds_dir))
     try:

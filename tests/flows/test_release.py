@@ -103,7 +103,7 @@ def test_a_second_release_of_unchanged_inputs_is_cached_and_reuses_the_version(
     assert second.version == first.version and second.reused
     assert second.mlflow_run_id == first.mlflow_run_id
     states = task_states(second.flow_run_id)
-    assert states["train"] == states["export"] == states["optimize"] == "Cached"
+    assert states["data"] == states["train"] == states["export"] == states["optimize"] == "Cached"
     assert versions(registry.client(settings)) == ["1"]
 
 

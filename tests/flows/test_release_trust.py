@@ -276,14 +276,16 @@ def test_the_tip_is_checked_again_under_the_build_lock(
     url = sklearn_repo.as_uri()
     pushed = git(sklearn_repo, "rev-parse", "HEAD")
     settings = settings.model_copy(update={"sandbox": "off"})  # data in-process: fast
-    data_done = threading.Event()
+    checked = threading.Event()
 
-    class DataDone(logging.Handler):
+    class TipChecked(logging.Handler):
+        """The first tip check is the last stage before the lock (data runs under it)."""
+
         def emit(self, record: logging.LogRecord) -> None:
-            if getattr(record, "stage", "") == "data" and record.getMessage() == "finished":
-                data_done.set()
+            if getattr(record, "stage", "") == "tip" and record.getMessage() == "finished":
+                checked.set()
 
-    handler = DataDone()
+    handler = TipChecked()
     progress.addHandler(handler)
     progress.setLevel(logging.INFO)
     result: dict[str, Any] = {}
@@ -297,7 +299,7 @@ def test_the_tip_is_checked_again_under_the_build_lock(
                 )
             )
             worker.start()
-            assert data_done.wait(120), "the release did not get past its data stage"
+            assert checked.wait(120), "the release did not check the tip before the lock"
             time.sleep(1)  # at the lock by now (it is taken here)
             edit_manifest(sklearn_repo, "seed: 0", "seed: 2")
             newer = commit_all(sklearn_repo, "Pushed while the release waited")
