@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import re
 from dataclasses import asdict
@@ -184,16 +185,36 @@ def release_markdown(
 def write_report(
     measurements: list[Measurement], verdict: Verdict, manifest: Manifest, out_dir: Path
 ) -> list[Path]:
-    """The validation report (JSON) and its pictures, written into `out_dir`."""
+    """The validation report (JSON) and its pictures, written into `out_dir`.
+
+    The pictures are drawn again only when what they show changed: a release of unchanged
+    inputs validates the same measurements, and drawing them (matplotlib included) takes
+    longer than every gate. `.pictures.sha256` names what the pictures on disk show; it is
+    written after them, so pictures cut off by a killed process are drawn again.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
-    chosen = next((m for m in measurements if m.variant == verdict.chosen), measurements[0])
-    return [
-        write_json(verdict_json(measurements, verdict), out_dir / "validation.json"),
-        tradeoff_plot(measurements, verdict.chosen, out_dir / "variants.png"),
+    report = verdict_json(measurements, verdict)
+    pictures = [out_dir / "variants.png", out_dir / "confusion.png"]
+    drawn = out_dir / ".pictures.sha256"
+    shown = hashlib.sha256(
+        json.dumps([report, manifest.name, manifest.labels], sort_keys=True, default=str).encode()
+    ).hexdigest()
+    if not all(p.is_file() for p in pictures) or _text(drawn) != shown:
+        drawn.unlink(missing_ok=True)
+        chosen = next((m for m in measurements if m.variant == verdict.chosen), measurements[0])
+        tradeoff_plot(measurements, verdict.chosen, pictures[0])
         confusion_plot(
             chosen.confusion,
             manifest.labels,
             f"{manifest.name} {chosen.variant} on the test set",
-            out_dir / "confusion.png",
-        ),
-    ]
+            pictures[1],
+        )
+        drawn.write_text(shown)
+    return [write_json(report, out_dir / "validation.json"), *pictures]
+
+
+def _text(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except OSError:
+        return None
