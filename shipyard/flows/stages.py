@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from prefect import Task
+from prefect.context import FlowRunContext
 from prefect.runtime import deployment
 
 from shipyard.errors import ShipyardError
@@ -37,10 +38,22 @@ def run_settings(settings: Settings | None) -> Settings:
     whoever can start a run cannot point it at another registry, turn the sandbox off or
     widen the allowed sources.
     """
-    if settings is not None and deployment.id is not None:
+    if settings is not None and _deployment_id() is not None:
         raise ShipyardError(
             "`settings` was given as a parameter of a deployment run: deployment runs use the "
             "worker's settings (SHIPYARD_* in its environment, shipyard.toml). Start the run "
             "without `settings`."
         )
     return settings or Settings()
+
+
+def _deployment_id() -> Any:
+    """The running flow's deployment, read from the run the engine already holds.
+
+    Not `prefect.runtime.deployment.id` first: it looks for the id on the run's context rather
+    than on its flow run, finds none, and reads the flow run from the API again (a round trip
+    per release)."""
+    context = FlowRunContext.get()
+    if context is not None and context.flow_run is not None:
+        return context.flow_run.deployment_id
+    return deployment.id
