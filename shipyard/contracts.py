@@ -39,6 +39,19 @@ class RolloutResult(BaseModel):
         return self.model_dump(mode="json", exclude_none=True)
 
 
+class StageTiming(BaseModel):
+    """One stage a flow ran: its final Prefect state, how long it took, and whether its result
+    came from the cache."""
+
+    model_config = ConfigDict(frozen=True)
+
+    stage: str
+    state: str
+    """Prefect's state name: `Completed`, `Cached`, `Failed`, …"""
+    seconds: float
+    cached: bool
+
+
 class ReleaseSummary(BaseModel):
     """The outcome of a release, as the CLI prints it and `--json` emits it.
 
@@ -73,6 +86,10 @@ class ReleaseSummary(BaseModel):
     flow_run_url: str | None = None
     mlflow_run_url: str | None = None
     mlflow_version_url: str | None = None
+    seconds: float | None = None
+    """The release's wall time in its flow run, from its first stage to its report."""
+    stages: list[StageTiming] | None = None
+    """Every stage the release ran, in order, with its state and duration."""
 
     def deployed(self, rollout: RolloutResult) -> ReleaseSummary:
         """This summary after `rollout` served its version."""

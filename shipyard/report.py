@@ -177,9 +177,28 @@ def release_markdown(
         lines.append("- this fingerprint was registered before: its version was reused")
     lines += ["", "## Variants", "", markdown_table(rows), "", "## Gates", ""]
     lines += [f"- {g}" for g in gates]
+    if summary.stages:
+        lines += ["", "## Stages", "", *stage_lines(summary)]
     for picture in pictures:
         lines += ["", inline_png(picture, picture.stem)]
     return "\n".join(lines) + "\n"
+
+
+def stage_lines(summary: ReleaseSummary) -> list[str]:
+    """Where the release spent its time: its wall time, then one row per stage that ran."""
+    stages = summary.stages or []
+    in_stages = sum(s.seconds for s in stages)
+    total = f"{summary.seconds:.2f} s in all, " if summary.seconds is not None else ""
+    rows = [
+        {
+            "stage": s.stage,
+            "state": s.state,
+            "seconds": f"{s.seconds:.2f}",
+            "cached": "yes" if s.cached else "",
+        }
+        for s in stages
+    ]
+    return [f"{total}{in_stages:.2f} s in these stages:", "", markdown_table(rows)]
 
 
 def write_report(

@@ -2,12 +2,14 @@
 build → push → deploy (→ crown → retire).
 
 Each stage is one Prefect task, visible in the UI; the expensive ones are cached by the
-release fingerprint, and `data` by the fingerprint of its own inputs. Deploying is
-`flows/rollout.py`, shared with `promote` and `rollback`.
+release fingerprint, and `data` by the fingerprint of its own inputs. The release report lists
+every stage that ran with its state and duration. Deploying is `flows/rollout.py`, shared with
+`promote` and `rollback`.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, get_args
@@ -19,7 +21,7 @@ from prefect.runtime import flow_run
 from prefect.utilities.urls import url_for
 
 from shipyard import audit, registry, report
-from shipyard.contracts import ReleaseSummary
+from shipyard.contracts import ReleaseSummary, StageTiming
 from shipyard.errors import ShipyardError
 from shipyard.fingerprint import data_inputs, package_versions
 from shipyard.fingerprint import fingerprint as compute_fingerprint
@@ -30,7 +32,7 @@ from shipyard.flows.rollout import (
     target_of_release,
     target_of_version,
 )
-from shipyard.flows.stages import run_settings, run_stage
+from shipyard.flows.stages import run_settings, run_stage, timed
 from shipyard.frameworks import PACKAGES
 from shipyard.manifest import Manifest, Strategy
 from shipyard.project import Dataset
@@ -145,53 +147,64 @@ def release(
     """
     refuse_credentials(source)
     settings = run_settings(settings)
-    tree, manifest = run_stage(checkout, source, ref, subdir, settings, branch)
-    with audit.audited(
-        settings,
-        "release",
-        manifest.name,
-        audit.who(delivery, pusher),
-        source=tree.source,
-        commit=tree.commit,
-    ) as what:
-        summary = ReleaseSummary(
-            model=manifest.name,
-            status="stopped after source",
+    start = time.perf_counter()
+    with timed() as timings:
+        tree, manifest = run_stage(checkout, source, ref, subdir, settings, branch)
+        with audit.audited(
+            settings,
+            "release",
+            manifest.name,
+            audit.who(delivery, pusher),
             source=tree.source,
-            ref=ref,
-            git_sha=tree.commit,
-            git_dirty=tree.dirty,
-            flow_run_id=str(flow_run.get_id()),
-        )
-        superseded = run_stage(still_tip, tree, settings) if tree.branch else None
-        if superseded or until == "source":
-            summary = _skipped(summary, superseded) if superseded else summary
-            what["outcome"] = summary.status
-            return summary
-        # Under the model's build lock: the cached stages' records (data's too) are read and
-        # written by one release at a time, and a newer push's release cannot slip in
-        # between the tip check and the build.
-        with concurrency(
-            build_lock(manifest.name), occupy=1, timeout_seconds=LOCK_WAIT_S, strict=True
-        ):
-            inputs = _inputs(tree, manifest, summary.flow_run_id, settings)
-            summary = summary.model_copy(
-                update={"fingerprint": inputs.fingerprint, "mlflow_run_id": inputs.run_id}
+            commit=tree.commit,
+        ) as what:
+            summary = ReleaseSummary(
+                model=manifest.name,
+                status="stopped after source",
+                source=tree.source,
+                ref=ref,
+                git_sha=tree.commit,
+                git_dirty=tree.dirty,
+                flow_run_id=str(flow_run.get_id()),
             )
-            summary, shown = _locked(inputs, summary, until, strategy)
-        summary = summary.model_copy(
-            update=_urls(settings, inputs.experiment, inputs.run_id, manifest.name, summary.version)
-        )
-        if shown is not None:
-            _publish(summary, shown)
-        what.update(
-            outcome=summary.status,
-            version=summary.version,
-            digest=summary.image_digest,
-            champion_before=summary.previous_version,
-            champion_after=summary.deployed_version,
-        )
-        return summary
+            superseded = run_stage(still_tip, tree, settings) if tree.branch else None
+            if superseded or until == "source":
+                summary = _skipped(summary, superseded) if superseded else summary
+                what["outcome"] = summary.status
+                return _timed(summary, start, timings)
+            # Under the model's build lock: the cached stages' records (data's too) are read and
+            # written by one release at a time, and a newer push's release cannot slip in
+            # between the tip check and the build.
+            with concurrency(
+                build_lock(manifest.name), occupy=1, timeout_seconds=LOCK_WAIT_S, strict=True
+            ):
+                inputs = _inputs(tree, manifest, summary.flow_run_id, settings)
+                summary = summary.model_copy(
+                    update={"fingerprint": inputs.fingerprint, "mlflow_run_id": inputs.run_id}
+                )
+                summary, shown = _locked(inputs, summary, until, strategy)
+            summary = summary.model_copy(
+                update=_urls(
+                    settings, inputs.experiment, inputs.run_id, manifest.name, summary.version
+                )
+            )
+            summary = _timed(summary, start, timings)
+            if shown is not None:
+                _publish(summary, shown)
+            what.update(
+                outcome=summary.status,
+                version=summary.version,
+                digest=summary.image_digest,
+                champion_before=summary.previous_version,
+                champion_after=summary.deployed_version,
+            )
+            return summary
+
+
+def _timed(summary: ReleaseSummary, start: float, timings: list[StageTiming]) -> ReleaseSummary:
+    """`summary` with the release's wall time so far and the stages it ran."""
+    seconds = round(time.perf_counter() - start, 2)
+    return summary.model_copy(update={"seconds": seconds, "stages": list(timings)})
 
 
 def _data(tree: Checkout, manifest: Manifest, settings: Settings) -> tuple[Dataset, str]:

@@ -1,15 +1,20 @@
-"""Running a stage task the same way in every flow: its state and duration reported for the CLI."""
+"""Running a stage task the same way in every flow: its state and duration reported for the CLI,
+and kept for the flow's report."""
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, ParamSpec, TypeVar
 
 from prefect import Task
 from prefect.context import FlowRunContext
 from prefect.runtime import deployment
 
+from shipyard.contracts import StageTiming
 from shipyard.errors import ShipyardError
 from shipyard.settings import Settings
 
@@ -19,6 +24,20 @@ R = TypeVar("R")
 progress = logging.getLogger("shipyard.progress")
 """Stage progress for the CLI: one record per finished stage with `stage`, `state`, `seconds`."""
 
+_timings: ContextVar[list[StageTiming] | None] = ContextVar("shipyard_timings", default=None)
+
+
+@contextmanager
+def timed() -> Iterator[list[StageTiming]]:
+    """The timing of every stage `run_stage` runs inside this block, in order (the list fills
+    as they finish)."""
+    timings: list[StageTiming] = []
+    token = _timings.set(timings)
+    try:
+        yield timings
+    finally:
+        _timings.reset(token)
+
 
 def run_stage(stage: Task[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
     """Run a stage task, report its state and duration, and return its result (or raise)."""
@@ -26,7 +45,13 @@ def run_stage(stage: Task[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
     start = time.perf_counter()
     state = stage(*args, return_state=True, **kwargs)
     seconds = round(time.perf_counter() - start, 2)
-    progress.info("finished", extra={"stage": stage.name, "state": state.name, "seconds": seconds})
+    name = state.name or state.type.value
+    progress.info("finished", extra={"stage": stage.name, "state": name, "seconds": seconds})
+    timings = _timings.get()
+    if timings is not None:
+        timings.append(
+            StageTiming(stage=stage.name, state=name, seconds=seconds, cached=name == "Cached")
+        )
     return state.result()
 
 

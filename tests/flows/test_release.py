@@ -10,7 +10,12 @@ from uuid import UUID
 import pytest
 from mlflow import MlflowClient
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterKey,
+    FlowRunFilter,
+    FlowRunFilterId,
+)
 
 from shipyard import audit, registry
 from shipyard.errors import GateError, ProjectError, SourceError
@@ -41,6 +46,16 @@ def flow_artifacts(flow_run_id: str) -> dict[str, str]:
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(flow_run_id)]))
         )
     return {a.key: a.type for a in artifacts if a.key}
+
+
+def report_of(flow_run_id: str, model: str = MODEL) -> str:
+    """The markdown of the release report a flow run published."""
+    with get_client(sync_client=True) as client:
+        (artifact,) = client.read_artifacts(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(flow_run_id)])),
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[f"{model}-release-report"])),
+        )
+    return str(artifact.data)
 
 
 def test_release_from_git_registers_a_traceable_candidate(
@@ -91,6 +106,16 @@ def test_release_from_git_registers_a_traceable_candidate(
         "digits-sklearn-variants": "table",
         "digits-sklearn-release-report": "markdown",
     }
+    # Where the release spent its time: every stage that ran, in the summary and the report.
+    assert summary.stages is not None and summary.seconds is not None
+    ran = [s.stage for s in summary.stages]
+    assert ran == ["source", "data", "train", "export", "optimize", "validate", "register"]
+    assert not any(s.cached for s in summary.stages)
+    assert sum(s.seconds for s in summary.stages) <= summary.seconds
+    shown = report_of(summary.flow_run_id)
+    assert "## Stages" in shown
+    for s in summary.stages:
+        assert f"| {s.stage} | Completed | {s.seconds:.2f} |  |" in shown
 
 
 def test_a_second_release_of_unchanged_inputs_is_cached_and_reuses_the_version(
@@ -105,6 +130,10 @@ def test_a_second_release_of_unchanged_inputs_is_cached_and_reuses_the_version(
     states = task_states(second.flow_run_id)
     assert states["data"] == states["train"] == states["export"] == states["optimize"] == "Cached"
     assert versions(registry.client(settings)) == ["1"]
+    assert second.stages is not None
+    cached = {s.stage for s in second.stages if s.cached}
+    assert cached == {"data", "train", "export", "optimize"}
+    assert "| data | Cached |" in report_of(second.flow_run_id)
 
 
 def test_a_new_commit_that_changes_the_model_is_a_new_version(
