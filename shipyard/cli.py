@@ -5,13 +5,10 @@ Heavy imports (Prefect, MLflow, ONNX Runtime) happen inside the commands, so `--
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import json
 import logging
 import os
 import sys
-import types
 from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -71,40 +68,8 @@ def _stack_prefect() -> None:
     use_stack_prefect(Settings(), os.environ)
 
 
-def _defer_iri_grammar() -> None:
-    """Load `rfc3987_syntax` when it is first used, not when Prefect starts.
-
-    Prefect imports jsonschema, which imports `rfc3987_syntax` for its `iri` format checks, and
-    that module compiles some 35 Earley grammars as it is imported: about a second of every
-    command that runs a flow, for checks no flow makes. A stand-in takes its place in
-    `sys.modules` and imports the real module the first time it is used, so the checks behave
-    as before. https://github.com/python-jsonschema/jsonschema/issues/1428
-    """
-    name = "rfc3987_syntax"
-    if name in sys.modules or importlib.util.find_spec(name) is None:
-        return
-    stand_in = types.ModuleType(name, "Stand-in for rfc3987_syntax, loaded on first use.")
-
-    def real() -> types.ModuleType:
-        if sys.modules.get(name) is stand_in:
-            del sys.modules[name]
-        return importlib.import_module(name)
-
-    def is_valid_syntax(term: str, value: str) -> bool:  # what jsonschema imports by name
-        return bool(real().is_valid_syntax(term, value))
-
-    def attribute(attr: str) -> Any:  # anything else: the real module's (PEP 562)
-        if attr.startswith("__"):  # the import system asking what kind of module this is
-            raise AttributeError(attr)
-        return getattr(real(), attr)
-
-    vars(stand_in).update(is_valid_syntax=is_valid_syntax, __getattr__=attribute)
-    sys.modules[name] = stand_in
-
-
 def _quiet(verbose: bool) -> None:
     """Prepare a command that runs flows: its Prefect server, and logs that stay out of the way."""
-    _defer_iri_grammar()
     _stack_prefect()
     # Prefect's console log would interleave with the stage lines; the UI keeps every log.
     if not verbose:
