@@ -14,7 +14,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
-from prometheus_client import CONTENT_TYPE_LATEST, disable_created_metrics
 
 from shipyard_serving import __version__, protocol
 from shipyard_serving.auth import KeyCheck
@@ -47,7 +46,6 @@ class BodyTooLarge(RequestError):
 
 class InferenceApp:
     def __init__(self, settings: ServeSettings, model: ServedModel | None = None) -> None:
-        disable_created_metrics()  # type: ignore[no-untyped-call]  # no `_created` series: half the scrape for nothing we use
         self.settings = settings
         self.model = model
         self.keys = KeyCheck([])  # read in `load`: the keys file is a mounted secret
@@ -107,7 +105,7 @@ class InferenceApp:
         metrics = self.metrics
         assert metrics is not None, "the app serves only after lifespan startup"
         self.inflight += 1
-        metrics.inflight.inc()
+        metrics.inflight.add(1)
         route = "other"
         close = False
         try:
@@ -136,7 +134,7 @@ class InferenceApp:
             status, body, content_type = _json(500, {"error": "internal server error"})
         finally:
             self.inflight -= 1
-            metrics.inflight.dec()
+            metrics.inflight.add(-1)
         response_headers = [
             (b"content-type", content_type),
             (b"content-length", str(len(body)).encode()),
@@ -307,6 +305,8 @@ class InferenceApp:
         return _json(200, {"name": "shipyard", "version": __version__, "extensions": []})
 
     async def prometheus(self, *_: Any) -> Reply:
+        from prometheus_client import CONTENT_TYPE_LATEST  # at the first scrape, not at startup
+
         assert self.metrics is not None
         return 200, self.metrics.render(), CONTENT_TYPE_LATEST.encode()
 
