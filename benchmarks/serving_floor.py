@@ -7,6 +7,10 @@ benchmarks/floor_server.py (neither). It prints how long each took from process 
 first 200 on /v2/health/ready, then drives each with wrk at two shapes (1 row with 16
 connections, 32 rows with 8) on MLflow's /invocations contract, and prints requests/s, p50 and
 p99, and Shipyard's requests/s and p99 over the floor's.
+
+Each case runs BENCH_SECONDS (10) per server, in BENCH_ROUNDS (5) slices that alternate between
+the two servers, so that other work on the machine weighs on both alike: requests/s is over all
+of a server's slices, p50 and p99 are the medians of its slices' values.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -21,11 +26,21 @@ import time
 from pathlib import Path
 
 import httpx
-from serving_vs_mlflow import KEY, SECONDS, free_port, wrk
+from serving_vs_mlflow import KEY, SECONDS, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKERS = int(os.environ.get("BENCH_WORKERS", "2"))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
 SHAPES = [("1 row", 1, 16), ("32 rows", 32, 8)]  # name, rows per request, connections
+# wrk's summary as numbers: requests, seconds, non-2xx answers, socket errors, p50 and p99 (µs).
+REPORT = """
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("SUMMARY %d %f %d %d %f %f\\n", summary.requests,
+    summary.duration / 1e6, e.status, e.connect + e.read + e.write + e.timeout,
+    latency:percentile(50), latency:percentile(99)))
+end
+"""
 
 
 def build_bundle(out: Path) -> Path:
@@ -72,6 +87,51 @@ def start(
     raise SystemExit(f"{url} not ready in 120 s")
 
 
+def wrk(url: str, body: dict, connections: int, seconds: int) -> dict[str, float]:
+    """One wrk run posting `body`: requests, seconds, p50 and p99 (ms)."""
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(
+            'wrk.method = "POST"\n'
+            'wrk.headers["Content-Type"] = "application/json"\n'
+            f'wrk.headers["Authorization"] = "Bearer {KEY}"\n'
+            f"wrk.body = [==[{json.dumps(body)}]==]\n" + REPORT
+        )
+    try:
+        out = subprocess.run(
+            ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "-s", script.name, url],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=seconds + 60,
+        ).stdout
+    finally:
+        os.unlink(script.name)
+    line = next(line for line in out.splitlines() if line.startswith("SUMMARY "))
+    requests, duration, failed, errors, p50, p99 = map(float, line.split()[1:])
+    if failed or errors:
+        raise SystemExit(f"{url}: {failed:.0f} non-2xx answers, {errors:.0f} socket errors\n{out}")
+    return {"requests": requests, "seconds": duration, "p50": p50 / 1000, "p99": p99 / 1000}
+
+
+def load(urls: dict[str, str], body: dict, connections: int) -> dict[str, dict[str, float]]:
+    """Each server's requests/s, p50 and p99 over ROUNDS alternating slices of a wrk run."""
+    runs: dict[str, list[dict[str, float]]] = {server: [] for server in urls}
+    seconds = max(1, round(SECONDS / ROUNDS))
+    for url in urls.values():  # warm-up, not counted
+        wrk(url, body, connections, 1)
+    for i in range(ROUNDS):
+        for server in list(urls)[:: 1 if i % 2 == 0 else -1]:
+            runs[server].append(wrk(urls[server], body, connections, seconds))
+    return {
+        server: {
+            "rps": sum(r["requests"] for r in slices) / sum(r["seconds"] for r in slices),
+            "p50": statistics.median(r["p50"] for r in slices),
+            "p99": statistics.median(r["p99"] for r in slices),
+        }
+        for server, slices in runs.items()
+    }
+
+
 def main() -> None:
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is missing: apt-get install wrk (make bench-floor does)")
@@ -107,12 +167,14 @@ def main() -> None:
         servers.append(ours)
 
         x = json.loads((ROOT / "benchmarks" / "digits_rows.json").read_text())
+        urls = {
+            server: f"http://127.0.0.1:{port}/invocations"
+            for server, port in (("floor", floor_port), ("shipyard", ours_port))
+        }
         results = {}
         for name, n, connections in SHAPES:
-            body = {"inputs": x[:n]}
-            for server, port in (("floor", floor_port), ("shipyard", ours_port)):
-                url = f"http://127.0.0.1:{port}/invocations"
-                results[server, name] = wrk(url, body, connections=connections)
+            for server, r in load(urls, {"inputs": x[:n]}, connections).items():
+                results[server, name] = r
         metrics = httpx.get(
             f"http://127.0.0.1:{ours_port}/metrics", headers={"X-API-Key": KEY}
         ).text
@@ -120,7 +182,8 @@ def main() -> None:
             raise SystemExit("Shipyard's server counted no /invocations: were metrics on?")
 
         print(
-            f"\ndigits-sklearn int8, {WORKERS} workers each, {SECONDS} s per case, wrk 1 thread; "
+            f"\ndigits-sklearn int8, {WORKERS} workers each, {SECONDS} s per case and server in "
+            f"{ROUNDS} alternating slices, wrk 1 thread; "
             "shipyard: API key and metrics on; floor: benchmarks/floor_server.py\n"
         )
         print(f"start to ready: floor {floor_start:.2f} s, shipyard {ours_start:.2f} s\n")
