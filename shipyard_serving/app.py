@@ -19,6 +19,7 @@ from shipyard_serving import __version__, protocol
 from shipyard_serving.auth import KeyCheck
 from shipyard_serving.batching import MicroBatcher
 from shipyard_serving.config import ServeSettings
+from shipyard_serving.eager import Pending, eager
 from shipyard_serving.metrics import Metrics
 from shipyard_serving.model import ServedModel
 from shipyard_serving.protocol import RequestError
@@ -209,7 +210,9 @@ class InferenceApp:
         return model
 
     async def _read_json(self, receive: Receive, headers: dict[bytes, bytes]) -> Any:
-        content_type = headers.get(b"content-type", JSON).split(b";")[0].strip().lower()
+        content_type = headers.get(b"content-type", JSON)
+        if content_type != JSON:
+            content_type = content_type.split(b";")[0].strip().lower()
         if content_type != JSON:
             raise RequestError(
                 415,
@@ -225,19 +228,46 @@ class InferenceApp:
                 receive, self.settings.max_drain_bytes
             )
             raise BodyTooLarge(f"body of {size} bytes exceeds the limit of {limit}", limit, drained)
+        message = eager(receive())
+        if (
+            isinstance(message, Pending)
+            or message.get("more_body", False)
+            or message["type"] != "http.request"
+            or len(body := message.get("body", b"")) > limit
+        ):
+            body = await self._read_body(receive, limit, message)
+        # else the usual case: the whole body came with the request's head, and nothing waited
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError as e:
+            raise RequestError(400, f"malformed JSON: {e}", "body", "a JSON document") from None
+
+    async def _read_body(
+        self, receive: Receive, limit: int, message: dict[str, Any] | Pending[dict[str, Any]]
+    ) -> bytes:
+        """The body from its first `message` on, within `limit` bytes and request_timeout_s of
+        the first wait for it (a 413, 408 or 400 otherwise)."""
         chunks: list[bytes] = []
         size, more = 0, True
+        deadline = None
         try:
-            async with asyncio.timeout(self.settings.request_timeout_s):  # the whole body
-                while more and size <= limit:
-                    message = await receive()
-                    if message["type"] == "http.disconnect":
-                        raise RequestError(400, "client disconnected before sending the body")
-                    chunk = message.get("body", b"")
-                    size += len(chunk)
-                    more = message.get("more_body", False)
-                    if size <= limit:
-                        chunks.append(chunk)
+            while True:
+                if isinstance(message, Pending):  # not here yet: wait, within the deadline
+                    if deadline is None:
+                        loop = asyncio.get_running_loop()
+                        deadline = loop.time() + self.settings.request_timeout_s
+                    async with asyncio.timeout_at(deadline):
+                        message = await message
+                if message["type"] == "http.disconnect":
+                    raise RequestError(400, "client disconnected before sending the body")
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                more = message.get("more_body", False)
+                if size <= limit:
+                    chunks.append(chunk)
+                if not more or size > limit:
+                    break
+                message = eager(receive())
         except TimeoutError:
             raise RequestError(
                 408,
@@ -251,10 +281,7 @@ class InferenceApp:
                 receive, self.settings.max_drain_bytes - size
             )
             raise BodyTooLarge(f"body exceeds the limit of {limit} bytes", limit, drained)
-        try:
-            return orjson.loads(b"".join(chunks))
-        except orjson.JSONDecodeError as e:
-            raise RequestError(400, f"malformed JSON: {e}", "body", "a JSON document") from None
+        return b"".join(chunks)
 
     async def _discard_body(self, receive: Receive, budget: int) -> bool:
         """Read and drop the rest of a refused body, at most `budget` more bytes and

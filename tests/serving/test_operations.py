@@ -331,3 +331,26 @@ def test_a_body_that_never_arrives_gets_408(serve) -> None:
     assert response.startswith(b"HTTP/1.1 408"), response[:100]
     assert b'"field":"body"' in response
     assert httpx.get(f"{server.url}/v2/health/live").status_code == 200
+
+
+@pytest.mark.unit
+def test_a_body_sent_in_parts_with_pauses_is_read_whole(serve, digits: Dataset) -> None:
+    server = serve(request_timeout_s=5)
+    port = int(server.url.rsplit(":", 1)[1])
+    body = json.dumps({"inputs": rows(digits, 2)}).encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(
+            b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        )
+        for part in (body[:10], body[10:100], body[100:]):  # the server waits for each
+            time.sleep(0.2)
+            sock.sendall(part)
+        response = b""
+        while b"}}" not in response:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            response += chunk
+    assert response.startswith(b"HTTP/1.1 200"), response[:200]
+    assert len(json.loads(response.split(b"\r\n\r\n", 1)[1])["predictions"]["label"]) == 2
