@@ -42,6 +42,9 @@ def run(settings: ServeSettings) -> None:
             http="httptools",
             lifespan="on",
             access_log=False,
+            # Nothing reads the client's address (no access log): skip the X-Forwarded-* layer.
+            proxy_headers=False,
+            server_header=False,  # no `server: uvicorn` on every answer
             log_level="warning",
             # On SIGTERM uvicorn stops accepting and lets in-flight requests finish.
             timeout_graceful_shutdown=int(settings.request_timeout_s) + 5,

@@ -52,7 +52,11 @@ class InferenceApp:
         self.keys = KeyCheck([])  # read in `load`: the keys file is a mounted secret
         self.metrics: Metrics | None = None
         self.batcher: MicroBatcher | None = None
-        self.inflight = 0
+        # path → (route, method, bound handler), resolved once rather than on every request
+        self._static: dict[str, tuple[str, str, InferenceApp.Handler]] = {
+            path: (route, STATIC_HANDLERS[route][0], getattr(self, STATIC_HANDLERS[route][1]))
+            for path, route in STATIC_ROUTES.items()
+        }
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -89,7 +93,7 @@ class InferenceApp:
             self.model.predict,
             self.settings.max_batch_size,
             self.settings.max_batch_delay_ms / 1000,
-            lambda: self.inflight,
+            lambda: int(self.metrics.inflight.value) if self.metrics else 0,
             self.metrics.batch_rows.observe,
         )
         self.batcher.start()
@@ -97,20 +101,24 @@ class InferenceApp:
     # -- requests --------------------------------------------------------------------------
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await self._lifespan(receive, send)
-            return
         if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                await self._lifespan(receive, send)
             return
         start = time.perf_counter()
         metrics = self.metrics
         assert metrics is not None, "the app serves only after lifespan startup"
-        self.inflight += 1
-        metrics.inflight.add(1)
+        inflight = metrics.inflight
+        inflight.add(1)
         route = "other"
         close = False
         try:
-            route, handler, params = self._route(scope["method"], scope["path"])
+            static = self._static.get(scope["path"])
+            if static is not None and static[1] == scope["method"]:
+                route, _, handler = static
+                params = NO_PARAMS
+            else:
+                route, handler, params = self._route(scope["method"], scope["path"])
             headers = dict(scope["headers"])
             if not (self.keys.allows(headers) or self._is_open(route)):
                 raise RequestError(
@@ -134,11 +142,10 @@ class InferenceApp:
             log.exception("unhandled error on %s %s", scope["method"], scope["path"])
             status, body, content_type = _json(500, {"error": "internal server error"})
         finally:
-            self.inflight -= 1
-            metrics.inflight.add(-1)
+            inflight.add(-1)
         response_headers = [
             (b"content-type", content_type),
-            (b"content-length", str(len(body)).encode()),
+            (b"content-length", b"%d" % len(body)),
         ]
         if status == 401:
             response_headers.append((b"www-authenticate", b"Bearer"))
@@ -156,10 +163,12 @@ class InferenceApp:
     Handler = Callable[[Scope, Receive, dict[bytes, bytes], dict[str, str]], Awaitable[Reply]]
 
     def _route(self, method: str, path: str) -> tuple[str, Handler, dict[str, str]]:
-        static = STATIC_ROUTES.get(path)
+        static = self._static.get(path)
         if static is not None:
-            route, verb, name = static, *STATIC_HANDLERS[static]
-            return self._check_method(route, method, verb), getattr(self, name), {}
+            route, verb, handler = static
+            if method != verb:
+                self._check_method(route, method, verb)
+            return route, handler, NO_PARAMS
         parts = path.strip("/").split("/")
         if len(parts) >= 3 and parts[:2] == ["v2", "models"]:
             params = {"name": parts[2]}
@@ -209,7 +218,8 @@ class InferenceApp:
             )
         return model
 
-    async def _read_json(self, receive: Receive, headers: dict[bytes, bytes]) -> Any:
+    async def _read_json(self, receive: Receive, headers: dict[bytes, bytes]) -> tuple[Any, bytes]:
+        """The body as a JSON document, and as sent."""
         content_type = headers.get(b"content-type", JSON)
         if content_type != JSON:
             content_type = content_type.split(b";")[0].strip().lower()
@@ -238,7 +248,7 @@ class InferenceApp:
             body = await self._read_body(receive, limit, message)
         # else the usual case: the whole body came with the request's head, and nothing waited
         try:
-            return orjson.loads(body)
+            return orjson.loads(body), body
         except orjson.JSONDecodeError as e:
             raise RequestError(400, f"malformed JSON: {e}", "body", "a JSON document") from None
 
@@ -309,13 +319,15 @@ class InferenceApp:
             pass
         return False
 
-    async def _predict(self, model: ServedModel, x: Any) -> tuple[Any, Any]:
-        if self.batcher is not None:
-            async with asyncio.timeout(self.settings.request_timeout_s):
-                return await self.batcher.predict(x)
+    async def _predict_batched(self, x: Any) -> tuple[Any, Any]:
+        assert self.batcher is not None
+        async with asyncio.timeout(self.settings.request_timeout_s):
+            return await self.batcher.predict(x)
+
+    def _predict(self, model: ServedModel, x: Any) -> tuple[Any, Any]:
         assert self.metrics is not None
         self.metrics.batch_rows.observe(len(x))
-        return model.predict(x)
+        return model.predict(x)  # in the event loop: a call takes microseconds
 
     # -- handlers --------------------------------------------------------------------------
 
@@ -351,9 +363,11 @@ class InferenceApp:
         self, _s: Scope, receive: Receive, headers: dict[bytes, bytes], params: dict[str, str]
     ) -> Reply:
         model = self._model_for(params)
-        body = await self._read_json(receive, headers)
+        body, _ = await self._read_json(receive, headers)
         x, wanted, request_id = protocol.parse_v2(body, model.info, self.settings.max_batch_rows)
-        labels, probabilities = await self._predict(model, x)
+        labels, probabilities = (
+            self._predict(model, x) if self.batcher is None else await self._predict_batched(x)
+        )
         return _json(
             200,
             protocol.v2_response(
@@ -366,9 +380,13 @@ class InferenceApp:
     ) -> Reply:
         model = self.model
         assert model is not None
-        body = await self._read_json(receive, headers)
-        x = protocol.parse_mlflow(body, model.info, self.settings.max_batch_rows)
-        labels, probabilities = await self._predict(model, x)
+        body, text = await self._read_json(receive, headers)
+        x = protocol.parse_mlflow(body, model.info, self.settings.max_batch_rows, text)
+        if self.batcher is None:  # in the event loop: an inference takes microseconds
+            self.metrics.batch_rows.observe(len(x))  # type: ignore[union-attr]
+            labels, probabilities = model.predict(x)
+        else:
+            labels, probabilities = await self._predict_batched(x)
         return _json(
             200, protocol.mlflow_response(labels, probabilities, model.label_names(labels))
         )
@@ -396,6 +414,7 @@ MODEL_ACTIONS = {
     "ready": ("GET", "model_ready"),
     "infer": ("POST", "infer"),
 }
+NO_PARAMS: dict[str, str] = {}  # shared by the routes without parameters: handlers only read it
 OPEN_ROUTES = {"/v2/health/live", "/v2/health/ready", "/ping", "/metrics"}
 
 

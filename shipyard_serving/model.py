@@ -11,6 +11,9 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+OUTPUTS = ["label", "probabilities"]
+"""The outputs of a Shipyard release graph, in this order (checked at load)."""
+
 METADATA = "shipyard.json"
 """Written next to model.onnx by a release: name, version, labels, git sha, fingerprint."""
 
@@ -51,7 +54,7 @@ class ServedModel:
         except Exception as e:
             raise ModelLoadError(f"ONNX Runtime cannot load {path}: {e}") from e
         inputs, outputs = self.session.get_inputs(), [o.name for o in self.session.get_outputs()]
-        if len(inputs) != 1 or outputs[:2] != ["label", "probabilities"]:
+        if len(inputs) != 1 or outputs[:2] != OUTPUTS:
             raise ModelLoadError(
                 f"{path} has inputs {[i.name for i in inputs]} and outputs {outputs}; expected one "
                 "input and outputs ['label', 'probabilities'] (a Shipyard release graph)."
@@ -78,19 +81,26 @@ class ServedModel:
         )
         self.n_classes = int(self.session.get_outputs()[1].shape[1] or 0) or None
         self._feed = self.info.input_name
+        self._names = dict(enumerate(self.info.labels or ()))
         # One warm-up call so the first request does not pay for allocation.
         self.predict(np.zeros((1, *self.info.feature_shape), dtype=np.float32))
 
     def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        # Outputs 0 and 1 are label and probabilities (checked at load); naming them costs more.
-        outputs = self.session.run(None, {self._feed: x})
-        return outputs[0], outputs[1]
+        # Named, the outputs need no list built per call (run(None) builds every output's name),
+        # and outputs past the two the server answers with are not computed.
+        labels, probabilities = self.session.run(OUTPUTS, {self._feed: x})
+        return labels, probabilities
 
     def label_names(self, labels: np.ndarray) -> list[str] | None:
-        if not self.info.labels:
+        """Each label's name from the metadata, or the label itself where it names none."""
+        names = self._names
+        if not names:
             return None
-        names = self.info.labels
-        return [names[i] if 0 <= i < len(names) else str(i) for i in labels.tolist()]
+        values = labels.tolist()
+        try:
+            return list(map(names.__getitem__, values))  # no bytecode per row
+        except KeyError:
+            return [names.get(i, str(i)) for i in values]
 
 
 def _metadata(model_dir: Path) -> dict[str, Any]:

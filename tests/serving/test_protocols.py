@@ -6,9 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+import orjson
 import pytest
 
 from shipyard.project import Dataset
+from shipyard_serving import protocol
+from shipyard_serving.model import ModelInfo
 from tests.support.servers import KEY, InProcessServer, rows
 
 pytestmark = pytest.mark.unit
@@ -106,3 +109,39 @@ def test_mlflow_scoring_formats_agree(
         assert np.allclose(predictions["probabilities"], probabilities, atol=1e-6)
         assert predictions["label_name"] == [str(v) for v in label.tolist()]
     assert server.client.get("/ping").status_code == 200
+
+
+def test_numeric_rows_as_sent_convert_as_the_checked_path_does(digits: Dataset) -> None:
+    """A body of numbers only skips numpy's type discovery: same array, same errors."""
+    info = ModelInfo("digits-sklearn", "7", "pixels", (64,), None, "0" * 64)
+
+    def parsed(body: object, text: bytes | None) -> np.ndarray | tuple[int, str]:
+        try:
+            return protocol.parse_mlflow(body, info, 64, text)
+        except protocol.RequestError as e:
+            return e.status, e.message
+
+    good = [
+        {"inputs": rows(digits, 3)},
+        {"inputs": [[int(v) for v in row] for row in rows(digits, 2)]},
+        {"inputs": [[-1.5e-3] * 64]},
+    ]
+    bad = [
+        {"inputs": [[0] * 64, [0] * 63]},
+        {"inputs": [[1e39] * 64]},
+        {"inputs": [[0] * 64] * 65},
+        {"inputs": []},
+        {"inputs": 7},
+        {"inputs": [0] * 64},  # one flat row: the checked path reshapes it
+        {"inputs": [[True] * 64]},
+        {"inputs": [["1"] * 64]},
+    ]
+    for body in good + bad:
+        text = orjson.dumps(body)
+        fast, checked = parsed(body, text), parsed(body, None)
+        if isinstance(checked, np.ndarray):
+            assert isinstance(fast, np.ndarray) and fast.dtype == np.float32, body
+            assert np.array_equal(fast, checked), body
+        else:
+            assert fast == checked, body
+    assert all(isinstance(parsed(b, orjson.dumps(b)), np.ndarray) for b in good)
