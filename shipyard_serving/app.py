@@ -89,11 +89,12 @@ class InferenceApp:
 
     def _start_batcher(self) -> None:
         assert self.model is not None and self.metrics is not None
+        inflight = self.metrics.inflight
         self.batcher = MicroBatcher(
             self.model.predict,
             self.settings.max_batch_size,
             self.settings.max_batch_delay_ms / 1000,
-            lambda: int(self.metrics.inflight.value) if self.metrics else 0,
+            lambda: int(inflight.value),
             self.metrics.batch_rows.observe,
         )
         self.batcher.start()
@@ -382,11 +383,9 @@ class InferenceApp:
         assert model is not None
         body, text = await self._read_json(receive, headers)
         x = protocol.parse_mlflow(body, model.info, self.settings.max_batch_rows, text)
-        if self.batcher is None:  # in the event loop: an inference takes microseconds
-            self.metrics.batch_rows.observe(len(x))  # type: ignore[union-attr]
-            labels, probabilities = model.predict(x)
-        else:
-            labels, probabilities = await self._predict_batched(x)
+        labels, probabilities = (
+            self._predict(model, x) if self.batcher is None else await self._predict_batched(x)
+        )
         return _json(
             200, protocol.mlflow_response(labels, probabilities, model.label_names(labels))
         )
