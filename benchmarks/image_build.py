@@ -27,7 +27,7 @@ from prefect.testing.utilities import prefect_test_harness
 
 from shipyard import engine
 from shipyard.flows.release import release
-from shipyard.image.build import build
+from shipyard.image.build import build, free_port, ready
 from shipyard.image.context import (
     LOCK,
     NO_COMMIT_EPOCH,
@@ -106,6 +106,25 @@ def old_layout(
     return build(client, context, reference, NO_COMMIT_EPOCH).image_id
 
 
+def start_to_ready(client: docker.DockerClient, image: str, workers: int) -> float:
+    """Seconds from `docker run` to the first 200 from /v2/health/ready."""
+    port = free_port()
+    start = time.perf_counter()
+    container = client.containers.run(
+        image,
+        detach=True,
+        ports={"8080/tcp": ("127.0.0.1", port)},
+        environment={"SHIPYARD_SERVE_WORKERS": str(workers)},
+        labels={"ai.shipyard.role": "benchmark"},
+    )
+    try:
+        while not ready(f"http://127.0.0.1:{port}"):
+            time.sleep(0.01)
+        return time.perf_counter() - start
+    finally:
+        container.remove(force=True)
+
+
 def forget(client: docker.DockerClient, repository: str) -> None:
     """The repository's images gone, but for those a running container uses (a demo endpoint)."""
     in_use = {c.image.id for c in client.containers.list() if c.image is not None}
@@ -119,6 +138,7 @@ def main() -> None:
     client = engine.engine()
     settings_default = Settings()
     login = engine.registry_login(settings_default)
+    last: dict[str, str] = {}
     times: dict[str, dict[str, list[float]]] = {
         "old": {"build": [], "push": []},
         "new": {"build": [], "push": []},
@@ -153,6 +173,12 @@ def main() -> None:
                 if i:
                     times[layout]["build"].append(built - start)
                     times[layout]["push"].append(pushed - built)
+                last[layout] = reference
+        starts = {
+            (layout, workers): [start_to_ready(client, last[layout], workers) for _ in range(5)]
+            for layout in ("old", "new")
+            for workers in (1, 2)
+        }
 
         digests, runtimes, runtime_seconds = [], [], []
         for clean in ("clean-a", "clean-b"):
@@ -181,6 +207,11 @@ def main() -> None:
     print(
         f"build: new is {old_b / new_b:.0f}x faster (build = the image in the engine; the smoke test is not in it)"
     )
+    print("\ncontainer start to ready, seconds (5 runs: median, best)")
+    for (layout, workers), seconds in starts.items():
+        print(
+            f"{layout:<8}{workers} worker(s) {statistics.median(seconds):6.2f} {min(seconds):6.2f}"
+        )
     print(
         f"\nruntime image from a clean engine: {runtime_seconds[0]:.1f} s, {runtime_seconds[1]:.1f} s (once per base and lock)"
     )
