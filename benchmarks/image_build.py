@@ -5,7 +5,7 @@ directly), for a new version of a known model; and the digests of two clean stat
 Run: `make bench-image` (after `shipyard stack up`). It releases the reference scikit-learn
 project up to `build` once (a known model), then for each layout builds and pushes three new
 versions (the model's metadata changed, so each is a new image), and prints the median build
-and push times. Last, it removes the runtime image and every image of the model twice, and
+and push times, and each layout's container start to ready (1 and 2 workers). Last, it removes the runtime image and every image of the model twice, and
 builds the runtime and a version from scratch each time: both pushes must give one digest.
 """
 
