@@ -11,17 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
-import json
 import os
 import secrets
 import signal
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass
 from importlib.resources import as_file, files
 from pathlib import Path
-from typing import Any
 
 import httpx
 
@@ -256,34 +253,14 @@ def _adopt_bare(settings: Settings, name: str, say: Say) -> None:
         say(f"{name}: stopped pid {started.pid} (unsupervised, from an older stack up)")
 
 
-def process_job_template() -> dict[str, Any]:
-    """The process pool's job template, its default command `python -m prefect.engine`.
-
-    Without a command, Prefect 3.8's process worker starts a workspace supervisor that then
-    starts the engine: two interpreters importing Prefect before a run's first task, about
-    1 s more per run here.
-    """
-    from prefect.workers.process import ProcessWorker
-
-    template: dict[str, Any] = ProcessWorker.get_default_base_job_template()
-    command = template["variables"]["properties"]["command"]
-    command["default"] = f"{sys.executable} -m prefect.engine"
-    return template
-
-
 def register_deployments(settings: Settings, say: Say) -> None:
     """`prefect deploy --all` from prefect.yaml, on a `shipyard` process pool."""
     # prefect.yaml's pull step is `{{ $PWD }}`, filled in at deploy time: the directory
     # `stack up` was started from, where the worker's runs resolve relative sources.
     env = {**os.environ, **_prefect_env(settings), "PWD": str(Path.cwd())}
-    with as_file(PREFECT_YAML) as prefect_yaml, tempfile.TemporaryDirectory() as tmp:
-        template = Path(tmp) / "process-job-template.json"
-        template.write_text(json.dumps(process_job_template()))
+    with as_file(PREFECT_YAML) as prefect_yaml:
         for args in (
-            [
-                *("work-pool", "create", "shipyard", "--type", "process", "--overwrite"),
-                *("--base-job-template", str(template)),
-            ],
+            ["work-pool", "create", "shipyard", "--type", "process", "--overwrite"],
             ["--no-prompt", "deploy", "--all", "--prefect-file", str(prefect_yaml)],
         ):
             done = subprocess.run([*PREFECT, *args], env=env, capture_output=True, text=True)
