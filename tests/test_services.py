@@ -165,6 +165,14 @@ def test_the_stack_runs_a_release_the_ui_shows_and_down_stops_only_its_services(
         status = json.loads(run("stack", "status").stdout)
         for part in ("prefect-server", "mlflow-server", "webhook"):
             assert status[part].startswith("healthy") and "started by shipyard" in status[part]
+        # supervisord calls a program RUNNING once it has stayed up for its startsecs.
+        deadline = time.monotonic() + 60
+        while (
+            status["prefect-worker"].startswith("down") and "STARTING" in status["prefect-worker"]
+        ):
+            assert time.monotonic() < deadline, status["prefect-worker"]
+            time.sleep(1)
+            status = json.loads(run("stack", "status").stdout)
         assert status["prefect-worker"].startswith("running")
         assert "nothing" not in status["engine"]
 
