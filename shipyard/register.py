@@ -27,6 +27,15 @@ class RegisteredVersion:
     tags: VersionTags
 
 
+def load_requirement_checks() -> None:
+    """Fill MLflow's map of installed packages to modules, once per process: `save_model` reads
+    it to check the pinned requirements against this environment, and building it walks every
+    installed distribution's files (about 2 s here). Loaded ahead by `shipyard.warmup`."""
+    from mlflow.utils.requirements_utils import warn_dependency_requirement_mismatches
+
+    warn_dependency_requirement_mismatches(["numpy"])
+
+
 def mlflow_model(chosen: Measurement, manifest: Manifest, data: Dataset, out_dir: Path) -> Path:
     """The chosen variant as an MLflow ONNX model (so `mlflow models serve` can serve it too)."""
     # Imported here: a release of a fingerprint registered before reuses its version, and

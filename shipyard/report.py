@@ -50,7 +50,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _pyplot() -> ModuleType:
+def pyplot() -> ModuleType:
     """matplotlib's pyplot, drawing to files only (never a window); imported when a picture is
     drawn, not with the report module."""
     import matplotlib
@@ -63,7 +63,7 @@ def _pyplot() -> ModuleType:
 
 def tradeoff_plot(measurements: list[Measurement], chosen: str | None, out: Path) -> Path:
     """Size against batch-1 p50 latency, one point per variant, annotated with accuracy."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     for m in measurements:
         ax.scatter(
@@ -90,7 +90,7 @@ def tradeoff_plot(measurements: list[Measurement], chosen: str | None, out: Path
 
 
 def confusion_plot(confusion: list[list[int]], labels: list[str], title: str, out: Path) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 4.5), dpi=100)
     ax.imshow(confusion, cmap="Blues")
     ticks = range(len(labels))

@@ -20,7 +20,8 @@ from prefect.concurrency.sync import concurrency
 from prefect.runtime import flow_run
 from prefect.utilities.urls import url_for
 
-from shipyard import audit, registry, report
+from shipyard import audit, registry, report, warmup
+from shipyard import register as registration
 from shipyard.contracts import ReleaseSummary, StageTiming
 from shipyard.errors import ShipyardError
 from shipyard.fingerprint import data_inputs, package_versions
@@ -147,6 +148,7 @@ def release(
     """
     refuse_credentials(source)
     settings = run_settings(settings)
+    _expect_later_stages(settings)
     start = time.perf_counter()
     with timed() as timings:
         tree, manifest = run_stage(checkout, source, ref, subdir, settings, branch)
@@ -199,6 +201,26 @@ def release(
                 champion_after=summary.deployed_version,
             )
             return summary
+
+
+def _expect_later_stages(settings: Settings) -> None:
+    """What the stages after the sandboxed ones import, in the order they need it: loaded while
+    a sandbox runs (`shipyard.warmup`), so a new commit's release does not wait for it after."""
+    store = (
+        ["mlflow.store.tracking.sqlalchemy_store"]
+        if settings.tracking_uri.startswith("sqlite")
+        else []
+    )
+    warmup.expect(
+        "mlflow",
+        *store,
+        "onnx",
+        "onnxruntime",
+        report.pyplot,
+        "mlflow.models",
+        "mlflow.onnx",
+        registration.load_requirement_checks,
+    )
 
 
 def _timed(summary: ReleaseSummary, start: float, timings: list[StageTiming]) -> ReleaseSummary:

@@ -33,7 +33,7 @@ from requests.exceptions import ConnectionError as RequestsConnectionError
 from requests.exceptions import ReadTimeout
 
 import shipyard
-from shipyard import errors
+from shipyard import errors, warmup
 from shipyard.engine import base_image, engine
 from shipyard.errors import ImageError, ProjectError, StackError
 from shipyard.image.context import wheelhouse
@@ -228,6 +228,7 @@ def run(run: Run, settings: Settings, say: Say) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix=".sandbox-", dir=run.out_dir.parent) as tmp:
         inputs, project = _stage_inputs(run, Path(tmp))
         container = _start(client, image, run, inputs, project, settings)
+        warmup.idle()  # this process waits now: the later stages' imports load meanwhile
         try:
             exit_code, oom = _wait(container, run, settings)
             logs = container.logs().decode(errors="replace")
