@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 from enum import StrEnum
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -64,8 +65,10 @@ def _stack_prefect() -> None:
     rollout never overlaps a webhook's); otherwise Prefect starts a temporary server per run.
     """
     from shipyard.stack.credentials import use_stack_prefect
+    from shipyard.stack.postgres import use_stack_mlflow
 
     use_stack_prefect(Settings(), os.environ)
+    use_stack_mlflow(Settings(), os.environ)  # on Postgres, the registry is its server's
 
 
 def _quiet(verbose: bool) -> None:
@@ -290,7 +293,7 @@ def undeploy(model: Annotated[str, typer.Argument(help="Deployed model name.")])
 
     from shipyard import audit, registry
     from shipyard.deploy.endpoint import serving
-    from shipyard.deploy.endpoint import undeploy as stop
+    from shipyard.deploy.swarm_endpoint import undeploy as stop  # either target
     from shipyard.flows.rollout import LOCK_WAIT_S, rollout_lock
 
     settings = Settings()
@@ -310,6 +313,33 @@ def undeploy(model: Annotated[str, typer.Argument(help="Deployed model name.")])
             registry.dethrone(registry.client(settings), model)
     except ShipyardError as e:
         _fail(str(e), False)
+
+
+@app.command()
+def scale(
+    model: Annotated[str, typer.Argument(help="Deployed model name (target swarm).")],
+    replicas: Annotated[int, typer.Argument(min=1, help="Replicas of the serving version.")],
+) -> None:
+    """Change the replica count of the version that serves MODEL on Swarm, without a rollout;
+    returns once every replica runs and HAProxy routes to it."""
+    _quiet(False)
+    from prefect.concurrency.sync import concurrency
+
+    from shipyard import audit
+    from shipyard.deploy.swarm_endpoint import scale as scale_endpoint
+    from shipyard.flows.rollout import LOCK_WAIT_S, rollout_lock
+
+    settings = Settings()
+    try:
+        with audit.audited(settings, "scale", model, audit.who()) as what:
+            what.update(replicas=replicas)
+            with concurrency(  # never in the middle of a rollout of the same model
+                rollout_lock(model), occupy=1, timeout_seconds=LOCK_WAIT_S, strict=True
+            ):
+                placed = scale_endpoint(settings, model, replicas, _say)
+    except ShipyardError as e:
+        _fail(str(e), False)
+    print(f"{model}: {replicas} replica(s): " + ", ".join(f"{n} on {k}" for k, n in placed.items()))
 
 
 @app.command()
@@ -441,7 +471,28 @@ def render_k8s(
         str | None, typer.Option(help="Canary version (number or alias); none: no canary.")
     ] = None,
     weight: Annotated[int, typer.Option(min=0, max=100, help="Canary traffic %.")] = 10,
-    replicas: Annotated[int, typer.Option(min=1, help="Stable replicas.")] = 2,
+    project: Annotated[
+        Path | None,
+        typer.Option(
+            help="Model project whose shipyard.yaml `deploy` section to render (default: the "
+            "last Docker deploy's, else the defaults)."
+        ),
+    ] = None,
+    min_replicas: Annotated[
+        int | None, typer.Option(min=1, help="Override deploy.autoscale.min_replicas.")
+    ] = None,
+    max_replicas: Annotated[
+        int | None, typer.Option(min=1, help="Override deploy.autoscale.max_replicas.")
+    ] = None,
+    zones: Annotated[
+        bool, typer.Option("--zones", help="Also spread each track's pods over zones.")
+    ] = False,
+    kserve: Annotated[
+        bool,
+        typer.Option(
+            "--kserve", help="A KServe InferenceService per track in place of its Deployment."
+        ),
+    ] = False,
     namespace: Annotated[str, typer.Option(help="Namespace of the objects.")] = "default",
     registry_host: Annotated[
         str | None,
@@ -458,13 +509,16 @@ def render_k8s(
     ] = False,
 ) -> None:
     """Print Kubernetes YAML for MODEL's release: a Secret, Deployments, Services, a weighted
-    HTTPRoute; each server limited as its last Docker deploy (`deploy.resources`)."""
+    HTTPRoute, per track an autoscaler and a disruption budget; each server limited and scaled
+    as `deploy.resources` and `deploy.autoscale` say (--project's, or the last Docker deploy's)."""
     _quiet(False)
     import yaml
+    from pydantic import ValidationError
 
     from shipyard.contracts import VersionTags
     from shipyard.deploy import k8s
     from shipyard.flows.promote import find_version
+    from shipyard.manifest import Autoscale, DeployPolicy, load_manifest
 
     settings = Settings()
 
@@ -479,24 +533,48 @@ def render_k8s(
 
     from shipyard.deploy import state
 
-    recorded = state.load(settings.deploy_dir, model)
     key = settings.serve_api_key
     if key is not None and not with_keys:
         _say("the Secret holds no API key: pass --with-keys, or fill it in the cluster")
     try:
+        if project is not None:
+            policy = load_manifest(project).deploy
+        else:
+            recorded = state.load(settings.deploy_dir, model)
+            policy = recorded.policy if recorded else DeployPolicy()
+        overrides = {"min_replicas": min_replicas, "max_replicas": max_replicas}
+        try:
+            autoscale = Autoscale.model_validate(
+                {**policy.autoscale.model_dump(), **{k: v for k, v in overrides.items() if v}}
+            )
+        except ValidationError as e:
+            given = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in overrides.items() if v)
+            reason = e.errors()[0]["msg"].removeprefix("Value error, ")
+            raise ShipyardError(
+                f"{given} over deploy.autoscale: {reason} (--min-replicas/--max-replicas)"
+            ) from e
+        if kserve and autoscale.metrics_adapter:
+            _say("KServe scales on CPU only here: deploy.autoscale.rps_per_replica is not rendered")
         objects = k8s.render(
             model,
             track("stable", stable),
             track("canary", canary) if canary else None,
             weight,
-            replicas,
             namespace,
-            resources=recorded.policy.resources if recorded else None,
+            resources=policy.resources,
             api_keys=[key.get_secret_value()] if key is not None and with_keys else None,
+            autoscale=autoscale,
+            zones=zones,
+            kserve_predictors=kserve,
         )
     except ShipyardError as e:
         _fail(str(e), False)
-    print(yaml.safe_dump_all(objects, sort_keys=False), end="")
+
+    class Dumper(yaml.SafeDumper):
+        def ignore_aliases(self, data: Any) -> bool:
+            return True  # every object written out in full: no `&id001` anchors
+
+    print(yaml.dump_all(objects, Dumper=Dumper, sort_keys=False), end="")
 
 
 stack_app = typer.Typer(
@@ -511,6 +589,13 @@ def _say(line: str) -> None:
 
 @stack_app.command("up")
 def stack_up(
+    backend: Annotated[
+        str | None,
+        typer.Option(
+            help="Where Prefect and MLflow store: sqlite (files, the default) or postgres (the "
+            "stack's own cluster; MLflow serves the artifacts). Recorded: later `stack up`s keep it.",
+        ),
+    ] = None,
     services: Annotated[
         bool,
         typer.Option(
@@ -519,6 +604,13 @@ def stack_up(
         ),
     ] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    nodes: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="A swarm of N nodes: this engine (manager) and N-1 worker engines in containers.",
+        ),
+    ] = None,
 ) -> None:
     """Start what is missing: dockerd, a local registry with htpasswd auth, the base image; then
     a Prefect server (UI) and process worker, an MLflow server (UI), the webhook receiver, and
@@ -531,7 +623,16 @@ def stack_up(
     print("Bringing up the stack", file=sys.stderr)
     settings = Settings()
     try:
+        if backend is not None:
+            from shipyard.stack.postgres import record_backend
+
+            record_backend(settings, backend)
         result = stack.up(settings, _say)
+        if nodes is not None:
+            from shipyard.stack import nodes as swarm_nodes
+
+            found = swarm_nodes.up(settings, nodes, result["base_image"], _say)
+            result["nodes"] = [f"{n.name} ({n.role}, {n.state})" for n in found]
         if services:
             result.update(ops.up(settings, _say))
             _stack_prefect()  # its server is up now: a cut-off rollout's lock is freed there
@@ -552,10 +653,15 @@ def stack_status() -> None:
     """Show each part's health and restarts: engine, registry, base image, servers, worker,
     receiver."""
     from shipyard.stack import engine as stack
+    from shipyard.stack import nodes
     from shipyard.stack import services as ops
 
     settings = Settings()
-    print(json.dumps({**stack.status(settings), **ops.status(settings)}, indent=2))
+    print(
+        json.dumps(
+            {**stack.status(settings), **nodes.status(settings), **ops.status(settings)}, indent=2
+        )
+    )
 
 
 @stack_app.command("cert")
@@ -577,6 +683,27 @@ def stack_cert(
     print(f"valid until {certs.not_after:%Y-%m-%d}; in shipyard.yaml:")
     print(f"deploy:\n  tls: {{cert: {certs.cert}, key: {certs.key}}}")
     print(f"clients trust it with the CA: curl --cacert {certs.ca} https://127.0.0.1:PORT/…")
+
+
+@stack_app.command("nodes")
+def stack_nodes(
+    remove: Annotated[
+        bool,
+        typer.Option(
+            "--remove", help="Remove the node containers, and leave the swarm `--nodes` made."
+        ),
+    ] = False,
+) -> None:
+    """List the swarm's nodes (`stack up --nodes N` makes them); with --remove, remove them."""
+    from shipyard.stack import nodes
+
+    settings = Settings()
+    try:
+        if remove:
+            nodes.down(settings, _say)
+        print(json.dumps(nodes.status(settings), indent=2))
+    except ShipyardError as e:
+        _fail(str(e), False)
 
 
 @stack_app.command("down")

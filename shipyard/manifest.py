@@ -123,8 +123,47 @@ class Tls(_Strict):
     key: Path = Field(description="PEM private key file of the certificate.")
 
 
+class Autoscale(_Strict):
+    """How each track scales on Kubernetes (`shipyard render k8s`): a HorizontalPodAutoscaler
+    (autoscaling/v2) on CPU and, with a metrics adapter, on requests per second."""
+
+    min_replicas: int = Field(default=2, ge=1, le=1000, description="Fewest stable replicas.")
+    max_replicas: int = Field(default=10, ge=1, le=1000, description="Most stable replicas.")
+    cpu_percent: int = Field(
+        default=70, ge=1, le=100, description="Target CPU use, % of the request (= the limit)."
+    )
+    rps_per_replica: float | None = Field(
+        default=None, gt=0, description="Target requests per second per replica (needs an adapter)."
+    )
+    metrics_adapter: Literal["prometheus-adapter"] | None = Field(
+        default=None,
+        description="The adapter serving `shipyard_requests_per_second` on the custom metrics "
+        "API; none: scale on CPU only.",
+    )
+
+    @model_validator(mode="after")
+    def _coherent(self) -> Autoscale:
+        if self.max_replicas < self.min_replicas:
+            raise ValueError(
+                f"max_replicas {self.max_replicas} is below min_replicas {self.min_replicas}: "
+                f"set max_replicas to at least {self.min_replicas}"
+            )
+        if (self.rps_per_replica is None) != (self.metrics_adapter is None):
+            raise ValueError(
+                f"rps_per_replica {self.rps_per_replica} and metrics_adapter "
+                f"{self.metrics_adapter!r} go together (the requests-per-second metric is served "
+                "by the adapter): set both, e.g. metrics_adapter: prometheus-adapter, or neither"
+            )
+        return self
+
+
 Strategy = Literal["blue-green", "canary", "recreate"]
 """How a rollout moves traffic to the new version (`deploy.strategy`)."""
+
+DeployTarget = Literal["docker", "swarm"]
+"""Where versions run (`deploy.target`): containers on this engine, or Swarm services."""
+MAX_REPLICAS = 16
+"""The most replicas a version has on Swarm (the servers HAProxy keeps per slot)."""
 
 
 class DeployPolicy(_Strict):
@@ -137,6 +176,14 @@ class DeployPolicy(_Strict):
         default=8000, ge=1, le=65535, description="Stable endpoint port on the deploy host."
     )
     strategy: Strategy = "blue-green"
+    target: DeployTarget = Field(
+        default="docker",
+        description="`docker`: one container per version on this engine; `swarm`: one Swarm "
+        "service per version, `replicas` tasks spread over the nodes.",
+    )
+    replicas: int = Field(
+        default=1, ge=1, le=MAX_REPLICAS, description="Tasks per version (target swarm only)."
+    )
     canary_steps: list[Annotated[int, Field(ge=1, le=100)]] = Field(
         default=[10, 50, 100], min_length=1, description="Traffic % on the new version, in order."
     )
@@ -158,6 +205,7 @@ class DeployPolicy(_Strict):
         default=250, gt=0, description="p99 latency of the new version under live traffic, ms."
     )
     resources: Resources = Resources()
+    autoscale: Autoscale = Autoscale()
     tls: Tls | None = Field(
         default=None, description="Serve the endpoint over HTTPS with this certificate and key."
     )
@@ -168,6 +216,19 @@ class DeployPolicy(_Strict):
         if steps != sorted(set(steps)) or steps[-1] != 100:
             raise ValueError(f"must rise strictly and end at 100, got {steps}")
         return steps
+
+    @model_validator(mode="after")
+    def _replicas_need_swarm(self) -> DeployPolicy:
+        if self.replicas > 1 and self.target != "swarm":
+            raise ValueError(
+                f"replicas {self.replicas} needs target: swarm (the docker target runs one "
+                "container per version): set deploy.target: swarm, or drop deploy.replicas"
+            )
+        if self.target == "swarm" and self.tls is not None:
+            raise ValueError(
+                "tls is not supported yet on target: swarm: drop deploy.tls, or use target: docker"
+            )
+        return self
 
 
 class Sandbox(_Strict):
