@@ -28,7 +28,7 @@ from typing import Any, Literal
 from shipyard.errors import Superseded
 from shipyard.settings import Settings
 
-Action = Literal["release", "promote", "rollback", "undeploy", "nightly-redeploy"]
+Action = Literal["release", "promote", "rollback", "undeploy", "nightly-redeploy", "scale"]
 _CREDENTIALS = re.compile(r"(://)[^/@\s:]+(:[^/@\s]*)?@")
 _AUTHORIZATION = re.compile(r"(Authorization:\s*\w+\s+)\S+", re.IGNORECASE)
 

@@ -291,7 +291,7 @@ def undeploy(model: Annotated[str, typer.Argument(help="Deployed model name.")])
 
     from shipyard import audit, registry
     from shipyard.deploy.endpoint import serving
-    from shipyard.deploy.endpoint import undeploy as stop
+    from shipyard.deploy.swarm_endpoint import undeploy as stop  # either target
     from shipyard.flows.rollout import LOCK_WAIT_S, rollout_lock
 
     settings = Settings()
@@ -311,6 +311,33 @@ def undeploy(model: Annotated[str, typer.Argument(help="Deployed model name.")])
             registry.dethrone(registry.client(settings), model)
     except ShipyardError as e:
         _fail(str(e), False)
+
+
+@app.command()
+def scale(
+    model: Annotated[str, typer.Argument(help="Deployed model name (target swarm).")],
+    replicas: Annotated[int, typer.Argument(min=1, help="Replicas of the serving version.")],
+) -> None:
+    """Change the replica count of the version that serves MODEL on Swarm, without a rollout;
+    returns once every replica runs and HAProxy routes to it."""
+    _quiet(False)
+    from prefect.concurrency.sync import concurrency
+
+    from shipyard import audit
+    from shipyard.deploy.swarm_endpoint import scale as scale_endpoint
+    from shipyard.flows.rollout import LOCK_WAIT_S, rollout_lock
+
+    settings = Settings()
+    try:
+        with audit.audited(settings, "scale", model, audit.who()) as what:
+            what.update(replicas=replicas)
+            with concurrency(  # never in the middle of a rollout of the same model
+                rollout_lock(model), occupy=1, timeout_seconds=LOCK_WAIT_S, strict=True
+            ):
+                placed = scale_endpoint(settings, model, replicas, _say)
+    except ShipyardError as e:
+        _fail(str(e), False)
+    print(f"{model}: {replicas} replica(s): " + ", ".join(f"{n} on {k}" for k, n in placed.items()))
 
 
 @app.command()
@@ -568,6 +595,13 @@ def stack_up(
         ),
     ] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    nodes: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="A swarm of N nodes: this engine (manager) and N-1 worker engines in containers.",
+        ),
+    ] = None,
 ) -> None:
     """Start what is missing: dockerd, a local registry with htpasswd auth, the base image; then
     a Prefect server (UI) and process worker, an MLflow server (UI), the webhook receiver, and
@@ -581,6 +615,11 @@ def stack_up(
     settings = Settings()
     try:
         result = stack.up(settings, _say)
+        if nodes is not None:
+            from shipyard.stack import nodes as swarm_nodes
+
+            found = swarm_nodes.up(settings, nodes, result["base_image"], _say)
+            result["nodes"] = [f"{n.name} ({n.role}, {n.state})" for n in found]
         if services:
             result.update(ops.up(settings, _say))
             _stack_prefect()  # its server is up now: a cut-off rollout's lock is freed there
@@ -601,10 +640,15 @@ def stack_status() -> None:
     """Show each part's health and restarts: engine, registry, base image, servers, worker,
     receiver."""
     from shipyard.stack import engine as stack
+    from shipyard.stack import nodes
     from shipyard.stack import services as ops
 
     settings = Settings()
-    print(json.dumps({**stack.status(settings), **ops.status(settings)}, indent=2))
+    print(
+        json.dumps(
+            {**stack.status(settings), **nodes.status(settings), **ops.status(settings)}, indent=2
+        )
+    )
 
 
 @stack_app.command("cert")
@@ -626,6 +670,27 @@ def stack_cert(
     print(f"valid until {certs.not_after:%Y-%m-%d}; in shipyard.yaml:")
     print(f"deploy:\n  tls: {{cert: {certs.cert}, key: {certs.key}}}")
     print(f"clients trust it with the CA: curl --cacert {certs.ca} https://127.0.0.1:PORT/…")
+
+
+@stack_app.command("nodes")
+def stack_nodes(
+    remove: Annotated[
+        bool,
+        typer.Option(
+            "--remove", help="Remove the node containers, and leave the swarm `--nodes` made."
+        ),
+    ] = False,
+) -> None:
+    """List the swarm's nodes (`stack up --nodes N` makes them); with --remove, remove them."""
+    from shipyard.stack import nodes
+
+    settings = Settings()
+    try:
+        if remove:
+            nodes.down(settings, _say)
+        print(json.dumps(nodes.status(settings), indent=2))
+    except ShipyardError as e:
+        _fail(str(e), False)
 
 
 @stack_app.command("down")

@@ -160,6 +160,11 @@ class Autoscale(_Strict):
 Strategy = Literal["blue-green", "canary", "recreate"]
 """How a rollout moves traffic to the new version (`deploy.strategy`)."""
 
+DeployTarget = Literal["docker", "swarm"]
+"""Where versions run (`deploy.target`): containers on this engine, or Swarm services."""
+MAX_REPLICAS = 16
+"""The most replicas a version has on Swarm (the servers HAProxy keeps per slot)."""
+
 
 class DeployPolicy(_Strict):
     """How a release is rolled out on the Docker target, and the limits its gates hold it to.
@@ -171,6 +176,14 @@ class DeployPolicy(_Strict):
         default=8000, ge=1, le=65535, description="Stable endpoint port on the deploy host."
     )
     strategy: Strategy = "blue-green"
+    target: DeployTarget = Field(
+        default="docker",
+        description="`docker`: one container per version on this engine; `swarm`: one Swarm "
+        "service per version, `replicas` tasks spread over the nodes.",
+    )
+    replicas: int = Field(
+        default=1, ge=1, le=MAX_REPLICAS, description="Tasks per version (target swarm only)."
+    )
     canary_steps: list[Annotated[int, Field(ge=1, le=100)]] = Field(
         default=[10, 50, 100], min_length=1, description="Traffic % on the new version, in order."
     )
@@ -203,6 +216,19 @@ class DeployPolicy(_Strict):
         if steps != sorted(set(steps)) or steps[-1] != 100:
             raise ValueError(f"must rise strictly and end at 100, got {steps}")
         return steps
+
+    @model_validator(mode="after")
+    def _replicas_need_swarm(self) -> DeployPolicy:
+        if self.replicas > 1 and self.target != "swarm":
+            raise ValueError(
+                f"replicas {self.replicas} needs target: swarm (the docker target runs one "
+                "container per version): set deploy.target: swarm, or drop deploy.replicas"
+            )
+        if self.target == "swarm" and self.tls is not None:
+            raise ValueError(
+                "tls is not supported yet on target: swarm: drop deploy.tls, or use target: docker"
+            )
+        return self
 
 
 class Sandbox(_Strict):

@@ -20,7 +20,8 @@ if TYPE_CHECKING:
     from shipyard.deploy.endpoint import Target
 
 # `Endpoint` (the engine's client, the proxy, the serving checks) is imported by the stages that
-# open one: a flow that imports these tasks starts without it.
+# open one: a flow that imports these tasks starts without it. `open_endpoint` picks the Docker
+# or the Swarm endpoint by `deploy.target`.
 
 
 def _remember(**values: Any) -> None:
@@ -40,9 +41,9 @@ def deploy(
 ) -> str:
     """Start `target` beside what serves, gate it, and move traffic to it by `strategy`;
     return the endpoint's URL."""
-    from shipyard.deploy.endpoint import Endpoint
+    from shipyard.deploy.swarm_endpoint import open_endpoint
 
-    endpoint = Endpoint.open(
+    endpoint = open_endpoint(
         settings, target.model, policy, get_run_logger().info, keep=record_policy
     )
     endpoint.deploy(target, strategy)
@@ -52,9 +53,9 @@ def deploy(
 
 @deploy.on_rollback
 def _revert_traffic(transaction: Transaction) -> None:
-    from shipyard.deploy.endpoint import Endpoint
+    from shipyard.deploy.swarm_endpoint import open_endpoint
 
-    Endpoint.open(transaction.get("settings"), transaction.get("model"), None).revert()
+    open_endpoint(transaction.get("settings"), transaction.get("model"), None).revert()
 
 
 @task(name="crown", cache_policy=NO_CACHE)
@@ -82,6 +83,6 @@ def retire(
     model: str, policy: DeployPolicy | None, record_policy: bool, settings: Settings
 ) -> None:
     """Keep the old version warm while the new one is watched, then drain and remove it."""
-    from shipyard.deploy.endpoint import Endpoint
+    from shipyard.deploy.swarm_endpoint import open_endpoint
 
-    Endpoint.open(settings, model, policy, get_run_logger().info, keep=record_policy).retire()
+    open_endpoint(settings, model, policy, get_run_logger().info, keep=record_policy).retire()

@@ -1,0 +1,560 @@
+"""A model's endpoint on the Swarm target (`deploy.target: swarm`): each version a Swarm
+service of `deploy.replicas` tasks, HAProxy a Swarm service in front of them.
+
+The rollout is the Docker target's (`shipyard.deploy.endpoint.Endpoint`: start, shift, retire,
+revert, recorded in the same state file), with a service where it runs a container:
+
+1. `start`: create the new version's service in the idle slot; readiness is every replica
+   running (Swarm counts a task as running once the image's health check passes), then the
+   golden smoke requests go to a replica of the new service through its gate socket.
+2. `shift`: weights move in HAProxy; the metric gates read every replica of the new version
+   (its `/metrics`, one replica at a time through the gate).
+3. `retire`: the old version's service is drained and removed.
+
+`scale` changes the replica count of the version that serves, without a rollout: HAProxy picks
+the new replicas up through Swarm's DNS, and health-checks them before it routes to them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import docker
+import httpx
+import numpy as np
+from docker.errors import APIError, DockerException
+
+from shipyard import engine, processes
+from shipyard.deploy import checks, state
+from shipyard.deploy import endpoint as docker_endpoint
+from shipyard.deploy import swarm_specs as specs
+from shipyard.deploy.checks import Counts, Golden
+from shipyard.deploy.endpoint import Endpoint, Target
+from shipyard.deploy.proxy import COLORS
+from shipyard.deploy.state import Deployment, Instance
+from shipyard.deploy.swarm_proxy import SERVER_HEADER, SLOTS, SwarmProxy
+from shipyard.errors import DeployError
+from shipyard.image.build import PARITY, differences
+from shipyard.manifest import DeployPolicy, Strategy
+from shipyard.settings import Settings
+from shipyard.waiting import TimedOut, wait_until
+
+Say = Callable[[str], None]
+POLL_S = 0.25
+
+
+def _gate(proxy: SwarmProxy, color: str) -> httpx.Client:
+    """An HTTP client of the slot's gate socket (one replica of that version per request)."""
+    return httpx.Client(
+        transport=httpx.HTTPTransport(uds=str(proxy.gates[color])), base_url="http://gate"
+    )
+
+
+def smoke(client: httpx.Client, golden: Golden, api_key: str | None) -> list[str]:
+    """`checks.smoke` through a gate: how the answer differs from the golden outputs."""
+    try:
+        answer = client.post(
+            "/invocations",
+            json={"inputs": golden.inputs},
+            headers=checks.headers(api_key),
+            timeout=30,
+        )
+    except httpx.HTTPError as e:
+        return [f"Gate 'smoke' failed: the new version did not answer ({e})"]
+    if answer.status_code != 200:
+        return [
+            f"Gate 'smoke' failed: /invocations answered {answer.status_code}: {answer.text[:200]}"
+        ]
+    mismatched, delta = differences(
+        answer.json()["predictions"], np.asarray(golden.labels), np.asarray(golden.probabilities)
+    )
+    if mismatched or delta > PARITY:
+        return [
+            f"Gate 'smoke' failed: {mismatched} of {len(golden.labels)} golden labels differ, "
+            f"max |Δprob| {delta:.2e} (limit {PARITY:.0e})"
+        ]
+    return []
+
+
+def add(counts: list[Counts]) -> Counts:
+    """Counters of several replicas as one server's."""
+    buckets: dict[float, int] = {}
+    for c in counts:
+        for bound, n in c.buckets:
+            buckets[bound] = buckets.get(bound, 0) + n
+    return Counts(
+        sum(c.requests for c in counts),
+        sum(c.errors for c in counts),
+        tuple(sorted(buckets.items())),
+    )
+
+
+def split(weights: dict[str, int], replicas: dict[str, int]) -> dict[str, int]:
+    """Per-server HAProxy weights (0-256) giving each slot its share (in %) of the traffic,
+    whatever the slots' replica counts."""
+    live = {c: w for c, w in weights.items() if w > 0}
+    if len(live) < 2:
+        return {c: (100 if w > 0 else 0) for c, w in weights.items()}
+    raw = {c: w / max(1, replicas.get(c, 1)) for c, w in weights.items()}
+    top = max(raw.values())
+    return {c: (max(1, round(v * 256 / top)) if v > 0 else 0) for c, v in raw.items()}
+
+
+class SwarmEndpoint(Endpoint):
+    """One model's endpoint on the Swarm target; the rollout of `Endpoint`, with services."""
+
+    proxy: SwarmProxy
+
+    @classmethod
+    def open(
+        cls,
+        settings: Settings,
+        model: str,
+        policy: DeployPolicy | None,
+        say: Say = lambda _: None,
+        keep: bool = True,
+    ) -> SwarmEndpoint:
+        client = engine.engine(settings)
+        existing = state.load(settings.deploy_dir, model)
+        policy = policy or (existing.policy if existing else DeployPolicy(target="swarm"))
+        if existing is None:
+            existing = Deployment(model=model, host=settings.deploy_host, port=policy.port)
+        elif existing.port != policy.port:
+            say(
+                f"endpoint: {model} already serves on port {existing.port}; deploy.port "
+                f"{policy.port} applies after `shipyard undeploy {model}`"
+            )
+        recorded = (policy if keep else existing.policy).model_copy(update={"port": existing.port})
+        existing.policy = policy.model_copy(update={"port": existing.port})
+        _login(settings, client)
+        network = specs.network_name(model, existing.port)
+        specs.ensure_network(client, network)
+        services = {c: specs.service_name(model, existing.port, c) for c in COLORS}
+        proxy = SwarmProxy(
+            settings.deploy_dir / model, existing.host, existing.port, client, services, network
+        )
+        endpoint = cls(settings, existing, recorded, client, proxy, say)
+        proxy.ensure_service(endpoint._server_weights(), say)
+        return endpoint
+
+    # -- state ---------------------------------------------------------------------------
+
+    def _replicas(self) -> dict[str, int]:
+        out = {}
+        for color in self.deployment.instances:
+            service = specs.find_service(self.client, self._service(color))
+            out[color] = specs.replicas(service) if service else 1
+        return out
+
+    def _server_weights(self) -> dict[str, int]:
+        return split(self.deployment.weights, self._replicas())
+
+    def _save(self) -> None:
+        d = self.deployment
+        if d.candidate is None and d.replaced is None:
+            d.rollout_by = None
+        state.save(
+            self.settings.deploy_dir, self.deployment.model_copy(update={"policy": self.recorded})
+        )
+        self.proxy.write_config(self._server_weights())  # what a restarted HAProxy reads
+
+    def _weigh(self, weights: dict[str, int]) -> None:
+        self.deployment.weights.update(weights)
+        self.proxy.weigh(split(self.deployment.weights, self._replicas()))
+        self._save()
+
+    def _service(self, color: str) -> str:
+        return specs.service_name(self.deployment.model, self.deployment.port, color)
+
+    def _secret(self) -> tuple[str, str] | None:
+        keys = [k.strip() for k in (self._api_key or "").split(",") if k.strip()]
+        return specs.ensure_keys_secret(self.client, self.deployment.model, keys) if keys else None
+
+    def run_service(self, image: str, version: str, color: str) -> str:
+        """Create the version's service in slot `color`; its id."""
+        d = self.deployment
+        spec = specs.version_service(
+            image=image,
+            model=d.model,
+            version=version,
+            color=color,
+            endpoint_port=d.port,
+            replicas=d.policy.replicas,
+            network=specs.network_name(d.model, d.port),
+            environment=self._environment(),
+            resources=d.policy.resources,
+            secret=self._secret(),
+        )
+        return str(specs.create_service(self.client, spec).id)
+
+    def wait_replicas(self, color: str, count: int, timeout_s: float) -> None:
+        """Every replica of the slot running (healthy), or a readiness failure naming why."""
+        name = self._service(color)
+
+        def running() -> bool:
+            service = specs.find_service(self.client, name)
+            return service is not None and len(specs.tasks(service)) >= count
+
+        try:
+            wait_until(running, timeout_s, 0.5)
+        except TimedOut:
+            service = specs.find_service(self.client, name)
+            seen = (
+                sorted(
+                    {
+                        f"{t['Status']['State']}: {t['Status'].get('Err', '')}"
+                        for t in service.tasks()
+                    }
+                )
+                if service
+                else ["no service"]
+            )
+            raise DeployError(
+                f"Gate 'readiness' failed: {count} replica(s) of {name} were not running within "
+                f"{timeout_s:.0f} s (limit deploy.ready_seconds); task states: {seen}",
+                ["readiness"],
+            ) from None
+
+    # -- 1. start ------------------------------------------------------------------------
+
+    def start(self, target: Target, strategy: Strategy) -> str:
+        d = self.deployment
+        if d.candidate is not None or d.replaced is not None:
+            self.say(f"deploy: reverting an interrupted rollout of {d.candidate} first")
+            self.revert()
+        me = processes.identify(os.getpid())
+        d.rollout_by = me.to_json() if me else None
+        if strategy == "recreate" and d.live is not None:
+            self.say(f"deploy: recreate: removing v{d.instances[d.live].version} first")
+            d.replaced = d.instances[d.live]
+            self._remove(d.live)
+            d.live = None
+            self._save()
+        color = d.idle_color()
+        try:
+            service_id = self.run_service(target.image, target.version, color)
+        except DeployError as e:
+            self.revert_after(e)
+            raise
+        d.instances[color] = Instance(
+            color=color, version=target.version, image=target.image, container_id=service_id, port=0
+        )
+        d.candidate = color
+        d.weights[color] = 0
+        self._save()
+        replicas = d.policy.replicas
+        self.say(f"deploy: started v{target.version} as {color}: {replicas} replica(s)")
+        try:
+            self.wait_replicas(color, replicas, d.policy.ready_seconds)
+            self.proxy.point(color)  # weight 0: routable once weighed
+            self.proxy.wait_up(color, timeout_s=30, count=replicas)
+            with _gate(self.proxy, color) as gate:
+                failures = smoke(gate, target.golden, self._api_key)
+            if failures:
+                raise DeployError(failures[0], failures)
+        except DeployError as e:
+            self.revert_after(e)
+            raise DeployError(
+                f"{e} — traffic stays on "
+                + (f"v{d.instances[d.live].version}" if d.live else "nothing (first deploy)")
+                + f"; {color} was removed.",
+                e.failures,
+            ) from e
+        self.say(f"deploy: {color} v{target.version}: {replicas} replica(s) ready, golden ok")
+        return color
+
+    # -- 2. shift: `Endpoint.shift`; its gates read every replica ------------------------
+
+    def scrape(self, color: str) -> dict[str, Counts]:
+        """Each UP replica's counters, read through the slot's gate."""
+        out = {}
+        with _gate(self.proxy, color) as gate:
+            for server in self.proxy.up(color, f"gate-{color}"):
+                answer = gate.get("/metrics", headers={SERVER_HEADER: server.name}, timeout=5)
+                out[f"{server.name}@{server.address}"] = checks.parse(answer.text)
+        return out
+
+    def watch(self, seconds: float) -> list[str]:
+        d = self.deployment
+        assert d.candidate is not None
+        color, instance = d.candidate, d.instances[d.candidate]
+        try:
+            baseline = self.scrape(color)
+        except (httpx.HTTPError, DeployError) as e:
+            return [f"Gate 'metrics' failed: the replicas of {color} did not answer ({e})"]
+        deadline = time.monotonic() + seconds
+        while True:
+            service = specs.find_service(self.client, self._service(color))
+            if service is None or not specs.tasks(service):
+                return [f"Gate 'running' failed: no replica of {color} v{instance.version} runs"]
+            try:
+                current = self.scrape(color)
+            except (httpx.HTTPError, DeployError):
+                current = {}
+            if not current:
+                return [f"Gate 'readiness' failed: no replica of {color} v{instance.version} is UP"]
+            # A replica new since the baseline (rescheduled, scaled) counts from zero.
+            before = add([baseline.get(k, Counts(0, 0, ())) for k in current])
+            failures = checks.judge(checks.window(before, add(list(current.values()))), d.policy)
+            if failures or time.monotonic() >= deadline:
+                return failures
+            time.sleep(POLL_S)
+
+    # -- 3. retire -----------------------------------------------------------------------
+
+    def retire(self) -> None:
+        d = self.deployment
+        new, old = d.candidate, d.live
+        assert new is not None
+        if old is not None:
+            seconds = d.policy.keep_blue_seconds
+            self.say(f"deploy: keeping {old} warm for {seconds:g} s while {new} is watched")
+            failures = self.watch(seconds)
+            if failures:
+                raise DeployError(
+                    f"{failures[0]} — while v{d.instances[old].version} was kept warm after the "
+                    f"switch; traffic goes back to it and {new} is removed.",
+                    failures,
+                )
+            retiring = d.instances.pop(old)
+            d.weights.pop(old, None)
+        d.live, d.candidate, d.replaced = new, None, None
+        self._save()
+        if old is not None:
+            try:
+                self.proxy.drain(old)
+                specs.remove_service(self.client, self._service(old))
+            except (DeployError, DockerException) as e:
+                d.instances[old], d.weights[old] = retiring, 0
+                self._save()
+                self.say(
+                    f"deploy: warning: {old} v{retiring.version} could not be removed ({e}); the "
+                    f"next rollout or `shipyard undeploy {d.model}` removes it"
+                )
+                return
+            self.say(f"deploy: drained and removed {old} v{retiring.version}")
+
+    def _remove(self, color: str) -> None:
+        d = self.deployment
+        if color in d.instances:
+            self.proxy.drain(color)
+            d.instances.pop(color)
+            specs.remove_service(self.client, self._service(color))
+        d.weights.pop(color, None)
+
+    # -- undo ----------------------------------------------------------------------------
+
+    def revert(self) -> None:
+        self.reverted = True
+        d = self.deployment
+        new, old = d.candidate, d.live
+        if new is None and d.replaced is None:
+            return
+        if new is not None:
+            weights = {old: 100} if old is not None else {}
+            d.weights.update(weights)
+            d.weights.pop(new, None)
+            try:
+                self.proxy.weigh(split(d.weights, self._replicas()))
+                self.proxy.drain(new)
+            except DeployError as e:
+                if self.proxy.pid() is not None:
+                    raise
+                self.say(f"deploy: warning: the proxy did not take the revert ({e})")
+            d.instances.pop(new, None)
+            specs.remove_service(self.client, self._service(new))
+            d.candidate = None
+            self._save()
+        if d.replaced is not None:
+            self._restore(d.replaced)
+            old = d.live
+        self.say(
+            f"deploy: reverted: {f'{old} v{d.instances[old].version} serves' if old else 'nothing serves'}"
+        )
+
+    def _restore(self, instance: Instance) -> None:
+        d = self.deployment
+        service_id = self.run_service(instance.image, instance.version, instance.color)
+        try:
+            self.wait_replicas(instance.color, d.policy.replicas, d.policy.ready_seconds)
+            self.proxy.point(instance.color)
+        except DeployError as e:
+            specs.remove_service(self.client, self._service(instance.color))
+            raise DeployError(
+                f"The recreate failed and restarting the version it replaced, v{instance.version}, "
+                f"failed too, so nothing serves {d.model}: {e}\nRun `shipyard promote {d.model} "
+                f"--version {instance.version}` once the cause is fixed.",
+                e.failures,
+            ) from e
+        d.instances[instance.color] = instance.model_copy(update={"container_id": service_id})
+        d.live, d.replaced = instance.color, None
+        self._save()
+        self._weigh({instance.color: 100})
+
+    # -- operations ----------------------------------------------------------------------
+
+    def scale(self, replicas: int) -> None:
+        """The serving version's service to `replicas` tasks, without a rollout; returns once
+        they all run and HAProxy routes to them."""
+        d = self.deployment
+        if not 1 <= replicas <= SLOTS:
+            raise DeployError(
+                f"Replicas {replicas}: expected 1 to {SLOTS} (the servers HAProxy keeps per slot)."
+            )
+        if d.live is None or d.candidate is not None:
+            raise DeployError(
+                f"{d.model}: nothing serves, or a rollout is under way (candidate "
+                f"{d.candidate}); scale once `shipyard status {d.model}` shows one version."
+            )
+        service = specs.find_service(self.client, self._service(d.live))
+        if service is None:
+            raise DeployError(
+                f"{d.model}: the service {self._service(d.live)} is missing: `shipyard stack up` "
+                "recovers recorded endpoints."
+            )
+        service.scale(replicas)
+        self.recorded = self.recorded.model_copy(update={"replicas": replicas})
+        self.deployment.policy = self.deployment.policy.model_copy(update={"replicas": replicas})
+        self._save()
+        self.wait_replicas(d.live, replicas, d.policy.ready_seconds)
+        # Replicas leaving are dropped from DNS and fail their checks; new ones come UP.
+        with contextlib.suppress(TimedOut):
+            wait_until(lambda: len(self.proxy.up(d.live or "")) == replicas, 30, 0.2)
+        self.say(f"scale: {d.model} v{d.instances[d.live].version}: {replicas} replica(s)")
+
+    def describe(self) -> dict[str, Any]:
+        d = self.deployment
+        slots = []
+        for color, instance in sorted(d.instances.items()):
+            service = specs.find_service(self.client, self._service(color))
+            slots.append(
+                {
+                    "color": color,
+                    "role": "serving" if color == d.live else "candidate",
+                    "version": instance.version,
+                    "image": instance.image,
+                    "service": self._service(color),
+                    "replicas": specs.replicas(service) if service else 0,
+                    "running_per_node": specs.per_node(self.client, service) if service else {},
+                    "weight": d.weights.get(color, 0),
+                    "proxy_up": len(self.proxy.up(color)),
+                }
+            )
+        return {
+            "endpoint": d.url,
+            "target": "swarm",
+            "proxy": self.proxy.describe(),
+            "slots": slots,
+        }
+
+
+def _login(settings: Settings, client: docker.DockerClient) -> None:
+    """The engine client carries the registry credentials: each service is created with them,
+    so every node can pull its image (`--with-registry-auth`)."""
+    login = engine.registry_login(settings)
+    client.login(login.username, login.password, registry=login.address)
+
+
+def is_swarm(settings: Settings, model: str, policy: DeployPolicy | None = None) -> bool:
+    """Whether `model`'s endpoint is (or, when none is recorded, is to be) on the Swarm target.
+
+    A recorded endpoint keeps its target: changing `deploy.target` needs an undeploy first."""
+    recorded = state.load(settings.deploy_dir, model)
+    if recorded is not None:
+        if policy is not None and policy.target != recorded.policy.target:
+            raise DeployError(
+                f"{model} serves on the {recorded.policy.target} target; deploy.target "
+                f"{policy.target!r} applies after `shipyard undeploy {model}`."
+            )
+        return recorded.policy.target == "swarm"
+    return policy is not None and policy.target == "swarm"
+
+
+def open_endpoint(
+    settings: Settings,
+    model: str,
+    policy: DeployPolicy | None,
+    say: Say = lambda _: None,
+    keep: bool = True,
+) -> Endpoint:
+    """The endpoint of `model` on its target (`deploy.target`)."""
+    cls = SwarmEndpoint if is_swarm(settings, model, policy) else Endpoint
+    return cls.open(settings, model, policy, say, keep)
+
+
+def recover(settings: Settings, model: str, say: Say = lambda _: None) -> str:
+    """`endpoint.recover` on the Docker target; on Swarm, the proxy service and a cut-off rollout
+    (Swarm itself restarts tasks and reschedules them)."""
+    if not is_swarm(settings, model):
+        return docker_endpoint.recover(settings, model, say)
+    endpoint = SwarmEndpoint.open(settings, model, None, say)
+    d = endpoint.deployment
+    done = []
+    if d.candidate is not None or d.replaced is not None:
+        owner = processes.Started.from_json(d.rollout_by)
+        if owner is not None and owner.alive():
+            return f"a rollout is under way (pid {owner.pid}): left to it"
+        endpoint.revert()
+        done.append("a cut-off rollout was undone")
+    live = d.serving()
+    serves = f"v{live.version} serves {d.url}" if live else f"nothing serves {d.url}"
+    return "; ".join([serves, *done])
+
+
+def scale(
+    settings: Settings, model: str, replicas: int, say: Say = lambda _: None
+) -> dict[str, int]:
+    """`shipyard scale`: the serving version of `model` (target swarm) to `replicas` tasks;
+    returns its running tasks by node."""
+    if state.load(settings.deploy_dir, model) is None:
+        raise DeployError(f"{model} is not deployed: `shipyard release SOURCE` deploys it.")
+    if not is_swarm(settings, model):
+        raise DeployError(
+            f"{model} serves on the docker target, one container per version: `scale` needs "
+            "deploy.target: swarm (then `shipyard undeploy` and release again)."
+        )
+    endpoint = SwarmEndpoint.open(settings, model, None, say)
+    endpoint.scale(replicas)
+    live = endpoint.deployment.live
+    assert live is not None
+    service = specs.find_service(endpoint.client, endpoint._service(live))
+    return specs.per_node(endpoint.client, service) if service else {}
+
+
+def undeploy(settings: Settings, model: str, say: Say = lambda _: None) -> bool:
+    """`endpoint.undeploy` on the Docker target; on Swarm: drain and remove every service of
+    the endpoint, its proxy service, network and secrets, and forget its state."""
+    if not is_swarm(settings, model):
+        return docker_endpoint.undeploy(settings, model, say)
+    deployment = state.load(settings.deploy_dir, model)
+    assert deployment is not None
+    client = engine.engine(settings)
+    services = {c: specs.service_name(model, deployment.port, c) for c in COLORS}
+    network = specs.network_name(model, deployment.port)
+    proxy = SwarmProxy(
+        settings.deploy_dir / model, deployment.host, deployment.port, client, services, network
+    )
+    for color, instance in deployment.instances.items():
+        with contextlib.suppress(DeployError):
+            proxy.drain(color)
+        specs.remove_service(client, services[color])
+        say(f"removed {color} v{instance.version}")
+    proxy.stop()
+    specs.remove_unused_secrets(client, model, set())
+
+    def network_gone() -> bool:  # refused while the removed tasks still leave it
+        try:
+            client.networks.get(network).remove()
+        except APIError as e:
+            return bool(e.status_code == 404)
+        return True
+
+    with contextlib.suppress(TimedOut):
+        wait_until(network_gone, 20, 0.5)
+    state.path(settings.deploy_dir, model).unlink()
+    say(f"stopped the endpoint {deployment.url}")
+    return True

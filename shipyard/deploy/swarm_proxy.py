@@ -1,0 +1,285 @@
+"""The endpoint's HAProxy on the Swarm target: a Swarm service on the endpoint's overlay network
+that finds each version's replicas through Swarm's DNS, and moves traffic by weight.
+
+Each slot (`blue`, `green`) is a `server-template` of `SLOTS` servers on `tasks.<service>`,
+resolved through Docker's embedded DNS (127.0.0.11) every second: a replica added by `scale`,
+rescheduled from a dead node or removed fills or frees a server without a reload, and the
+config never changes across rollouts (a slot's service always has the same name). Weights are
+set per server through the runtime API, as on the Docker target.
+https://docs.haproxy.org/2.6/configuration.html#server-template
+https://docs.haproxy.org/2.6/configuration.html#5.3.2
+
+Gates talk to one slot only: a frontend per slot on a unix socket in the endpoint's directory
+(`gate-<color>.sock`, mode 600: no port, no network), whose backend picks a replica by the
+header `X-Shipyard-Server` (`green3`), or balances when there is none.
+
+The service runs on a manager (this machine), publishes the endpoint port in host mode (Swarm's
+routing mesh needs IPVS, which this kernel lacks) and bind-mounts the endpoint's directory, so
+its config, runtime socket and gate sockets are where the Docker target has them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import docker
+from docker.errors import APIError
+from docker.types import EndpointSpec, Mount, RestartPolicy, ServiceMode
+
+from shipyard.deploy.containers import LABEL
+from shipyard.deploy.proxy import BACKEND, COLORS, PROXY_IMAGE, Proxy, Slot
+from shipyard.deploy.swarm_specs import PORT, find_service, remove_service, tasks
+from shipyard.errors import DeployError
+from shipyard.processes import private_parent, short_socket_path
+from shipyard.waiting import TimedOut, wait_until
+
+SLOTS = 16
+"""Servers per slot: the most replicas a version can have behind the endpoint."""
+SERVER_HEADER = "X-Shipyard-Server"
+
+
+@dataclass(frozen=True)
+class Server:
+    name: str
+    """`blue1` … `green16`."""
+    color: str
+    status: str
+    """UP, DOWN, MAINT (also: no address yet), …"""
+    weight: int
+    current_sessions: int
+    address: str
+
+
+def render(
+    port: int,
+    services: dict[str, str],
+    weights: dict[str, int],
+    socket_path: Path,
+    gates: dict[str, Path],
+) -> str:
+    """The HAProxy config of one Swarm endpoint; `services`: color → service name."""
+
+    def templates(backend_weights: dict[str, int]) -> list[str]:
+        return [
+            f"    server-template {color} 1-{SLOTS} tasks.{services[color]}:{PORT} "
+            f"weight {backend_weights.get(color, 0)}"
+            for color in COLORS
+        ]
+
+    lines = [
+        "global",
+        f"    stats socket {socket_path} mode 600 level admin",
+        "    maxconn 4096",
+        "",
+        "resolvers docker",
+        "    nameserver swarm 127.0.0.11:53",
+        "    accepted_payload_size 8192",
+        "    resolve_retries 3",
+        "    timeout resolve 1s",
+        "    timeout retry 1s",
+        "    hold valid 1s",
+        "    hold other 1s",
+        "    hold refused 1s",
+        "    hold nx 1s",
+        "    hold timeout 1s",
+        "    hold obsolete 1s",
+        "",
+        "defaults",
+        "    mode http",
+        "    timeout connect 2s",
+        "    timeout client 60s",
+        "    timeout server 60s",
+        "    timeout http-request 15s",
+        "    retries 3",
+        "    option redispatch 1",
+        "    retry-on conn-failure empty-response response-timeout 502 503",
+        "    option http-buffer-request",
+        "    option httpchk GET /v2/health/ready",
+        "    http-check expect status 200",
+        "    default-server inter 500ms fall 2 rise 1 check resolvers docker init-addr none "
+        "resolve-prefer ipv4",
+        "",
+        "frontend endpoint",
+        f"    bind :{port}",
+        f"    default_backend {BACKEND}",
+        "",
+        f"backend {BACKEND}",
+        "    balance roundrobin",
+        *templates(weights),
+        "",
+    ]
+    for color in COLORS:
+        lines += [
+            f"frontend gate-{color}",
+            f"    bind unix@{gates[color]} mode 600",
+            f"    default_backend gate-{color}",
+            "",
+            f"backend gate-{color}",
+            "    balance roundrobin",
+            *(
+                f"    use-server {color}{i} if {{ req.hdr({SERVER_HEADER}) -m str {color}{i} }}"
+                for i in range(1, SLOTS + 1)
+            ),
+            f"    server-template {color} 1-{SLOTS} tasks.{services[color]}:{PORT} weight 1",
+            "",
+        ]
+    return "\n".join(lines)
+
+
+class SwarmProxy(Proxy):
+    """One Swarm endpoint's HAProxy, a service of one task on a manager (this machine)."""
+
+    def __init__(
+        self,
+        directory: Path,
+        host: str,
+        port: int,
+        client: docker.DockerClient,
+        services: dict[str, str],
+        network: str,
+    ) -> None:
+        super().__init__(directory, host, port, client, None)
+        self.services, self.network = services, network
+        self.name = f"shipyard-{self.directory.name}-{port}-proxy"
+        self.gates = {c: short_socket_path(self.directory, f"gate-{c}.sock") for c in COLORS}
+
+    def ensure(self, slots: dict[str, Slot], say: Callable[[str], None]) -> None:
+        """Not on Swarm: `ensure_service` (a service, not a container; weights, not slots)."""
+        raise NotImplementedError("SwarmProxy.ensure_service runs the Swarm endpoint's HAProxy")
+
+    def write_config(self, weights: dict[str, int]) -> None:
+        """The config a restarted HAProxy reads (recorded weights)."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.config.write_text(render(self.port, self.services, weights, self.socket, self.gates))
+
+    def ensure_service(self, weights: dict[str, int], say: Callable[[str], None]) -> None:
+        """Write the config; create the HAProxy service if it does not exist; wait until its
+        runtime API answers."""
+        self.write_config(weights)
+        if find_service(self.client, self.name) is not None:
+            self._wait()
+            return
+        private_parent(self.socket)
+        self.socket.unlink(missing_ok=True)
+        mounts = {self.directory} | {p.parent for p in (self.socket, *self.gates.values())}
+        try:
+            self.client.services.create(
+                PROXY_IMAGE,
+                ["haproxy", "-db", "-f", str(self.config)],
+                name=self.name,
+                user=f"{os.getuid()}:{os.getgid()}",
+                mounts=[Mount(str(m), str(m), type="bind") for m in sorted(mounts)],
+                networks=[self.network],
+                mode=ServiceMode("replicated", replicas=1),
+                constraints=["node.role==manager"],
+                endpoint_spec=EndpointSpec(
+                    mode="dnsrr", ports={self.port: (self.port, "tcp", "host")}
+                ),
+                restart_policy=RestartPolicy(condition="any", delay=500_000_000),
+                read_only=True,
+                cap_drop=["ALL"],
+                stop_signal="SIGUSR1",  # HAProxy's soft stop (see proxy.Proxy)
+                labels={
+                    f"{LABEL}.role": "proxy",
+                    f"{LABEL}.model": self.directory.name,
+                    f"{LABEL}.endpoint": f"{self.host}:{self.port}",
+                },
+                log_driver="json-file",
+                log_driver_options={"max-size": "10m", "max-file": "3"},
+            )
+        except APIError as e:
+            raise DeployError(
+                f"Swarm refused the HAProxy service {self.name}: {e.explanation}"
+            ) from e
+        self._wait()
+        say(f"proxy: HAProxy runs as the Swarm service {self.name} on {self.url} (host mode)")
+
+    def _wait(self) -> None:  # type: ignore[override]
+        try:
+            wait_until(self.answers, 60, 0.1)
+        except TimedOut:
+            service = find_service(self.client, self.name)
+            states = [t["Status"] for t in service.tasks()][-3:] if service else "no service"
+            raise DeployError(
+                f"HAProxy's service {self.name} did not answer on {self.socket} within 60 s "
+                f"(tasks: {states})"
+            ) from None
+
+    def pid(self) -> int | None:
+        service = find_service(self.client, self.name)
+        return 1 if service is not None and tasks(service) and self.answers() else None
+
+    def describe(self) -> str:
+        service = find_service(self.client, self.name)
+        if service is None:
+            return "down (no proxy service)"
+        running = len(tasks(service))
+        return f"service {self.name}, {running} task(s) running"
+
+    def servers(self, backend: str = BACKEND) -> list[Server]:
+        rows = csv.DictReader(io.StringIO(self.command("show stat").lstrip("# ")))
+        out = []
+        for row in rows:
+            name = row["svname"]
+            color = name.rstrip("0123456789")
+            if row["pxname"] == backend and color in COLORS and name != color:
+                out.append(
+                    Server(
+                        name,
+                        color,
+                        row["status"],
+                        int(row["weight"] or 0),
+                        int(row["scur"] or 0),
+                        row.get("addr", ""),
+                    )
+                )
+        return out
+
+    def up(self, color: str, backend: str = BACKEND) -> list[Server]:
+        return [s for s in self.servers(backend) if s.color == color and s.status == "UP"]
+
+    def point(self, color: str, host: str = "", port: int = 0) -> None:
+        """Make the slot's servers routable again (weight 0 until `weigh`)."""
+        for i in range(1, SLOTS + 1):
+            self.command(f"set server {BACKEND}/{color}{i} weight 0")
+            self.command(f"set server {BACKEND}/{color}{i} state ready")
+
+    def weigh(self, weights: dict[str, int]) -> None:
+        for color, weight in weights.items():
+            for i in range(1, SLOTS + 1):
+                self.command(f"set server {BACKEND}/{color}{i} weight {weight}")
+
+    def disable(self, color: str) -> None:
+        for i in range(1, SLOTS + 1):
+            self.command(f"set server {BACKEND}/{color}{i} weight 0")
+            self.command(f"set server {BACKEND}/{color}{i} state maint")
+
+    def wait_up(self, color: str, timeout_s: float, count: int = 1) -> None:
+        """Wait until HAProxy's health checks see `count` servers of the slot UP."""
+        try:
+            wait_until(lambda: len(self.up(color)) >= count, timeout_s, 0.2)
+        except TimedOut:
+            raise DeployError(
+                f"HAProxy saw {len(self.up(color))} of {count} replicas of {color} UP within "
+                f"{timeout_s:.0f} s (their addresses come from tasks.{self.services[color]})"
+            ) from None
+
+    def drain(self, color: str, timeout_s: float = 30) -> None:
+        self.disable(color)
+        with contextlib.suppress(TimedOut):
+            wait_until(
+                lambda: not any(s.current_sessions for s in self.servers() if s.color == color),
+                timeout_s,
+                0.05,
+            )
+
+    def stop(self) -> None:
+        remove_service(self.client, self.name)
+        with contextlib.suppress(TimedOut):
+            wait_until(lambda: not self.answers(), 15, 0.2)

@@ -1,0 +1,150 @@
+"""The Swarm target, as an operator uses it: a swarm of two nodes on this machine (the engine
+and one node container), a model served by 3 replicas spread over them, rollouts and scaling
+under a steady load, through the endpoint's HAProxy service."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+
+from shipyard import engine, registry
+from shipyard.deploy import state
+from shipyard.deploy import swarm_specs as specs
+from shipyard.deploy.endpoint import Target
+from shipyard.deploy.swarm_endpoint import SwarmEndpoint, undeploy
+from shipyard.flows.rollout import rollout, target_of_version
+from shipyard.image.build import free_port
+from shipyard.manifest import DeployPolicy
+from shipyard.settings import Settings
+from shipyard.stack import nodes
+from tests.support.endpoints import MODEL, Endpoint, cli, register_copy, steady_load
+
+pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("prefect_server")]
+
+NAME = "digits-swarm"
+PREFIX = "shipyard-test-node"
+BODY = {"inputs": [{"name": "pixels", "shape": [1, 64], "datatype": "FP32", "data": [0.5] * 64}]}
+
+
+@pytest.fixture(scope="module")
+def swarm(docker_stack: dict[str, str]) -> Iterator[list[nodes.Node]]:
+    """This engine as a manager and one node container, joined; removed afterwards, and the
+    engine left in (or out of) swarm mode as it was."""
+    settings = Settings()
+    client = engine.engine(settings)
+    before = client.info()["Swarm"]["LocalNodeState"]
+    found = nodes.up(settings, 2, docker_stack["base_image"], print, prefix=PREFIX)
+    yield found
+    nodes.down(settings, print, prefix=PREFIX)
+    assert client.info()["Swarm"]["LocalNodeState"] == before
+
+
+@dataclass
+class Served:
+    settings: Settings
+    url: str
+    targets: dict[str, Target]
+    """`first` and `second`: two versions of the copied model, with different images."""
+    policy: DeployPolicy
+
+    def deployment(self) -> state.Deployment:
+        deployed = state.load(self.settings.deploy_dir, NAME)
+        assert deployed is not None
+        return deployed
+
+    def per_node(self) -> dict[str, int]:
+        d = self.deployment()
+        assert d.live is not None
+        client = engine.engine(self.settings)
+        service = client.services.get(specs.service_name(NAME, d.port, d.live))
+        return specs.per_node(client, service)
+
+
+@pytest.fixture(scope="module")
+def served(_deployed: Endpoint, swarm: list[nodes.Node]) -> Iterator[Served]:
+    """`digits-swarm` (copies of digits-sklearn's champion and previous versions) deployed on
+    the swarm with 3 replicas; undeployed afterwards."""
+    settings = _deployed.settings
+    _deployed.previous()
+    mlflow = registry.client(settings)
+    targets = {}
+    for label, alias in (("first", "champion"), ("second", "previous")):
+        version = register_copy(settings, MODEL, NAME, alias)
+        targets[label] = target_of_version(settings, NAME, mlflow.get_model_version(NAME, version))
+    policy = DeployPolicy(
+        target="swarm",
+        replicas=3,
+        port=free_port("127.0.0.1"),
+        keep_blue_seconds=1,
+        step_seconds=1.5,
+        ready_seconds=90,
+    )
+    url = rollout(targets["first"], "blue-green", policy, settings, record_policy=True).endpoint
+    yield Served(settings, url, targets, policy)
+    undeploy(settings, NAME)
+
+
+def test_three_replicas_on_two_nodes_answer_through_the_endpoint(
+    served: Served, swarm: list[nodes.Node]
+) -> None:
+    assert [n.role for n in swarm] == ["manager", "worker"] and {n.state for n in swarm} == {
+        "ready"
+    }
+    answer = httpx.post(f"{served.url}/v2/models/{MODEL}/infer", json=BODY, timeout=10)
+    assert answer.status_code == 200, answer.text
+    placed = served.per_node()
+    assert sum(placed.values()) == 3 and len(placed) == 2, placed
+    status = cli(served.settings, "stack", "nodes")
+    assert status.returncode == 0, status.stderr
+    assert f"{PREFIX}-2" in status.stdout
+
+
+def test_blue_green_then_canary_back_under_steady_load_fail_no_request(served: Served) -> None:
+    first, second = served.targets["first"], served.targets["second"]
+    with steady_load(served.url, rate=40) as blue_green:
+        rollout(second, "blue-green", served.policy, served.settings, record_policy=True)
+    d = served.deployment()
+    assert d.live is not None and d.instances[d.live].version == second.version
+    assert d.candidate is None and list(d.instances) == [d.live]
+    with steady_load(served.url, rate=40) as canary:
+        rollout(first, "canary", served.policy, served.settings, record_policy=True)
+    d = served.deployment()
+    assert d.live is not None and d.instances[d.live].version == first.version
+    for counts in (blue_green, canary):
+        assert counts["sent"] > 50 and counts["failed"] == 0, counts
+        assert len(counts["versions"]) == 2, counts  # both versions answered during the move
+    client = engine.engine(served.settings)
+    left = [s.name for s in client.services.list() if s.name.startswith(f"shipyard-{NAME}-")]
+    assert sorted(left) == sorted(
+        [specs.service_name(NAME, d.port, d.live), f"shipyard-{NAME}-{d.port}-proxy"]
+    )
+
+
+def test_scale_to_one_then_five_under_steady_load_fails_no_request(served: Served) -> None:
+    with steady_load(served.url, rate=40) as counts:
+        for replicas in (1, 5):
+            done = cli(served.settings, "scale", NAME, str(replicas))
+            assert done.returncode == 0, done.stderr
+            assert sum(served.per_node().values()) == replicas
+    assert counts["sent"] > 50 and counts["failed"] == 0, counts
+    assert len(served.per_node()) == 2  # five replicas on both nodes
+    endpoint = SwarmEndpoint.open(served.settings, NAME, None)
+    slot = endpoint.describe()["slots"][0]
+    assert slot["replicas"] == 5 and slot["proxy_up"] == 5, slot
+
+
+def test_scale_refuses_a_docker_target_endpoint(_deployed: Endpoint) -> None:
+    done = cli(_deployed.settings, "scale", MODEL, "2")
+    assert done.returncode != 0
+    assert "deploy.target: swarm" in done.stderr
+
+
+def test_the_swarm_engine_keeps_serving_the_docker_target(
+    endpoint: Endpoint, swarm: list[nodes.Node]
+) -> None:
+    """In swarm mode, this engine still runs the Docker target's containers and proxy."""
+    answer = httpx.post(f"{endpoint.url}/v2/models/{MODEL}/infer", json=BODY, timeout=10)
+    assert answer.status_code == 200, answer.text
