@@ -65,8 +65,10 @@ def _stack_prefect() -> None:
     rollout never overlaps a webhook's); otherwise Prefect starts a temporary server per run.
     """
     from shipyard.stack.credentials import use_stack_prefect
+    from shipyard.stack.postgres import use_stack_mlflow
 
     use_stack_prefect(Settings(), os.environ)
+    use_stack_mlflow(Settings(), os.environ)  # on Postgres, the registry is its server's
 
 
 def _quiet(verbose: bool) -> None:
@@ -587,6 +589,13 @@ def _say(line: str) -> None:
 
 @stack_app.command("up")
 def stack_up(
+    backend: Annotated[
+        str | None,
+        typer.Option(
+            help="Where Prefect and MLflow store: sqlite (files, the default) or postgres (the "
+            "stack's own cluster; MLflow serves the artifacts). Recorded: later `stack up`s keep it.",
+        ),
+    ] = None,
     services: Annotated[
         bool,
         typer.Option(
@@ -607,6 +616,13 @@ def stack_up(
     a Prefect server (UI) and process worker, an MLflow server (UI), the webhook receiver, and
     the deployments of prefect.yaml, all under supervisord. Every recorded endpoint serves again
     what it served (a rollout cut off by a restart is undone). Prints the URLs."""
+    if backend is not None:  # before the clients are pointed at the stack's servers
+        from shipyard.stack.postgres import record_backend
+
+        try:
+            record_backend(Settings(), backend)
+        except ShipyardError as e:
+            _fail(str(e), as_json)
     _quiet(False)
     from shipyard.stack import engine as stack
     from shipyard.stack import services as ops

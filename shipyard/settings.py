@@ -148,6 +148,12 @@ class Settings(BaseSettings):
     )
     prefect_port: int = Field(default=4200, ge=1, le=65535, description="Prefect server/UI port.")
     mlflow_port: int = Field(default=5001, ge=1, le=65535, description="MLflow server/UI port.")
+    postgres_port: int = Field(
+        default=5433,
+        ge=1,
+        le=65535,
+        description="Port of the stack's Postgres (`stack up --backend postgres`), on 127.0.0.1.",
+    )
     deploy_host: str = Field(
         default="127.0.0.1",
         description="Address the stable endpoints and the serving containers' ports bind to.",

@@ -1,10 +1,15 @@
 """The operations half of the local stack: a Prefect server (with its UI), a process worker, an
-MLflow tracking server (with its UI), the webhook receiver, and the deployments of prefect.yaml.
+MLflow tracking server (with its UI), the webhook receiver, and the deployments of prefect.yaml;
+with `--backend postgres`, the Postgres both servers store in (`shipyard.stack.postgres`).
 
 Like the engine and registry in `shipyard.stack.engine`, each is started only when nothing
 answers at its address, as a program of the stack's supervisord (restarted when it dies, logs
-rotated), and stopped by `stack down` only if this stack started it. Teams point Shipyard at Postgres-backed servers with settings instead
-(PREFECT_API_URL, MLFLOW_TRACKING_URI); nothing here changes.
+rotated), and stopped by `stack down` only if this stack started it. On SQLite (the default)
+the servers keep their stores in files; on Postgres, Prefect's server uses the `prefect`
+database and MLflow's the `mlflow` one, and MLflow serves the artifacts (`mlflow-artifacts:`
+URIs, over HTTP), so the worker and the CLI reach the registry only through its server. Teams
+with their own servers point Shipyard at them with settings instead (PREFECT_API_URL,
+MLFLOW_TRACKING_URI); nothing here starts them.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import secrets
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.resources import as_file, files
 from pathlib import Path
@@ -26,7 +32,7 @@ from shipyard.deployments.webhook import WebhookSettings
 from shipyard.errors import StackError
 from shipyard.processes import Started
 from shipyard.settings import Settings
-from shipyard.stack import credentials, supervisor
+from shipyard.stack import credentials, postgres, supervisor
 from shipyard.stack import state as stack_state
 from shipyard.stack.engine import Say
 from shipyard.waiting import TimedOut, wait_until
@@ -52,6 +58,11 @@ class Service:
     """Files it writes (Prefect's database, the delivery ids) are its owner's only; not for the
     worker, whose flow runs write build contexts and checkouts that images copy, modes and
     all, for a non-root user to read."""
+    ready: Callable[[], bool] | None = None
+    """Whether it serves, for a service without an HTTP health URL (Postgres)."""
+    user: str | None = None
+    stop_signal: str = "TERM"
+    stop_group: bool = True
 
 
 def webhook_secret(settings: Settings) -> str:
@@ -70,17 +81,21 @@ def prefect_api(settings: Settings) -> str:
     return os.environ.get("PREFECT_API_URL", "").rstrip("/") or credentials.stack_api(settings)
 
 
-def _own_prefect(settings: Settings) -> bool:
+def own_prefect(settings: Settings) -> bool:
     return prefect_api(settings) == credentials.stack_api(settings)
 
 
-def _own_mlflow(settings: Settings) -> bool:
-    """A tracking server the user configured (http[s]://) is used as it is, not started."""
+def own_mlflow(settings: Settings) -> bool:
+    """A tracking server the user configured (http[s]://) is used as it is, not started; on
+    Postgres, the stack's own server's URL (which its clients are given) names the stack's."""
+    if postgres.backend(settings) == "postgres":
+        configured = (settings.mlflow_tracking_uri or "").rstrip("/")
+        return configured in ("", postgres.tracking_url(settings))
     return not settings.tracking_uri.startswith(("http://", "https://"))
 
 
 def mlflow_ui(settings: Settings) -> str:
-    if _own_mlflow(settings):
+    if own_mlflow(settings):
         return f"http://{settings.services_host}:{settings.mlflow_port}"
     return settings.mlflow_ui_url or settings.tracking_uri
 
@@ -104,7 +119,9 @@ def plan(settings: Settings) -> list[Service]:
     prefect_url = api.removesuffix("/api")
     base_env = _prefect_env(settings)
     webhook = WebhookSettings()
+    on_postgres = postgres.backend(settings) == "postgres"
     services = [
+        *([_postgres_service(settings)] if on_postgres else []),
         Service(
             "prefect-server",
             [
@@ -118,7 +135,12 @@ def plan(settings: Settings) -> list[Service]:
             ],
             f"{api}/health",
             prefect_url,
-            {**base_env, **credentials.server_env(settings), "PREFECT_UI_API_URL": api},
+            {
+                **base_env,
+                **credentials.server_env(settings),
+                "PREFECT_UI_API_URL": api,
+                **(_prefect_database_env(settings) if on_postgres else {}),
+            },
         ),
         Service(
             "mlflow-server",
@@ -133,10 +155,7 @@ def plan(settings: Settings) -> list[Service]:
                 host,
                 "--port",
                 str(settings.mlflow_port),
-                "--backend-store-uri",
-                settings.tracking_uri,
-                "--default-artifact-root",
-                settings.artifact_root.as_uri(),
+                *(_mlflow_stores(settings) if on_postgres else _mlflow_files(settings)),
                 "--workers",
                 "1",
             ],
@@ -144,7 +163,10 @@ def plan(settings: Settings) -> list[Service]:
             f"http://{host}:{settings.mlflow_port}",
             # Its job runner (seven huey consumers) serves MLflow's GenAI jobs, which Shipyard
             # does not use.
-            {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+            {
+                "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+                **({"PGPASSFILE": str(postgres.passfile(settings))} if on_postgres else {}),
+            },
         ),
         Service(
             "prefect-worker",
@@ -158,6 +180,12 @@ def plan(settings: Settings) -> list[Service]:
                 "SHIPYARD_STATE_DIR": str(settings.state_dir.resolve()),
                 "SHIPYARD_MLFLOW_UI_URL": mlflow_ui(settings),
                 "PREFECT_UI_URL": prefect_url,
+                # On Postgres the registry is reachable only through the tracking server.
+                **(
+                    {"MLFLOW_TRACKING_URI": postgres.tracking_url(settings)}
+                    if on_postgres and own_mlflow(settings)
+                    else {}
+                ),
             },
             umask=None,
         ),
@@ -180,9 +208,79 @@ def plan(settings: Settings) -> list[Service]:
     return [
         service
         for service in services
-        if (service.name != "prefect-server" or _own_prefect(settings))
-        and (service.name != "mlflow-server" or _own_mlflow(settings))
+        if (service.name != "prefect-server" or own_prefect(settings))
+        and (service.name != "mlflow-server" or own_mlflow(settings))
+        and (service.name != "postgres" or own_prefect(settings) or own_mlflow(settings))
     ]
+
+
+def _postgres_service(settings: Settings) -> Service:
+    address = f"127.0.0.1:{settings.postgres_port}"
+    return Service(
+        "postgres",
+        # `stack up` installs Postgres before it plans; `stack status` only reads the plan.
+        postgres.server_args(settings, postgres.installed_bin_dir() or Path()),
+        "",
+        f"postgresql://{address} (cluster {postgres.data_dir(settings)})",
+        {},
+        ready=lambda: postgres.answers(settings),
+        user=postgres.system_user(),
+        # Its fast shutdown; the postmaster stops its own backends.
+        stop_signal="INT",
+        stop_group=False,
+    )
+
+
+def _prefect_database_env(settings: Settings) -> dict[str, str]:
+    return {
+        "PREFECT_SERVER_DATABASE_CONNECTION_URL": postgres.url(settings, "prefect", "asyncpg"),
+        "PGPASSFILE": str(postgres.passfile(settings)),
+    }
+
+
+def _mlflow_files(settings: Settings) -> list[str]:
+    """SQLite under the state directory, artifacts written by the clients themselves."""
+    return [
+        "--backend-store-uri",
+        settings.tracking_uri,
+        "--default-artifact-root",
+        settings.artifact_root.as_uri(),
+    ]
+
+
+def _mlflow_stores(settings: Settings) -> list[str]:
+    """Postgres, and artifacts the server keeps and serves: clients on other machines read and
+    write them over HTTP (`mlflow-artifacts:/` URIs)."""
+    return [
+        "--backend-store-uri",
+        postgres.url(settings, "mlflow", "psycopg"),
+        "--serve-artifacts",
+        "--artifacts-destination",
+        str(artifacts_dir(settings)),
+        "--default-artifact-root",
+        "mlflow-artifacts:/",
+    ]
+
+
+def artifacts_dir(settings: Settings) -> Path:
+    """Where the stack's MLflow server keeps the artifacts it serves (Postgres backend)."""
+    return settings.stack_dir / "mlflow-artifacts"
+
+
+def start_postgres(settings: Settings, say: Say) -> None:
+    """The stack's Postgres runs (installed, its cluster made, started) with its databases."""
+    postgres.bin_dir(say)  # installed if missing
+    postgres.init_cluster(settings, say)
+    postgres.write_passfile(settings)
+    stack_state.make_private_dir(artifacts_dir(settings))
+    _start(settings, _postgres_service(settings), say)
+    postgres.ensure_databases(settings, say)
+
+
+def _healthy(service: Service) -> bool:
+    if service.ready is not None:
+        return service.ready()
+    return _answers(service.health)
 
 
 def _answers(url: str) -> bool:
@@ -196,7 +294,7 @@ def _answers(url: str) -> bool:
 
 def _start(settings: Settings, service: Service, say: Say) -> None:
     ours = service.name in supervisor.programs(settings)
-    if not ours and _answers(service.health):
+    if not ours and _healthy(service):
         say(f"{service.name}: {service.url} answers; nothing started")
         return
     _adopt_bare(settings, service.name, say)
@@ -205,12 +303,19 @@ def _start(settings: Settings, service: Service, say: Say) -> None:
     changed = supervisor.add(
         settings,
         supervisor.Program(
-            service.name, service.args, service.env, directory=Path.cwd(), umask=service.umask
+            service.name,
+            service.args,
+            service.env,
+            directory=Path.cwd() if service.user is None else None,
+            umask=service.umask,
+            stop_group=service.stop_group,
+            user=service.user,
+            stop_signal=service.stop_signal,
         ),
     )
     try:
         wait_until(
-            lambda: not service.health or _answers(service.health),
+            lambda: (not service.health and service.ready is None) or _healthy(service),
             90,
             0.5,
             give_up=lambda: (
@@ -219,7 +324,7 @@ def _start(settings: Settings, service: Service, say: Say) -> None:
         )
     except TimedOut:
         raise StackError(
-            f"{service.name} did not come up ({service.health}); see {log}: "
+            f"{service.name} did not come up ({service.health or service.url}); see {log}: "
             + log.read_text(errors="replace")[-600:]
         ) from None
     state = supervisor.describe(settings, service.name)
@@ -275,10 +380,10 @@ def up(settings: Settings, say: Say) -> dict[str, str]:
     """Start what is missing; return the URLs."""
     services = plan(settings)
     api = prefect_api(settings)
-    if not _own_prefect(settings):
+    if not own_prefect(settings):
         say(f"prefect-server: using PREFECT_API_URL {api}; nothing started")
         register_deployments(settings, say)
-    if not _own_mlflow(settings):
+    if not own_mlflow(settings):
         say(f"mlflow-server: using the tracking server {settings.tracking_uri}; nothing started")
     elif not _loopback(settings.services_host):
         say(
@@ -287,6 +392,9 @@ def up(settings: Settings, say: Say) -> dict[str, str]:
             "registry. Set SHIPYARD_SERVICES_HOST=127.0.0.1, or put an authenticating proxy in front."
         )
     for service in services:
+        if service.name == "postgres":
+            start_postgres(settings, say)
+            continue
         _start(settings, service, say)
         if service.name == "prefect-server":
             register_deployments(settings, say)
@@ -297,9 +405,10 @@ def up(settings: Settings, say: Say) -> dict[str, str]:
         "mlflow_ui": mlflow_ui(settings),
         "webhook": by_name["webhook"],
         "webhook_secret_file": str(settings.stack_dir / "webhook-secret"),
+        "backend": postgres.backend(settings),
         **(
             {"prefect_auth_file": str(credentials.auth_file(settings))}
-            if _own_prefect(settings)
+            if own_prefect(settings)
             else {}
         ),
     }
@@ -313,11 +422,11 @@ def _loopback(host: str) -> bool:
 
 
 def status(settings: Settings) -> dict[str, str]:
-    out = {}
+    out = {"backend": _backend_line(settings)}
     for service in plan(settings):
         supervised = service.name in supervisor.programs(settings)
-        if service.health:
-            health = "healthy" if _answers(service.health) else "down"
+        if service.health or service.ready is not None:
+            health = "healthy" if _healthy(service) else "down"
         else:
             running = supervisor.info(settings, service.name).get("statename") == "RUNNING"
             health = "running" if running else "down"
@@ -330,9 +439,20 @@ def status(settings: Settings) -> dict[str, str]:
     return out
 
 
+def _backend_line(settings: Settings) -> str:
+    """Where the stack's Prefect and MLflow servers store, as `stack status` says it."""
+    if postgres.backend(settings) == "postgres":
+        return (
+            f"postgres: 127.0.0.1:{settings.postgres_port}, databases "
+            f"{' and '.join(postgres.DATABASES)}, cluster {postgres.data_dir(settings)}; "
+            f"MLflow artifacts served from {artifacts_dir(settings)}"
+        )
+    return f"sqlite: Prefect under {settings.stack_dir / 'prefect'}, MLflow {settings.tracking_uri}"
+
+
 def down(settings: Settings, say: Say) -> None:
     """Stop the services this stack started, clients first; they do not come back."""
-    order = ["webhook", "prefect-worker", "prefect-server", "mlflow-server"]
+    order = ["webhook", "prefect-worker", "prefect-server", "mlflow-server", "postgres"]
     for name in order:
         if name in supervisor.programs(settings):
             supervisor.remove(settings, name)

@@ -4,8 +4,8 @@ One supervisord per stack directory: `stack up` starts it if it is not running, 
 program file per part into `supervisor.d/` and applies them (`supervisorctl update`); a program
 that dies is started again (`autorestart`), and its log is rotated (10 MB, 3 backups). Parts:
 dockerd and the registry when the stack starts them, the Prefect server and worker, the MLflow
-server and the webhook receiver. After a reboot, `stack up` starts supervisord, and with it
-everything it ran.
+server, the webhook receiver, and Postgres when the stack runs on it. After a reboot, `stack up`
+starts supervisord, and with it everything it ran.
 
 Why supervisord and not a loop of our own: restart with back-off, process groups, log rotation
 and a control socket are what it has done for twenty years; `supervisorctl` is what an operator
@@ -56,6 +56,12 @@ class Program:
     """The process's umask (`077`: what it writes is its owner's only); None: supervisord's
     (022). The stack's servers write their databases and secrets with 077; dockerd keeps
     022, which the files it makes for containers (bind-mount sources) are meant to have."""
+    user: str | None = None
+    """The user it runs as (supervisord, as root, switches to it); None: supervisord's own.
+    Postgres refuses root."""
+    stop_signal: str = "TERM"
+    """Postgres takes TERM as "wait until every client has gone" (Prefect's pool never goes):
+    it is stopped with INT, its fast shutdown."""
 
 
 def _conf(settings: Settings) -> Path:
@@ -89,6 +95,8 @@ def render_program(program: Program, log: Path) -> str:
         *([f"directory={program.directory}"] if program.directory else []),
         *([f"environment={env}"] if env else []),
         *([f"umask={program.umask}"] if program.umask else []),
+        *([f"user={program.user}"] if program.user else []),
+        *([f"stopsignal={program.stop_signal}"] if program.stop_signal != "TERM" else []),
         "autostart=true",
         "autorestart=true",
         # Up after 2 s counts as started; a part that keeps failing sooner is given up after
@@ -264,7 +272,15 @@ def shutdown(settings: Settings, say: Callable[[str], None]) -> None:
         return
     rpc = _rpc(settings)
     # Clients before servers, dockerd last: its containers stop with it.
-    order = ["webhook", "prefect-worker", "prefect-server", "mlflow-server", "registry", "dockerd"]
+    order = [
+        "webhook",
+        "prefect-worker",
+        "prefect-server",
+        "mlflow-server",
+        "postgres",
+        "registry",
+        "dockerd",
+    ]
     names = sorted(programs(settings), key=lambda n: order.index(n) if n in order else -1)
     for name in names:
         with contextlib.suppress(xmlrpc.client.Fault):
