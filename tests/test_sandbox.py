@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -195,3 +197,52 @@ def test_a_project_with_its_own_lock_trains_with_those_packages_and_only_them(
     summary = release(source=str(project), until="train", settings=settings)
     assert summary.status == "stopped after train"
     _no_sandbox_left(settings)
+
+
+def _sandboxes_started(settings: Settings, since: float) -> list[str]:
+    """The stages whose sandbox containers the engine started for `settings` since `since`."""
+    from shipyard.engine import engine
+
+    ours = f"{container.LABEL}.state={settings.state_dir.resolve()}"
+    events = engine().api.events(
+        since=since,
+        until=time.time(),
+        filters={"type": "container", "event": "start", "label": ours},
+        decode=True,
+    )
+    return [event["Actor"]["Attributes"][container.LABEL] for event in events]
+
+
+def _fp32(settings: Settings, fingerprint: str | None) -> str:
+    assert fingerprint
+    graph = settings.builds_dir / fingerprint / "onnx" / "fp32.onnx"
+    return hashlib.sha256(graph.read_bytes()).hexdigest()
+
+
+def test_a_new_commit_trains_and_exports_in_its_data_stages_sandbox_and_gets_the_same_graph(
+    tmp_path: Path, make_settings: Callable[[str], Settings]
+) -> None:
+    project = _project(tmp_path)
+
+    # Data cached by itself first: train and export then each start their own sandbox.
+    apart = make_settings("apart")
+    release(source=str(project), until="data", settings=apart)
+    since = time.time()
+    each = release(source=str(project), until="export", settings=apart)
+    assert sorted(_sandboxes_started(apart, since)) == ["export", "train"]
+
+    # New inputs: the data stage's sandbox runs the two after it, in the same interpreter.
+    together = make_settings("together")
+    since = time.time()
+    one = release(source=str(project), until="export", settings=together)
+    assert _sandboxes_started(together, since) == ["data"]
+    assert [s.stage for s in one.stages] == ["source", "data", "train", "export"]
+
+    assert one.fingerprint == each.fingerprint
+    timing = {"train_seconds"}
+    assert one.metrics and each.metrics
+    assert {k: v for k, v in one.metrics.items() if k not in timing} == {
+        k: v for k, v in each.metrics.items() if k not in timing
+    }
+    assert _fp32(together, one.fingerprint) == _fp32(apart, each.fingerprint)
+    _no_sandbox_left(together)

@@ -85,6 +85,8 @@ class Inputs:
     experiment: str
     run_id: str
     settings: Settings
+    ahead: Path | None
+    """Where the data stage's sandbox trained and exported, if it ran (`sandbox.stages.data`)."""
 
 
 @dataclass(frozen=True)
@@ -177,10 +179,13 @@ def release(
             # Under the model's build lock: the cached stages' records (data's too) are read and
             # written by one release at a time, and a newer push's release cannot slip in
             # between the tip check and the build.
-            with concurrency(
-                build_lock(manifest.name), occupy=1, timeout_seconds=LOCK_WAIT_S, strict=True
+            with (
+                concurrency(
+                    build_lock(manifest.name), occupy=1, timeout_seconds=LOCK_WAIT_S, strict=True
+                ),
+                sandbox_stages.ahead(manifest, settings, wanted=until != "data") as ahead,
             ):
-                inputs = _inputs(tree, manifest, summary.flow_run_id, settings)
+                inputs = _inputs(tree, manifest, summary.flow_run_id, settings, ahead)
                 summary = summary.model_copy(
                     update={"fingerprint": inputs.fingerprint, "mlflow_run_id": inputs.run_id}
                 )
@@ -229,21 +234,28 @@ def _timed(summary: ReleaseSummary, start: float, timings: list[StageTiming]) ->
     return summary.model_copy(update={"seconds": seconds, "stages": list(timings)})
 
 
-def _data(tree: Checkout, manifest: Manifest, settings: Settings) -> tuple[Dataset, str]:
+def _data(
+    tree: Checkout, manifest: Manifest, settings: Settings, ahead: Path | None
+) -> tuple[Dataset, str]:
     """The `data` stage, cached by the fingerprint of its inputs when they alone determine the
-    data (`sandbox.stages.sealed`): a release of an unchanged tree starts no sandbox for it."""
+    data (`sandbox.stages.sealed`): a release of an unchanged tree starts no sandbox for it. When
+    it runs (new inputs), so will train and export: its sandbox runs them ahead, into `ahead`."""
     if not sandbox_stages.sealed(manifest, settings):
         return run_stage(load_data, tree, manifest, settings)
     key = data_inputs(tree.tree_hash, manifest.model_dump_json(), sandbox_stages.describe(settings))
-    return run_stage(cached(load_data, settings), tree, manifest, settings, key)
+    return run_stage(cached(load_data, settings), tree, manifest, settings, key, ahead)
 
 
 def _inputs(
-    tree: Checkout, manifest: Manifest, flow_run_id: str | None, settings: Settings
+    tree: Checkout,
+    manifest: Manifest,
+    flow_run_id: str | None,
+    settings: Settings,
+    ahead: Path | None,
 ) -> Inputs:
     """The release's fixed inputs: its data, its fingerprint, and its MLflow run (the one of an
     earlier release of the same fingerprint, if any)."""
-    data, data_hash = _data(tree, manifest, settings)
+    data, data_hash = _data(tree, manifest, settings, ahead)
     packages = package_versions(PACKAGES[manifest.framework])
     packages["(project code ran in)"] = sandbox_stages.describe(settings)
     fp = compute_fingerprint(tree.tree_hash, data_hash, manifest.canonical_json(), packages)
@@ -265,7 +277,7 @@ def _inputs(
             }
         ),
     )
-    return Inputs(tree, manifest, data, data_hash, fp, experiment, run_id, settings)
+    return Inputs(tree, manifest, data, data_hash, fp, experiment, run_id, settings, ahead)
 
 
 def _locked(
@@ -345,11 +357,13 @@ def _stages(
     )
     if stop_after("data"):
         return status("stopped after data"), None
-    trained = run_stage(cached(train, settings), tree, manifest, data, fp, inputs.run_id, settings)
+    trained = run_stage(
+        cached(train, settings), tree, manifest, data, fp, inputs.run_id, settings, inputs.ahead
+    )
     summary = status("stopped after train", metrics=dict(trained.metrics))
     if stop_after("train"):
         return summary, None
-    fp32 = run_stage(cached(export, settings), trained, tree, manifest, fp, settings)
+    fp32 = run_stage(cached(export, settings), trained, tree, manifest, fp, settings, inputs.ahead)
     if stop_after("export"):
         return status("stopped after export"), None
     measurements = run_stage(

@@ -187,14 +187,21 @@ class Run:
     inputs: dict[str, Path]
     """Files copied into `/in` under these names."""
     network: bool = False
+    ahead: Path | None = None
+    """Where the stages after this one run ahead, in the same container, for `adopt` (the data
+    stage of a release whose inputs are new: one container start and one interpreter for data,
+    train and export)."""
+    ahead_stages: tuple[str, ...] = ()
 
 
-def _user(out_dir: Path) -> str:
-    """Not root: `nobody` (owning the output directory) when the worker is root, else the
+def _user(*writable: Path | None) -> str:
+    """Not root: `nobody` (owning the writable directories) when the worker is root, else the
     worker's own unprivileged user."""
     if os.getuid() != 0:
         return f"{os.getuid()}:{os.getgid()}"
-    os.chown(out_dir, NOBODY, NOBODY)
+    for directory in writable:
+        if directory is not None:
+            os.chown(directory, NOBODY, NOBODY)
     return f"{NOBODY}:{NOBODY}"
 
 
@@ -206,7 +213,7 @@ def _give_back(out_dir: Path) -> None:
         os.chown(path, 0, 0, follow_symlinks=False)
 
 
-def _raise_failure(run: Run, result: dict[str, Any]) -> None:
+def _raise_failure(stage: str, result: dict[str, Any]) -> None:
     kind = getattr(errors, str(result.get("kind")), ProjectError)
     if not (isinstance(kind, type) and issubclass(kind, errors.ShipyardError)):
         kind = ProjectError
@@ -222,9 +229,11 @@ def run(run: Run, settings: Settings, say: Say) -> dict[str, Any]:
             f"{e} The sandbox (SHIPYARD_SANDBOX=container) runs project code on the engine."
         ) from e
     image = project_image(client, settings, run.project_dir, say)
-    # A fresh output directory: nothing a previous run left (a result, a symlink) is read back.
-    shutil.rmtree(run.out_dir, ignore_errors=True)
-    run.out_dir.mkdir(parents=True)
+    # Fresh output directories: nothing a previous run left (a result, a symlink) is read back.
+    for directory in (run.out_dir, run.ahead):
+        if directory is not None:
+            shutil.rmtree(directory, ignore_errors=True)
+            directory.mkdir(parents=True)
     with tempfile.TemporaryDirectory(prefix=".sandbox-", dir=run.out_dir.parent) as tmp:
         inputs, project = _stage_inputs(run, Path(tmp))
         container = _start(client, image, run, inputs, project, settings)
@@ -236,14 +245,28 @@ def run(run: Run, settings: Settings, say: Say) -> dict[str, Any]:
             with contextlib.suppress(APIError, DockerException):
                 container.remove(force=True)
             _give_back(run.out_dir)
+            if run.ahead is not None:
+                _give_back(run.ahead)
     for line in logs.splitlines()[-50:]:
         say(f"[{run.stage}] {line}")
-    if oom:
-        raise ProjectError(
-            f"The {run.stage} stage ran out of memory in its sandbox (limit "
-            f"{settings.sandbox_memory_mb} MiB): raise SHIPYARD_SANDBOX_MEMORY_MB, or use less."
-        )
     result = read_result(run.out_dir)
+    ended_early = oom or exit_code is None or exit_code not in (0, 3)
+    if run.ahead is not None and ended_early:
+        # The stage itself may have finished: what ran after it did not, and is run again, on
+        # its own, by its stage (which then names the limit it hit).
+        shutil.rmtree(run.ahead, ignore_errors=True)
+        run.ahead.mkdir()
+    if run.ahead is None or result is None:
+        if oom:
+            raise ProjectError(
+                f"The {run.stage} stage ran out of memory in its sandbox (limit "
+                f"{settings.sandbox_memory_mb} MiB): raise SHIPYARD_SANDBOX_MEMORY_MB, or use less."
+            )
+        if exit_code is None:
+            raise ProjectError(
+                f"The {run.stage} stage did not finish within {settings.sandbox_timeout_s:.0f} s "
+                "in its sandbox (SHIPYARD_SANDBOX_TIMEOUT_S)."
+            )
     # The protocol's file is not an output: the stage's directory holds only what it made.
     (run.out_dir / "result.json").unlink(missing_ok=True)
     if result is None:
@@ -252,7 +275,27 @@ def run(run: Run, settings: Settings, say: Say) -> dict[str, Any]:
             f"Its last output:\n{logs[-1500:]}"
         )
     if not result.get("ok"):
-        _raise_failure(run, result)
+        _raise_failure(run.stage, result)
+    return result
+
+
+def adopt(ahead: Path, stage: str, out_dir: Path, say: Say) -> dict[str, Any] | None:
+    """What `stage` wrote when it ran ahead in an earlier stage's sandbox, moved into `out_dir`
+    as if it had run on its own; None when it did not run ahead (then it runs now). Its error,
+    if it failed there, is raised here, by its own stage."""
+    done = ahead / stage
+    result = read_result(done)
+    if result is None:
+        return None
+    say(f"{stage}: ran in the data stage's sandbox, right after it (one container, one start)")
+    (done / "result.json").unlink()
+    shutil.rmtree(out_dir, ignore_errors=True)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    # The sandbox has exited: nothing changes these files any more. A symlink moves as one, and
+    # `output` refuses it as it would from the stage's own run.
+    shutil.move(done, out_dir)
+    if not result.get("ok"):
+        _raise_failure(stage, result)
     return result
 
 
@@ -261,7 +304,8 @@ def _stage_inputs(run: Run, tmp: Path) -> tuple[Path, Path]:
     user whatever the checkout's modes; neither is writable from inside."""
     inputs, project = tmp / "in", tmp / "project"
     inputs.mkdir()
-    (inputs / "request.json").write_text(json.dumps({"stage": run.stage, **run.request}))
+    request = {"stage": run.stage, **run.request, "ahead": list(run.ahead_stages)}
+    (inputs / "request.json").write_text(json.dumps(request))
     for name, path in run.inputs.items():
         shutil.copy(path, inputs / name)
     shutil.copytree(
@@ -291,13 +335,15 @@ def _start(
         Mount("/in", str(inputs), type="bind", read_only=True),
         Mount("/out", str(run.out_dir), type="bind", read_only=False),
     ]
+    if run.ahead is not None:
+        mounts.append(Mount("/ahead", str(run.ahead), type="bind", read_only=False))
     memory = f"{settings.sandbox_memory_mb}m"
     try:
         return client.containers.run(
             image,
             ["/in/request.json"],
             detach=True,
-            user=_user(run.out_dir),
+            user=_user(run.out_dir, run.ahead),
             network_mode="bridge" if run.network else "none",
             read_only=True,
             tmpfs={"/tmp": "size=1g,mode=1777"},
@@ -319,16 +365,17 @@ def _start(
         raise StackError(f"The engine could not start the {run.stage} sandbox: {e}") from e
 
 
-def _wait(container: Any, run: Run, settings: Settings) -> tuple[int, bool]:
+def _wait(container: Any, run: Run, settings: Settings) -> tuple[int | None, bool]:
+    """The container's exit code (None: killed at the time limit) and whether it was OOM-killed.
+
+    The limit is per stage: a container that runs stages ahead has one limit for each."""
+    limit = settings.sandbox_timeout_s * (1 + len(run.ahead_stages))
     try:
-        status = container.wait(timeout=settings.sandbox_timeout_s)
+        status = container.wait(timeout=limit)
     except (ReadTimeout, RequestsConnectionError):
         with contextlib.suppress(APIError, DockerException):
             container.kill()
-        raise ProjectError(
-            f"The {run.stage} stage did not finish within {settings.sandbox_timeout_s:.0f} s "
-            "in its sandbox (SHIPYARD_SANDBOX_TIMEOUT_S)."
-        ) from None
+        return None, False
     container.reload()
     return int(status.get("StatusCode", -1)), bool(container.attrs["State"].get("OOMKilled"))
 

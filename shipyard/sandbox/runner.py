@@ -24,27 +24,30 @@ from shipyard.project import DATA_KEYS, Dataset, load_dataset
 PROJECT = Path("/project")
 INPUTS = Path("/in")
 OUTPUTS = Path("/out")
+AHEAD = Path("/ahead")
+"""With `ahead` in the request (the data stage of a new commit's release): where the stages that
+follow run in the same interpreter, one directory each, for the worker to adopt."""
 
 
-def _dataset() -> Dataset:
-    with np.load(INPUTS / "data.npz", allow_pickle=False) as arrays:
+def _dataset(path: Path) -> Dataset:
+    with np.load(path, allow_pickle=False) as arrays:
         return Dataset(**{key: arrays[key] for key in DATA_KEYS})
 
 
-def data(manifest: Manifest) -> dict[str, Any]:
+def data(manifest: Manifest, inputs: Path, outputs: Path) -> dict[str, Any]:
     dataset = load_dataset(PROJECT, manifest)
-    np.savez(OUTPUTS / "data.npz", **{key: getattr(dataset, key) for key in DATA_KEYS})
+    np.savez(outputs / "data.npz", **{key: getattr(dataset, key) for key in DATA_KEYS})
     return {}
 
 
-def train(manifest: Manifest) -> dict[str, Any]:
+def train(manifest: Manifest, inputs: Path, outputs: Path) -> dict[str, Any]:
     from shipyard.training import train_model
 
-    trained = train_model(PROJECT, manifest, _dataset(), OUTPUTS)
+    trained = train_model(PROJECT, manifest, _dataset(inputs / "data.npz"), outputs)
     return {"metrics": trained.metrics}
 
 
-def export(manifest: Manifest) -> dict[str, Any]:
+def export(manifest: Manifest, inputs: Path, outputs: Path) -> dict[str, Any]:
     import cloudpickle
 
     from shipyard.export import write_onnx
@@ -53,27 +56,48 @@ def export(manifest: Manifest) -> dict[str, Any]:
     from shipyard.project import load_entrypoint
 
     load_entrypoint(PROJECT, manifest.entrypoints.train, "entrypoints.train")
-    with (INPUTS / "model.pkl").open("rb") as f:
+    with (inputs / "model.pkl").open("rb") as f:
         model = cloudpickle.load(f)
-    write_onnx(model, manifest, OUTPUTS)
+    write_onnx(model, manifest, outputs)
     return {}
 
 
 STAGES = {"data": data, "train": train, "export": export}
 
 
-def main(request_path: Path) -> int:
-    request = json.loads(request_path.read_text())
-    manifest = parse_manifest(request["manifest"])
+def run_stage(stage: str, manifest: Manifest, inputs: Path, outputs: Path) -> dict[str, Any]:
+    """Run `stage`; write and return its result (`ok`, or the error's class and message)."""
     try:
-        result: dict[str, Any] = {"ok": True, **STAGES[request["stage"]](manifest)}
+        result: dict[str, Any] = {"ok": True, **STAGES[stage](manifest, inputs, outputs)}
     except ShipyardError as e:
         result = {"ok": False, "kind": type(e).__name__, "error": str(e)}
     except BaseException as e:
         frames = traceback.extract_tb(e.__traceback__)
         where = f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
         result = {"ok": False, "kind": "ProjectError", "error": f"{type(e).__name__}: {e}{where}"}
-    (OUTPUTS / "result.json").write_text(json.dumps(result))
+    (outputs / "result.json").write_text(json.dumps(result))
+    return result
+
+
+def _ahead(stages: list[str], manifest: Manifest) -> None:
+    """The stages after `data`, each reading what the one before wrote, as the worker would have
+    handed it over: the checked arrays of `data.npz`, then the trained `model.pkl`."""
+    inputs = OUTPUTS
+    for stage in stages:
+        outputs = AHEAD / stage
+        outputs.mkdir()
+        print(f"== {stage} (in the data stage's sandbox) ==", flush=True)
+        if not run_stage(stage, manifest, inputs, outputs)["ok"]:
+            return
+        inputs = outputs
+
+
+def main(request_path: Path) -> int:
+    request = json.loads(request_path.read_text())
+    manifest = parse_manifest(request["manifest"])
+    result = run_stage(request["stage"], manifest, INPUTS, OUTPUTS)
+    if result["ok"] and request.get("ahead"):
+        _ahead(list(request["ahead"]), manifest)
     return 0 if result["ok"] else 3
 
 

@@ -7,8 +7,11 @@ checked before anything else uses it.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +39,10 @@ def network_allowed(manifest: Manifest, granted: bool) -> bool:
     return manifest.sandbox.network
 
 
+AHEAD = ("train", "export")
+"""The stages a new commit's data stage runs ahead, in its own sandbox."""
+
+
 def _request(manifest: Manifest) -> dict[str, object]:
     return {"manifest": manifest.model_dump(mode="json")}
 
@@ -47,15 +54,29 @@ def data(
     settings: Settings,
     say: Say,
     granted: bool = False,
+    ahead: Path | None = None,
 ) -> Dataset:
-    """The project's dataset, checked against the manifest."""
+    """The project's dataset, checked against the manifest.
+
+    With `ahead` (a release whose data is new, so are its model and graph), the same sandbox
+    trains and exports right after, into `ahead`, for `train` and `export` to adopt: one
+    container start and one interpreter (the project and its framework imported once) instead
+    of three. They read what they would have been handed: the checked arrays, then the model.
+    """
     if settings.sandbox == "off":
         return load_dataset(project_dir, manifest)
     from shipyard.sandbox import container
 
     out = work_dir / "data"
     run = container.Run(
-        "data", project_dir, out, _request(manifest), {}, network_allowed(manifest, granted)
+        "data",
+        project_dir,
+        out,
+        _request(manifest),
+        {},
+        network_allowed(manifest, granted),
+        ahead=ahead,
+        ahead_stages=AHEAD if ahead is not None else (),
     )
     container.run(run, settings, say)
     path = container.output(out, "data.npz", "data")
@@ -75,27 +96,31 @@ def train(
     settings: Settings,
     say: Say,
     granted: bool = False,
+    ahead: Path | None = None,
 ) -> TrainedModel:
-    """The trained model on disk, its test-set probabilities and its training metrics."""
+    """The trained model on disk, its test-set probabilities and its training metrics (adopted
+    from `ahead` when the data stage's sandbox trained it)."""
     if settings.sandbox == "off":
         return train_model(project_dir, manifest, dataset, out_dir)
     from shipyard.sandbox import container
 
-    arrays = out_dir.parent / "train-input.npz"
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(arrays, **{key: getattr(dataset, key) for key in DATA_KEYS})
-    run = container.Run(
-        "train",
-        project_dir,
-        out_dir,
-        _request(manifest),
-        {"data.npz": arrays},
-        network_allowed(manifest, granted),
-    )
-    try:
-        result = container.run(run, settings, say)
-    finally:
-        arrays.unlink(missing_ok=True)
+    result = container.adopt(ahead, "train", out_dir, say) if ahead is not None else None
+    if result is None:
+        arrays = out_dir.parent / "train-input.npz"
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(arrays, **{key: getattr(dataset, key) for key in DATA_KEYS})
+        run = container.Run(
+            "train",
+            project_dir,
+            out_dir,
+            _request(manifest),
+            {"data.npz": arrays},
+            network_allowed(manifest, granted),
+        )
+        try:
+            result = container.run(run, settings, say)
+        finally:
+            arrays.unlink(missing_ok=True)
     reference = container.output(out_dir, "reference.npy", "train")
     try:
         probabilities = np.load(reference, allow_pickle=False)
@@ -129,24 +154,43 @@ def export(
     settings: Settings,
     say: Say,
     granted: bool = False,
+    ahead: Path | None = None,
 ) -> Path:
-    """The fp32 ONNX graph, checked by the full ONNX checker and against the served contract."""
+    """The fp32 ONNX graph, checked by the full ONNX checker and against the served contract
+    (adopted from `ahead` when the data stage's sandbox exported it)."""
     from shipyard.export import check_onnx, export_onnx
 
     if settings.sandbox == "off":
         return export_onnx(trained, manifest, out_dir)
     from shipyard.sandbox import container
 
-    run = container.Run(
-        "export",
-        project_dir,
-        out_dir,
-        _request(manifest),
-        {"model.pkl": trained.model_path},
-        network_allowed(manifest, granted),
-    )
-    container.run(run, settings, say)
+    if ahead is None or container.adopt(ahead, "export", out_dir, say) is None:
+        run = container.Run(
+            "export",
+            project_dir,
+            out_dir,
+            _request(manifest),
+            {"model.pkl": trained.model_path},
+            network_allowed(manifest, granted),
+        )
+        container.run(run, settings, say)
     return check_onnx(container.output(out_dir, "fp32.onnx", "export"), manifest)
+
+
+@contextlib.contextmanager
+def ahead(manifest: Manifest, settings: Settings, wanted: bool = True) -> Iterator[Path | None]:
+    """A directory for what a new commit's data stage runs ahead (`data`), removed when the
+    release ends; None when the data stage is not cached by its inputs (`sealed`: it runs on
+    every release, so its running does not mean the next stages will) or not `wanted`."""
+    if not (wanted and sealed(manifest, settings)):
+        yield None
+        return
+    settings.builds_dir.mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix=".ahead-", dir=settings.builds_dir))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def describe(settings: Settings) -> str:

@@ -20,9 +20,10 @@ def export(
     manifest: Manifest,
     fingerprint: str,
     settings: Settings,
+    ahead: Path | None = None,
 ) -> Path:
     """The fp32 ONNX graph every other variant derives from (exported in the sandbox: a PyTorch
-    module's `forward` is the project's code)."""
+    module's `forward` is the project's code; by the data stage's sandbox when `ahead` holds it)."""
     return stages.export(
         trained,
         tree.project_dir,
@@ -31,4 +32,5 @@ def export(
         settings,
         get_run_logger().info,
         granted=tree.network,
+        ahead=ahead,
     )

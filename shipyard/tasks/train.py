@@ -3,6 +3,8 @@ it to MLflow."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from prefect import get_run_logger, task
 
 from shipyard import registry
@@ -22,8 +24,11 @@ def train(
     fingerprint: str,
     run_id: str,
     settings: Settings,
+    ahead: Path | None = None,
 ) -> TrainedModel:
-    """Train the model and log its parameters and metrics to the release's MLflow run."""
+    """Train the model and log its parameters and metrics to the release's MLflow run.
+
+    `ahead`: where the data stage's sandbox may have trained it already (`sandbox.stages`)."""
     trained = stages.train(
         tree.project_dir,
         manifest,
@@ -32,6 +37,7 @@ def train(
         settings,
         get_run_logger().info,
         granted=tree.network,
+        ahead=ahead,
     )
     mlflow = registry.client(settings)
     params = {
