@@ -709,6 +709,27 @@ def stack_nodes(
         _fail(str(e), False)
 
 
+@stack_app.command("migrate")
+def stack_migrate(
+    to: Annotated[str, typer.Option("--to", help="The backend to move to: postgres.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Move the stack's SQLite stores to its own Postgres: MLflow whole (runs, metrics, models,
+    versions, aliases, artifacts), Prefect's variables, concurrency limits, blocks and
+    automations; then run the servers on it. Prefect's run history stays behind."""
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # its schema-migration notes
+    from shipyard.stack import migrate
+
+    if to != "postgres":
+        _fail(f"--to {to!r}: the stack migrates only to postgres (`--to postgres`).", as_json)
+    print("Migrating the stack to Postgres", file=sys.stderr)
+    try:
+        result = migrate.to_postgres(Settings(), _say)
+    except ShipyardError as e:
+        _fail(str(e), as_json)
+    print(json.dumps(result) if as_json else "\n".join(f"{k}: {v}" for k, v in result.items()))
+
+
 @stack_app.command("down")
 def stack_down() -> None:
     """Stop what `stack up` started, and nothing else."""

@@ -1,13 +1,15 @@
-"""`shipyard stack up --backend postgres`, as a team runs it: Prefect's and MLflow's servers on
-the stack's own Postgres, MLflow serving the artifacts over HTTP; a pushed commit releases
-through the worker, the nightly rebuild reads the registered model back over HTTP, and the
-Postgres databases hold what the release wrote."""
+"""A stack on Postgres, as a team runs it: a SQLite stack moved by `shipyard stack migrate --to
+postgres` (its registry, artifacts, Prefect variables, limits and blocks with it), then Prefect's
+and MLflow's servers on the stack's own Postgres, MLflow serving the artifacts over HTTP; a
+pushed commit releases through the worker, the nightly rebuild reads the registered model back
+over HTTP, and the Postgres databases hold what the release wrote."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import time
@@ -20,14 +22,13 @@ import httpx
 import psycopg
 import pytest
 
-from shipyard import engine
+from shipyard import engine, registry
 from shipyard.deploy import containers
+from shipyard.errors import StackError
 from shipyard.settings import Settings
 from shipyard.stack import credentials, postgres
 from tests.support.projects import commit_all
 from tests.support.webhooks import allowed_env, signed_push
-
-pytestmark = pytest.mark.e2e
 
 SHIPYARD = str(Path(sys.executable).parent / "shipyard")
 PREFECT = str(Path(sys.executable).parent / "prefect")
@@ -110,6 +111,10 @@ class PostgresStack:
         with psycopg.connect(**postgres.connect_args(self.settings, database)) as connection:  # type: ignore[arg-type]
             return connection.execute(query, params).fetchall()  # type: ignore[arg-type]
 
+    def prefect_env(self) -> dict[str, str]:
+        auth = credentials.prefect_auth(self.settings)
+        return {**self.env, "PREFECT_API_URL": self.api, "PREFECT_API_AUTH_STRING": auth}
+
     def mlflow_api(self, method: str, **params: str) -> Any:
         answer = httpx.get(f"{self.mlflow}/api/2.0/mlflow/{method}", params=params, timeout=10)
         assert answer.status_code == 200, answer.text[-500:]
@@ -128,23 +133,98 @@ def stack(tmp_path: Path, docker_stack: dict[str, str]) -> Iterator[PostgresStac
         shutil.rmtree(postgres.cluster_dir(the_stack.settings), ignore_errors=True)
 
 
-def test_on_postgres_a_pushed_commit_releases_and_the_nightly_reads_it_back_over_http(
-    stack: PostgresStack, sklearn_repo: Path
+def seed(stack: PostgresStack, tmp_path: Path) -> dict[str, str]:
+    """What a team has made on the SQLite stack: a registered model with an alias, its run
+    (param, a metric's history, a tag, an artifact file); a Prefect variable, a global
+    concurrency limit and a Secret block."""
+    mlflow = registry.client(stack.settings)
+    experiment = mlflow.create_experiment(
+        "seeded", artifact_location=(stack.settings.artifact_root / "seeded").as_uri()
+    )
+    run = mlflow.create_run(experiment)
+    mlflow.log_param(run.info.run_id, "alpha", "0.5")
+    for step, loss in enumerate([0.3, 0.2, 0.1]):
+        mlflow.log_metric(run.info.run_id, "loss", loss, step=step)
+    mlflow.set_tag(run.info.run_id, "team", "ml")
+    weights = tmp_path / "weights.bin"
+    weights.write_bytes(os.urandom(4096))
+    mlflow.log_artifact(run.info.run_id, str(weights), "model")
+    mlflow.set_terminated(run.info.run_id)
+    mlflow.create_registered_model("seeded-model")
+    version = mlflow.create_model_version(
+        "seeded-model", f"{run.info.artifact_uri}/model", run.info.run_id
+    )
+    mlflow.set_registered_model_alias("seeded-model", "team-pick", version.version)
+    stack.query("/variables/", {"name": "team_note", "value": "kept"})
+    stack.query("/v2/concurrency_limits/", {"name": "team-limit", "limit": 3})
+    saved = subprocess.run(
+        [sys.executable, "-c", "from prefect.blocks.system import Secret; "
+         "Secret(value='team-token-value').save('team-token')"],
+        capture_output=True, text=True, env=stack.prefect_env(), timeout=120,
+    )  # fmt: skip
+    assert saved.returncode == 0, saved.stderr[-2000:]
+    return {"run_id": run.info.run_id, "version": str(version.version), "weights": str(weights)}
+
+
+@pytest.mark.e2e
+def test_a_migrated_stack_on_postgres_releases_a_push_and_the_nightly_reads_it_over_http(
+    stack: PostgresStack, sklearn_repo: Path, tmp_path: Path
 ) -> None:
     port = containers.free_port("127.0.0.1")
     with (sklearn_repo / "shipyard.yaml").open("a") as manifest:
         manifest.write(f"deploy: {{port: {port}, keep_blue_seconds: 1}}\n")
     sha = commit_all(sklearn_repo, "Serve on a test port")
 
-    up = json.loads(stack.cli("stack", "up", "--backend", "postgres", "--json").splitlines()[-1])
+    assert json.loads(stack.cli("stack", "up", "--json").splitlines()[-1])["backend"] == "sqlite"
+    seeded = seed(stack, tmp_path)
+    moved = stack.cli("stack", "migrate", "--to", "postgres", "--json")
+    up = json.loads(moved.splitlines()[-1])
     assert up["backend"] == "postgres"
+    assert {k: up["mlflow_rows"].get(k) for k in ("runs", "metrics", "model_versions")} == {
+        "runs": 1,
+        "metrics": 3,
+        "model_versions": 1,
+    }
+    assert up["mlflow_artifact_files"] == 1
+    assert up["prefect"] == {
+        "variables": 1, "concurrency limits": 1, "blocks": 1, "automations": 0
+    }  # fmt: skip
     status = json.loads(stack.cli("stack", "status"))
     assert status["backend"].startswith(f"postgres: 127.0.0.1:{stack.settings.postgres_port}")
     assert status["postgres"].startswith("healthy") and "started by shipyard" in status["postgres"]
     # The password is the stack's alone, and no status line or URL carries it.
     secret = postgres.password_file(stack.settings)
     assert secret.stat().st_mode & 0o077 == 0
-    assert secret.read_text().strip() not in json.dumps([up, status])
+    assert secret.read_text().strip() not in json.dumps([up, status]) + moved
+
+    # What the team made came along: the registry (ids kept, artifacts served over HTTP) ...
+    model = stack.mlflow_api("registered-models/get", name="seeded-model")["registered_model"]
+    assert [(a["alias"], a["version"]) for a in model["aliases"]] == [
+        ("team-pick", seeded["version"])
+    ]
+    run = stack.mlflow_api("runs/get", run_id=seeded["run_id"])["run"]
+    assert run["info"]["artifact_uri"] == f"mlflow-artifacts:/seeded/{seeded['run_id']}/artifacts"
+    assert run["data"]["params"] == [{"key": "alpha", "value": "0.5"}]
+    assert {"key": "team", "value": "ml"} in run["data"]["tags"]
+    history = stack.mlflow_api("metrics/get-history", run_id=seeded["run_id"], metric_key="loss")
+    assert [m["value"] for m in sorted(history["metrics"], key=lambda m: m["step"])] == [
+        0.3,
+        0.2,
+        0.1,
+    ]
+    weights = httpx.get(
+        f"{stack.mlflow}/api/2.0/mlflow-artifacts/artifacts/seeded/{seeded['run_id']}/artifacts/model/weights.bin",
+        timeout=30,
+    )
+    assert weights.status_code == 200 and weights.content == Path(seeded["weights"]).read_bytes()
+    # ... and Prefect's variable, limit and Secret block; the deployments' trigger is made
+    # again by `stack up`, not copied (a push releases once, below).
+    assert stack.query("/variables/name/team_note")["value"] == "kept"
+    assert stack.query("/v2/concurrency_limits/team-limit")["limit"] == 3
+    token = stack.query(
+        "/block_types/slug/secret/block_documents/name/team-token?include_secrets=true"
+    )
+    assert token["data"] == {"value": "team-token-value"}
     # Only the stack's role gets in, with its password.
     with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
         psycopg.connect(**{**postgres.connect_args(stack.settings), "password": "guess"})  # type: ignore[arg-type]
@@ -189,8 +269,9 @@ def test_on_postgres_a_pushed_commit_releases_and_the_nightly_reads_it_back_over
     assert stack.sql("prefect", "SELECT state_type FROM flow_run WHERE id = %s", release["id"]) == [
         ("COMPLETED",)
     ]
-    assert not (stack.settings.state_dir / "mlflow.db").exists()
-    assert not (stack.settings.stack_dir / "prefect" / "prefect.db").exists()
+    embedded = sqlite3.connect(stack.settings.state_dir / "mlflow.db")  # left as it was
+    assert embedded.execute("SELECT count(*) FROM runs").fetchone() == (1,)
+    embedded.close()
 
     # The nightly rebuild, started on its deployment: it downloads the registered model over
     # HTTP and rebuilds its image on the worker.
@@ -211,3 +292,48 @@ def test_on_postgres_a_pushed_commit_releases_and_the_nightly_reads_it_back_over
     shown = json.loads(stack.cli("status", MODEL, "--json").splitlines()[-1])
     assert str(shown["aliases"]["champion"]["version"]) == champion
     assert shown["deployment"]["endpoint"] == f"http://127.0.0.1:{port}"
+
+    # A second migration is refused: the stack runs on Postgres now.
+    again = subprocess.run(
+        [SHIPYARD, "stack", "migrate", "--to", "postgres"],
+        capture_output=True, text=True, env=stack.env, timeout=120,
+    )  # fmt: skip
+    assert again.returncode == 1 and "already runs on Postgres" in again.stderr
+
+
+@pytest.mark.unit
+def test_the_recorded_backend_plans_postgres_stores_and_http_clients(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from shipyard.stack import services
+
+    for name in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "SHIPYARD_MLFLOW_TRACKING_URI"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SHIPYARD_WEBHOOK_SECRET", "unit")
+    settings = Settings(stack_dir=tmp_path / "stack", state_dir=tmp_path / "state")
+    assert postgres.backend(settings) == "sqlite"
+    sqlite_plan = {s.name: s for s in services.plan(settings)}
+    assert "postgres" not in sqlite_plan
+    assert "MLFLOW_TRACKING_URI" not in sqlite_plan["prefect-worker"].env
+
+    postgres.record_backend(settings, "postgres")  # what `stack up --backend postgres` does
+    later = Settings(stack_dir=tmp_path / "stack", state_dir=tmp_path / "state")
+    plan = {s.name: s for s in services.plan(later)}
+    assert next(iter(plan)) == "postgres" and plan["postgres"].user in (None, "postgres")
+    mlflow = plan["mlflow-server"].args
+    store = mlflow[mlflow.index("--backend-store-uri") + 1]
+    assert store == f"postgresql+psycopg://shipyard@127.0.0.1:{later.postgres_port}/mlflow"
+    assert "--serve-artifacts" in mlflow
+    assert mlflow[mlflow.index("--default-artifact-root") + 1] == "mlflow-artifacts:/"
+    server = plan["prefect-server"].env
+    assert server["PREFECT_SERVER_DATABASE_CONNECTION_URL"].startswith("postgresql+asyncpg://")
+    assert server["PGPASSFILE"] == str(postgres.passfile(later))
+    worker = plan["prefect-worker"].env
+    assert worker["MLFLOW_TRACKING_URI"] == f"http://127.0.0.1:{later.mlflow_port}"
+    # The CLI is pointed at the same server; a tracking URI the user set is left alone.
+    environ: dict[str, str] = {}
+    assert postgres.use_stack_mlflow(later, environ) == worker["MLFLOW_TRACKING_URI"]
+    mine = Settings(stack_dir=tmp_path / "stack", mlflow_tracking_uri="https://mlflow.team")
+    assert postgres.use_stack_mlflow(mine, {}) is None
+    with pytest.raises(StackError, match="Unknown backend 'mysql'"):
+        postgres.record_backend(later, "mysql")
