@@ -38,7 +38,8 @@ from shipyard import engine, registry
 from shipyard.deploy import containers, state
 from shipyard.deploy import swarm_specs as specs
 from shipyard.deploy.endpoint import Target
-from shipyard.deploy.swarm_endpoint import SwarmEndpoint, undeploy
+from shipyard.deploy.swarm_endpoint import SwarmEndpoint
+from shipyard.deploy.targets import undeploy
 from shipyard.flows.release import release
 from shipyard.flows.rollout import rollout, target_of_version
 from shipyard.manifest import DeployPolicy

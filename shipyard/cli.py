@@ -197,7 +197,7 @@ def status(
     _quiet(False)
     from shipyard import registry
     from shipyard.contracts import VersionTags
-    from shipyard.deploy.inspect import describe
+    from shipyard.deploy.targets import describe  # either target
 
     settings = Settings()
     try:
@@ -293,7 +293,7 @@ def undeploy(model: Annotated[str, typer.Argument(help="Deployed model name.")])
 
     from shipyard import audit, registry
     from shipyard.deploy.endpoint import serving
-    from shipyard.deploy.swarm_endpoint import undeploy as stop  # either target
+    from shipyard.deploy.targets import undeploy as stop  # either target
     from shipyard.flows.rollout import LOCK_WAIT_S, rollout_lock
 
     settings = Settings()
@@ -326,7 +326,7 @@ def scale(
     from prefect.concurrency.sync import concurrency
 
     from shipyard import audit
-    from shipyard.deploy.swarm_endpoint import scale as scale_endpoint
+    from shipyard.deploy.targets import scale as scale_endpoint
     from shipyard.flows.rollout import LOCK_WAIT_S, rollout_lock
 
     settings = Settings()

@@ -25,83 +25,23 @@ from typing import Any
 
 import docker
 import httpx
-import numpy as np
-from docker.errors import APIError, DockerException
+from docker.errors import DockerException
 
 from shipyard import engine, processes
-from shipyard.deploy import checks, state
-from shipyard.deploy import endpoint as docker_endpoint
+from shipyard.deploy import checks, state, swarm_gates
 from shipyard.deploy import swarm_specs as specs
-from shipyard.deploy.checks import Counts, Golden
+from shipyard.deploy.checks import Counts
 from shipyard.deploy.endpoint import Endpoint, Target
 from shipyard.deploy.proxy import COLORS
 from shipyard.deploy.state import Deployment, Instance
-from shipyard.deploy.swarm_proxy import SERVER_HEADER, SLOTS, SwarmProxy
+from shipyard.deploy.swarm_proxy import SLOTS, SwarmProxy, split
 from shipyard.errors import DeployError
-from shipyard.image.build import PARITY, differences
 from shipyard.manifest import DeployPolicy, Strategy
 from shipyard.settings import Settings
 from shipyard.waiting import TimedOut, wait_until
 
 Say = Callable[[str], None]
 POLL_S = 0.25
-
-
-def _gate(proxy: SwarmProxy, color: str) -> httpx.Client:
-    """An HTTP client of the slot's gate socket (one replica of that version per request)."""
-    return httpx.Client(
-        transport=httpx.HTTPTransport(uds=str(proxy.gates[color])), base_url="http://gate"
-    )
-
-
-def smoke(client: httpx.Client, golden: Golden, api_key: str | None) -> list[str]:
-    """`checks.smoke` through a gate: how the answer differs from the golden outputs."""
-    try:
-        answer = client.post(
-            "/invocations",
-            json={"inputs": golden.inputs},
-            headers=checks.headers(api_key),
-            timeout=30,
-        )
-    except httpx.HTTPError as e:
-        return [f"Gate 'smoke' failed: the new version did not answer ({e})"]
-    if answer.status_code != 200:
-        return [
-            f"Gate 'smoke' failed: /invocations answered {answer.status_code}: {answer.text[:200]}"
-        ]
-    mismatched, delta = differences(
-        answer.json()["predictions"], np.asarray(golden.labels), np.asarray(golden.probabilities)
-    )
-    if mismatched or delta > PARITY:
-        return [
-            f"Gate 'smoke' failed: {mismatched} of {len(golden.labels)} golden labels differ, "
-            f"max |Δprob| {delta:.2e} (limit {PARITY:.0e})"
-        ]
-    return []
-
-
-def add(counts: list[Counts]) -> Counts:
-    """Counters of several replicas as one server's."""
-    buckets: dict[float, int] = {}
-    for c in counts:
-        for bound, n in c.buckets:
-            buckets[bound] = buckets.get(bound, 0) + n
-    return Counts(
-        sum(c.requests for c in counts),
-        sum(c.errors for c in counts),
-        tuple(sorted(buckets.items())),
-    )
-
-
-def split(weights: dict[str, int], replicas: dict[str, int]) -> dict[str, int]:
-    """Per-server HAProxy weights (0-256) giving each slot its share (in %) of the traffic,
-    whatever the slots' replica counts."""
-    live = {c: w for c, w in weights.items() if w > 0}
-    if len(live) < 2:
-        return {c: (100 if w > 0 else 0) for c, w in weights.items()}
-    raw = {c: w / max(1, replicas.get(c, 1)) for c, w in weights.items()}
-    top = max(raw.values())
-    return {c: (max(1, round(v * 256 / top)) if v > 0 else 0) for c, v in raw.items()}
 
 
 class SwarmEndpoint(Endpoint):
@@ -131,15 +71,19 @@ class SwarmEndpoint(Endpoint):
         recorded = (policy if keep else existing.policy).model_copy(update={"port": existing.port})
         existing.policy = policy.model_copy(update={"port": existing.port})
         _login(settings, client)
-        network = specs.network_name(model, existing.port)
-        specs.ensure_network(client, network)
-        services = {c: specs.service_name(model, existing.port, c) for c in COLORS}
-        proxy = SwarmProxy(
-            settings.deploy_dir / model, existing.host, existing.port, client, services, network
+        specs.ensure_network(client, specs.network_name(model, existing.port))
+        endpoint = cls(
+            settings, existing, recorded, client, proxy_of(client, settings, existing), say
         )
-        endpoint = cls(settings, existing, recorded, client, proxy, say)
-        proxy.ensure_service(endpoint._server_weights(), say)
+        endpoint.proxy.ensure_service(endpoint._server_weights(), say)
         return endpoint
+
+    @classmethod
+    def attach(cls, settings: Settings, deployment: Deployment) -> SwarmEndpoint:
+        """The recorded endpoint as it is, starting and changing nothing (for `status`)."""
+        client = engine.engine(settings)
+        proxy = proxy_of(client, settings, deployment)
+        return cls(settings, deployment, deployment.policy, client, proxy)
 
     # -- state ---------------------------------------------------------------------------
 
@@ -197,7 +141,7 @@ class SwarmEndpoint(Endpoint):
 
         def running() -> bool:
             service = specs.find_service(self.client, name)
-            return service is not None and len(specs.tasks(service)) >= count
+            return service is not None and len(specs.tasks(service)) == count
 
         try:
             wait_until(running, timeout_s, 0.5)
@@ -252,8 +196,8 @@ class SwarmEndpoint(Endpoint):
             self.wait_replicas(color, replicas, d.policy.ready_seconds)
             self.proxy.point(color)  # weight 0: routable once weighed
             self.proxy.wait_up(color, timeout_s=30, count=replicas)
-            with _gate(self.proxy, color) as gate:
-                failures = smoke(gate, target.golden, self._api_key)
+            with swarm_gates.gate(self.proxy, color) as gate:
+                failures = swarm_gates.smoke(gate, target.golden, self._api_key)
             if failures:
                 raise DeployError(failures[0], failures)
         except DeployError as e:
@@ -269,21 +213,12 @@ class SwarmEndpoint(Endpoint):
 
     # -- 2. shift: `Endpoint.shift`; its gates read every replica ------------------------
 
-    def scrape(self, color: str) -> dict[str, Counts]:
-        """Each UP replica's counters, read through the slot's gate."""
-        out = {}
-        with _gate(self.proxy, color) as gate:
-            for server in self.proxy.up(color, f"gate-{color}"):
-                answer = gate.get("/metrics", headers={SERVER_HEADER: server.name}, timeout=5)
-                out[f"{server.name}@{server.address}"] = checks.parse(answer.text)
-        return out
-
     def watch(self, seconds: float) -> list[str]:
         d = self.deployment
         assert d.candidate is not None
         color, instance = d.candidate, d.instances[d.candidate]
         try:
-            baseline = self.scrape(color)
+            baseline = swarm_gates.scrape(self.proxy, color)
         except (httpx.HTTPError, DeployError) as e:
             return [f"Gate 'metrics' failed: the replicas of {color} did not answer ({e})"]
         deadline = time.monotonic() + seconds
@@ -292,14 +227,16 @@ class SwarmEndpoint(Endpoint):
             if service is None or not specs.tasks(service):
                 return [f"Gate 'running' failed: no replica of {color} v{instance.version} runs"]
             try:
-                current = self.scrape(color)
+                current = swarm_gates.scrape(self.proxy, color)
             except (httpx.HTTPError, DeployError):
                 current = {}
             if not current:
                 return [f"Gate 'readiness' failed: no replica of {color} v{instance.version} is UP"]
             # A replica new since the baseline (rescheduled, scaled) counts from zero.
-            before = add([baseline.get(k, Counts(0, 0, ())) for k in current])
-            failures = checks.judge(checks.window(before, add(list(current.values()))), d.policy)
+            before = swarm_gates.add([baseline.get(k, Counts(0, 0, ())) for k in current])
+            failures = checks.judge(
+                checks.window(before, swarm_gates.add(list(current.values()))), d.policy
+            )
             if failures or time.monotonic() >= deadline:
                 return failures
             time.sleep(POLL_S)
@@ -416,7 +353,7 @@ class SwarmEndpoint(Endpoint):
                 f"{d.model}: the service {self._service(d.live)} is missing: `shipyard stack up` "
                 "recovers recorded endpoints."
             )
-        service.scale(replicas)
+        specs.scale(self.client, service, replicas)
         self.recorded = self.recorded.model_copy(update={"replicas": replicas})
         self.deployment.policy = self.deployment.policy.model_copy(update={"replicas": replicas})
         self._save()
@@ -427,21 +364,33 @@ class SwarmEndpoint(Endpoint):
         self.say(f"scale: {d.model} v{d.instances[d.live].version}: {replicas} replica(s)")
 
     def describe(self) -> dict[str, Any]:
+        """What `shipyard status` shows: per slot its service, replicas running per node, weight,
+        and how many replicas HAProxy's checks see UP (the Docker target's keys, plus these)."""
         d = self.deployment
         slots = []
         for color, instance in sorted(d.instances.items()):
             service = specs.find_service(self.client, self._service(color))
+            wanted = specs.replicas(service) if service else 0
+            placed = specs.per_node(self.client, service) if service else {}
+            try:
+                up = len(self.proxy.up(color))
+            except DeployError:  # the proxy does not answer: `proxy` says so
+                up = 0
+            nodes = ", ".join(f"{node} {n}" for node, n in placed.items()) or "none"
             slots.append(
                 {
                     "color": color,
                     "role": "serving" if color == d.live else "candidate",
                     "version": instance.version,
                     "image": instance.image,
+                    "container": self._service(color),
                     "service": self._service(color),
-                    "replicas": specs.replicas(service) if service else 0,
-                    "running_per_node": specs.per_node(self.client, service) if service else {},
+                    "replicas": wanted,
+                    "running_per_node": placed,
+                    "health": f"{sum(placed.values())}/{wanted} running ({nodes})",
                     "weight": d.weights.get(color, 0),
-                    "proxy_up": len(self.proxy.up(color)),
+                    "proxy_up": up,
+                    "proxy_check": f"{up} UP",
                 }
             )
         return {
@@ -452,109 +401,15 @@ class SwarmEndpoint(Endpoint):
         }
 
 
+def proxy_of(client: docker.DockerClient, settings: Settings, d: Deployment) -> SwarmProxy:
+    """The HAProxy service of the deployment's endpoint (not started)."""
+    services = {c: specs.service_name(d.model, d.port, c) for c in COLORS}
+    network = specs.network_name(d.model, d.port)
+    return SwarmProxy(settings.deploy_dir / d.model, d.host, d.port, client, services, network)
+
+
 def _login(settings: Settings, client: docker.DockerClient) -> None:
     """The engine client carries the registry credentials: each service is created with them,
     so every node can pull its image (`--with-registry-auth`)."""
     login = engine.registry_login(settings)
     client.login(login.username, login.password, registry=login.address)
-
-
-def is_swarm(settings: Settings, model: str, policy: DeployPolicy | None = None) -> bool:
-    """Whether `model`'s endpoint is (or, when none is recorded, is to be) on the Swarm target.
-
-    A recorded endpoint keeps its target: changing `deploy.target` needs an undeploy first."""
-    recorded = state.load(settings.deploy_dir, model)
-    if recorded is not None:
-        if policy is not None and policy.target != recorded.policy.target:
-            raise DeployError(
-                f"{model} serves on the {recorded.policy.target} target; deploy.target "
-                f"{policy.target!r} applies after `shipyard undeploy {model}`."
-            )
-        return recorded.policy.target == "swarm"
-    return policy is not None and policy.target == "swarm"
-
-
-def open_endpoint(
-    settings: Settings,
-    model: str,
-    policy: DeployPolicy | None,
-    say: Say = lambda _: None,
-    keep: bool = True,
-) -> Endpoint:
-    """The endpoint of `model` on its target (`deploy.target`)."""
-    cls = SwarmEndpoint if is_swarm(settings, model, policy) else Endpoint
-    return cls.open(settings, model, policy, say, keep)
-
-
-def recover(settings: Settings, model: str, say: Say = lambda _: None) -> str:
-    """`endpoint.recover` on the Docker target; on Swarm, the proxy service and a cut-off rollout
-    (Swarm itself restarts tasks and reschedules them)."""
-    if not is_swarm(settings, model):
-        return docker_endpoint.recover(settings, model, say)
-    endpoint = SwarmEndpoint.open(settings, model, None, say)
-    d = endpoint.deployment
-    done = []
-    if d.candidate is not None or d.replaced is not None:
-        owner = processes.Started.from_json(d.rollout_by)
-        if owner is not None and owner.alive():
-            return f"a rollout is under way (pid {owner.pid}): left to it"
-        endpoint.revert()
-        done.append("a cut-off rollout was undone")
-    live = d.serving()
-    serves = f"v{live.version} serves {d.url}" if live else f"nothing serves {d.url}"
-    return "; ".join([serves, *done])
-
-
-def scale(
-    settings: Settings, model: str, replicas: int, say: Say = lambda _: None
-) -> dict[str, int]:
-    """`shipyard scale`: the serving version of `model` (target swarm) to `replicas` tasks;
-    returns its running tasks by node."""
-    if state.load(settings.deploy_dir, model) is None:
-        raise DeployError(f"{model} is not deployed: `shipyard release SOURCE` deploys it.")
-    if not is_swarm(settings, model):
-        raise DeployError(
-            f"{model} serves on the docker target, one container per version: `scale` needs "
-            "deploy.target: swarm (then `shipyard undeploy` and release again)."
-        )
-    endpoint = SwarmEndpoint.open(settings, model, None, say)
-    endpoint.scale(replicas)
-    live = endpoint.deployment.live
-    assert live is not None
-    service = specs.find_service(endpoint.client, endpoint._service(live))
-    return specs.per_node(endpoint.client, service) if service else {}
-
-
-def undeploy(settings: Settings, model: str, say: Say = lambda _: None) -> bool:
-    """`endpoint.undeploy` on the Docker target; on Swarm: drain and remove every service of
-    the endpoint, its proxy service, network and secrets, and forget its state."""
-    if not is_swarm(settings, model):
-        return docker_endpoint.undeploy(settings, model, say)
-    deployment = state.load(settings.deploy_dir, model)
-    assert deployment is not None
-    client = engine.engine(settings)
-    services = {c: specs.service_name(model, deployment.port, c) for c in COLORS}
-    network = specs.network_name(model, deployment.port)
-    proxy = SwarmProxy(
-        settings.deploy_dir / model, deployment.host, deployment.port, client, services, network
-    )
-    for color, instance in deployment.instances.items():
-        with contextlib.suppress(DeployError):
-            proxy.drain(color)
-        specs.remove_service(client, services[color])
-        say(f"removed {color} v{instance.version}")
-    proxy.stop()
-    specs.remove_unused_secrets(client, model, set())
-
-    def network_gone() -> bool:  # refused while the removed tasks still leave it
-        try:
-            client.networks.get(network).remove()
-        except APIError as e:
-            return bool(e.status_code == 404)
-        return True
-
-    with contextlib.suppress(TimedOut):
-        wait_until(network_gone, 20, 0.5)
-    state.path(settings.deploy_dir, model).unlink()
-    say(f"stopped the endpoint {deployment.url}")
-    return True

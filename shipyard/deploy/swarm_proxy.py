@@ -94,7 +94,10 @@ def render(
         "    mode http",
         "    timeout connect 2s",
         "    timeout client 60s",
-        "    timeout server 60s",
+        # A replica on a node that died never answers: its request is retried on another after
+        # 5 s (retry-on response-timeout), before a client's own timeout. Inference requests
+        # take milliseconds; the Docker target, with no node to lose, keeps 60 s.
+        "    timeout server 5s",
         "    timeout http-request 15s",
         "    retries 3",
         "    option redispatch 1",
@@ -102,8 +105,11 @@ def render(
         "    option http-buffer-request",
         "    option httpchk GET /v2/health/ready",
         "    http-check expect status 200",
-        "    default-server inter 500ms fall 2 rise 1 check resolvers docker init-addr none "
-        "resolve-prefer ipv4",
+        # A server filled by DNS starts UP, before its first check: a new replica still starting
+        # gets a tiny share at first (slowstart), and the first connection it refuses marks it
+        # DOWN (observe layer4) while the request is retried on another.
+        "    default-server inter 500ms fall 2 rise 1 slowstart 3s observe layer4 error-limit 1 "
+        "on-error mark-down check resolvers docker init-addr none resolve-prefer ipv4",
         "",
         "frontend endpoint",
         f"    bind :{port}",
@@ -130,6 +136,17 @@ def render(
             "",
         ]
     return "\n".join(lines)
+
+
+def split(weights: dict[str, int], replicas: dict[str, int]) -> dict[str, int]:
+    """Per-server HAProxy weights (0-256) giving each slot its share (in %) of the traffic,
+    whatever the slots' replica counts."""
+    live = {c: w for c, w in weights.items() if w > 0}
+    if len(live) < 2:
+        return {c: (100 if w > 0 else 0) for c, w in weights.items()}
+    raw = {c: w / max(1, replicas.get(c, 1)) for c, w in weights.items()}
+    top = max(raw.values())
+    return {c: (max(1, round(v * 256 / top)) if v > 0 else 0) for c, v in raw.items()}
 
 
 class SwarmProxy(Proxy):

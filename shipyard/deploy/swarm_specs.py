@@ -191,6 +191,29 @@ def tasks(service: Service, state: str = "running") -> list[dict[str, Any]]:
     ]
 
 
+def scale(client: docker.DockerClient, service: Service, count: int) -> None:
+    """Set the service's replica count, and nothing else. (docker-py's `Service.scale` sends
+    the task template back with an empty DNS config where there was none: Swarm sees a new
+    template and replaces every task, one by one.)"""
+    spec = service.attrs["Spec"]
+    try:
+        client.api.update_service(
+            service.id,
+            service.version,
+            task_template=spec["TaskTemplate"],
+            name=spec["Name"],
+            labels=spec.get("Labels"),
+            mode={"Replicated": {"Replicas": count}},
+            update_config=spec.get("UpdateConfig"),
+            rollback_config=spec.get("RollbackConfig"),
+            endpoint_spec=spec.get("EndpointSpec"),
+        )
+    except APIError as e:
+        raise DeployError(
+            f"Swarm refused to scale {spec['Name']} to {count}: {e.explanation}"
+        ) from e
+
+
 def replicas(service: Service) -> int:
     return int(service.attrs["Spec"]["Mode"]["Replicated"]["Replicas"])
 

@@ -26,7 +26,7 @@ import docker
 import httpx
 from docker.errors import APIError, DockerException, ImageNotFound
 
-from shipyard.deploy import swarm_endpoint
+from shipyard.deploy import targets
 from shipyard.deploy.containers import LABEL
 from shipyard.deploy.proxy import PROXY_IMAGE
 from shipyard.engine import RegistryLogin, engine, registry_login
@@ -300,7 +300,7 @@ def recover_endpoints(settings: Settings, say: Say) -> dict[str, str]:
     for recorded in sorted(settings.deploy_dir.glob("*/state.json")):
         model = recorded.parent.name
         try:
-            out[model] = swarm_endpoint.recover(settings, model, say)  # by deploy.target
+            out[model] = targets.recover(settings, model, say)  # by deploy.target
         except ShipyardError as e:
             out[model] = f"not recovered: {e}"
         if "cut off" in out[model] and os.environ.get("PREFECT_API_URL"):

@@ -391,6 +391,13 @@ def up(settings: Settings, say: Say) -> dict[str, str]:
             "(SHIPYARD_SERVICES_HOST), not loopback: anyone who reaches it reads and changes the "
             "registry. Set SHIPYARD_SERVICES_HOST=127.0.0.1, or put an authenticating proxy in front."
         )
+    embedded = settings.state_dir.resolve() / "mlflow.db"
+    if postgres.backend(settings) == "postgres" and own_mlflow(settings) and embedded.is_file():
+        say(
+            f"mlflow-server: on Postgres; the SQLite store {embedded} is not read (it stays as "
+            "it was: `shipyard stack migrate --to postgres` moves a store that Postgres does not "
+            "hold yet, `shipyard stack up --backend sqlite` goes back to it)"
+        )
     for service in services:
         if service.name == "postgres":
             start_postgres(settings, say)

@@ -41,7 +41,7 @@ def deploy(
 ) -> str:
     """Start `target` beside what serves, gate it, and move traffic to it by `strategy`;
     return the endpoint's URL."""
-    from shipyard.deploy.swarm_endpoint import open_endpoint
+    from shipyard.deploy.targets import open_endpoint
 
     endpoint = open_endpoint(
         settings, target.model, policy, get_run_logger().info, keep=record_policy
@@ -53,7 +53,7 @@ def deploy(
 
 @deploy.on_rollback
 def _revert_traffic(transaction: Transaction) -> None:
-    from shipyard.deploy.swarm_endpoint import open_endpoint
+    from shipyard.deploy.targets import open_endpoint
 
     open_endpoint(transaction.get("settings"), transaction.get("model"), None).revert()
 
@@ -83,6 +83,6 @@ def retire(
     model: str, policy: DeployPolicy | None, record_policy: bool, settings: Settings
 ) -> None:
     """Keep the old version warm while the new one is watched, then drain and remove it."""
-    from shipyard.deploy.swarm_endpoint import open_endpoint
+    from shipyard.deploy.targets import open_endpoint
 
     open_endpoint(settings, model, policy, get_run_logger().info, keep=record_policy).retire()

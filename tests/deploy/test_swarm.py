@@ -4,6 +4,7 @@ under a steady load, through the endpoint's HAProxy service."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -14,7 +15,8 @@ from shipyard import engine, registry
 from shipyard.deploy import state
 from shipyard.deploy import swarm_specs as specs
 from shipyard.deploy.endpoint import Target
-from shipyard.deploy.swarm_endpoint import SwarmEndpoint, undeploy
+from shipyard.deploy.swarm_endpoint import SwarmEndpoint
+from shipyard.deploy.targets import undeploy
 from shipyard.flows.rollout import rollout, target_of_version
 from shipyard.image.build import free_port
 from shipyard.manifest import DeployPolicy
@@ -90,16 +92,19 @@ def served(_deployed: Endpoint, swarm: list[nodes.Node]) -> Iterator[Served]:
 def test_three_replicas_on_two_nodes_answer_through_the_endpoint(
     served: Served, swarm: list[nodes.Node]
 ) -> None:
-    assert [n.role for n in swarm] == ["manager", "worker"] and {n.state for n in swarm} == {
-        "ready"
-    }
+    roles = {n.name: (n.role, n.state) for n in swarm}
+    assert roles[f"{PREFIX}-2"] == ("worker", "ready") and ("manager", "ready") in roles.values()
     answer = httpx.post(f"{served.url}/v2/models/{MODEL}/infer", json=BODY, timeout=10)
     assert answer.status_code == 200, answer.text
     placed = served.per_node()
-    assert sum(placed.values()) == 3 and len(placed) == 2, placed
-    status = cli(served.settings, "stack", "nodes")
+    assert sum(placed.values()) == 3 and len(placed) > 1, placed
+    listed = cli(served.settings, "stack", "nodes")
+    assert listed.returncode == 0, listed.stderr
+    assert f"{PREFIX}-2" in listed.stdout
+    status = cli(served.settings, "status", NAME, "--json")
     assert status.returncode == 0, status.stderr
-    assert f"{PREFIX}-2" in status.stdout
+    (slot,) = json.loads(status.stdout)["deployment"]["slots"]
+    assert slot["running_per_node"] == placed and slot["proxy_up"] == 3, slot
 
 
 def test_blue_green_then_canary_back_under_steady_load_fail_no_request(served: Served) -> None:
@@ -130,7 +135,7 @@ def test_scale_to_one_then_five_under_steady_load_fails_no_request(served: Serve
             assert done.returncode == 0, done.stderr
             assert sum(served.per_node().values()) == replicas
     assert counts["sent"] > 50 and counts["failed"] == 0, counts
-    assert len(served.per_node()) == 2  # five replicas on both nodes
+    assert len(served.per_node()) > 1  # five replicas spread over the nodes
     endpoint = SwarmEndpoint.open(served.settings, NAME, None)
     slot = endpoint.describe()["slots"][0]
     assert slot["replicas"] == 5 and slot["proxy_up"] == 5, slot

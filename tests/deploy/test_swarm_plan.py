@@ -1,0 +1,79 @@
+"""The Swarm target's pure parts: the manifest's `deploy.target`/`replicas`, HAProxy's config of
+a Swarm endpoint, and the per-server weights that give each slot its share of the traffic."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from shipyard.deploy.swarm_proxy import SLOTS, render, split
+from shipyard.errors import ManifestError
+from shipyard.manifest import DeployPolicy, parse_manifest
+from tests.support.projects import EXAMPLES
+
+pytestmark = pytest.mark.unit
+
+SERVICES = {"blue": "shipyard-m-8000-blue", "green": "shipyard-m-8000-green"}
+
+
+def manifest_with(deploy: dict[str, object]) -> dict[str, object]:
+    import yaml
+
+    data = yaml.safe_load((EXAMPLES / "digits-sklearn" / "shipyard.yaml").read_text())
+    return {**data, "deploy": deploy}
+
+
+def test_the_docker_target_stays_the_default_with_one_replica() -> None:
+    policy = DeployPolicy()
+    assert (policy.target, policy.replicas) == ("docker", 1)
+    assert parse_manifest(manifest_with({"target": "swarm", "replicas": 3})).deploy.replicas == 3
+
+
+@pytest.mark.parametrize(
+    ("deploy", "named"),
+    [
+        ({"replicas": 3}, "deploy: Value error, replicas 3 needs target: swarm"),
+        ({"target": "swarm", "replicas": 0}, "deploy.replicas: Input should be greater than"),
+        ({"target": "swarm", "replicas": SLOTS + 1}, "deploy.replicas: Input should be less"),
+        ({"target": "kubernetes"}, "deploy.target: Input should be 'docker' or 'swarm'"),
+    ],
+)
+def test_a_bad_target_or_replica_count_is_named_with_the_fix(
+    deploy: dict[str, object], named: str
+) -> None:
+    with pytest.raises(ManifestError) as error:
+        parse_manifest(manifest_with(deploy))
+    assert named in str(error.value)
+
+
+def test_the_config_finds_each_slots_replicas_through_swarm_dns(tmp_path: Path) -> None:
+    gates = {c: tmp_path / f"gate-{c}.sock" for c in SERVICES}
+    config = render(8000, SERVICES, {"blue": 100}, tmp_path / "haproxy.sock", gates)
+    assert "nameserver swarm 127.0.0.11:53" in config
+    assert "    bind :8000" in config
+    main = config.split("\nbackend model\n")[1].split("frontend gate-blue")[0]
+    assert f"server-template blue 1-{SLOTS} tasks.shipyard-m-8000-blue:8080 weight 100" in main
+    assert f"server-template green 1-{SLOTS} tasks.shipyard-m-8000-green:8080 weight 0" in main
+    assert f"bind unix@{gates['green']} mode 600" in config
+    assert "use-server green3 if { req.hdr(X-Shipyard-Server) -m str green3 }" in config
+
+
+@pytest.mark.parametrize(
+    ("weights", "replicas", "expected"),
+    [
+        ({"blue": 100}, {"blue": 3}, {"blue": 100}),
+        ({"blue": 100, "green": 0}, {"blue": 3, "green": 3}, {"blue": 100, "green": 0}),
+        ({"blue": 50, "green": 50}, {"blue": 1, "green": 4}, {"blue": 256, "green": 64}),
+        ({"blue": 90, "green": 10}, {"blue": 3, "green": 3}, {"blue": 256, "green": 28}),
+    ],
+)
+def test_each_slot_gets_its_share_whatever_its_replica_count(
+    weights: dict[str, int], replicas: dict[str, int], expected: dict[str, int]
+) -> None:
+    per_server = split(weights, replicas)
+    assert per_server == expected
+    if len([w for w in weights.values() if w]) == 2:
+        total = sum(per_server[c] * replicas[c] for c in weights)
+        for color, share in weights.items():
+            assert abs(100 * per_server[color] * replicas[color] / total - share) < 1.5
