@@ -108,7 +108,22 @@ def _prefect_env(settings: Settings) -> dict[str, str]:
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_HOME": str(settings.stack_dir / "prefect"),
         **credentials.client_env(settings, api),
+        **(_passed_on(("PREFECT_API_KEY",)) if not own_prefect(settings) else {}),
     }
+
+
+MLFLOW_CREDENTIALS = (
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
+    "MLFLOW_TRACKING_TOKEN",
+)
+"""A team's MLflow server's credentials (MLflow's own variables), passed on to the worker."""
+
+
+def _passed_on(names: tuple[str, ...]) -> dict[str, str]:
+    """The credentials of a team's server set in this environment, for the stack's programs:
+    they reach them through the program files (mode 600), never a command line."""
+    return {name: os.environ[name] for name in names if os.environ.get(name)}
 
 
 def plan(settings: Settings) -> list[Service]:
@@ -186,6 +201,7 @@ def plan(settings: Settings) -> list[Service]:
                     if on_postgres and own_mlflow(settings)
                     else {}
                 ),
+                **(_passed_on(MLFLOW_CREDENTIALS) if not own_mlflow(settings) else {}),
             },
             umask=None,
         ),

@@ -337,3 +337,34 @@ def test_the_recorded_backend_plans_postgres_stores_and_http_clients(
     assert postgres.use_stack_mlflow(mine, {}) is None
     with pytest.raises(StackError, match="Unknown backend 'mysql'"):
         postgres.record_backend(later, "mysql")
+
+
+@pytest.mark.unit
+def test_a_team_servers_credentials_reach_the_worker_through_its_program_file_only(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from shipyard.stack import services, supervisor
+
+    monkeypatch.setenv("PREFECT_API_URL", "https://prefect.team.example/api")
+    monkeypatch.setenv("PREFECT_API_KEY", "pnu_team_key")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "https://mlflow.team.example")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "team-mlflow-password")
+    monkeypatch.setenv("SHIPYARD_WEBHOOK_SECRET", "unit")
+    settings = Settings(stack_dir=tmp_path / "stack", state_dir=tmp_path / "state")
+    plan = {s.name: s for s in services.plan(settings)}
+    worker, webhook = plan["prefect-worker"], plan["webhook"]
+    assert worker.env["PREFECT_API_KEY"] == webhook.env["PREFECT_API_KEY"] == "pnu_team_key"
+    assert worker.env["MLFLOW_TRACKING_PASSWORD"] == "team-mlflow-password"
+    assert "MLFLOW_TRACKING_PASSWORD" not in webhook.env
+    program = supervisor.Program(worker.name, worker.args, worker.env)
+    rendered = supervisor.render_program(program, tmp_path / "worker.log")
+    command = next(line for line in rendered.splitlines() if line.startswith("command="))
+    assert "pnu_team_key" not in command and "team-mlflow-password" in rendered
+
+    # The stack's own servers take no key of another's.
+    for name in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI"):
+        monkeypatch.delenv(name)
+    settings = Settings(stack_dir=tmp_path / "stack", state_dir=tmp_path / "state")
+    own = {s.name: s for s in services.plan(settings)}
+    assert "PREFECT_API_KEY" not in own["prefect-worker"].env
+    assert "MLFLOW_TRACKING_PASSWORD" not in own["prefect-worker"].env
