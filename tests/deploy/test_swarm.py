@@ -17,6 +17,7 @@ from shipyard.deploy import swarm_specs as specs
 from shipyard.deploy.endpoint import Target
 from shipyard.deploy.swarm_endpoint import SwarmEndpoint
 from shipyard.deploy.targets import undeploy
+from shipyard.errors import DeployError
 from shipyard.flows.rollout import rollout, target_of_version
 from shipyard.image.build import free_port
 from shipyard.manifest import DeployPolicy
@@ -139,6 +140,25 @@ def test_scale_to_one_then_five_under_steady_load_fails_no_request(served: Serve
     endpoint = SwarmEndpoint.open(served.settings, NAME, None)
     slot = endpoint.describe()["slots"][0]
     assert slot["replicas"] == 5 and slot["proxy_up"] == 5, slot
+
+
+def test_a_version_failing_the_smoke_gate_is_removed_and_traffic_stays(served: Served) -> None:
+    """The second version's image checked against the first's golden outputs (other training
+    seed, other probabilities): the smoke gate fails on a replica of the new service, which is
+    removed while the serving version keeps all the traffic."""
+    first, second = served.targets["first"], served.targets["second"]
+    serving = served.deployment()
+    assert serving.live is not None
+    wrong = Target(NAME, second.version, second.image, first.golden)
+    smoke = r"Gate 'smoke' failed: .* golden labels differ"
+    with steady_load(served.url, rate=40) as counts, pytest.raises(DeployError, match=smoke):
+        rollout(wrong, "blue-green", served.policy, served.settings, record_policy=True)
+    assert counts["sent"] > 50 and counts["failed"] == 0, counts
+    d = served.deployment()
+    assert (d.live, d.candidate, d.weights) == (serving.live, None, {serving.live: 100})
+    client = engine.engine(served.settings)
+    idle = specs.service_name(NAME, d.port, d.idle_color())
+    assert not [s for s in client.services.list() if s.name == idle]
 
 
 def test_scale_refuses_a_docker_target_endpoint(_deployed: Endpoint) -> None:
