@@ -83,12 +83,14 @@ def render(
         "    resolve_retries 3",
         "    timeout resolve 1s",
         "    timeout retry 1s",
+        # A task that leaves answers no more after 1 s (obsolete); Docker's DNS failing for a
+        # moment (a busy engine) keeps the last addresses instead of emptying the slot.
         "    hold valid 1s",
-        "    hold other 1s",
-        "    hold refused 1s",
-        "    hold nx 1s",
-        "    hold timeout 1s",
         "    hold obsolete 1s",
+        "    hold nx 1s",
+        "    hold other 30s",
+        "    hold refused 30s",
+        "    hold timeout 30s",
         "",
         "defaults",
         "    mode http",
