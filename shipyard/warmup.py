@@ -25,6 +25,7 @@ Loader = str | Callable[[], object]
 _lock = threading.Lock()
 _expected: list[Loader] = []
 _started = False
+_thread: threading.Thread | None = None
 
 
 def expect(*loaders: Loader) -> None:
@@ -35,15 +36,28 @@ def expect(*loaders: Loader) -> None:
 
 def idle() -> threading.Thread | None:
     """Start loading what is expected, unless it was started before; the thread, if started."""
-    global _started
+    global _started, _thread
     with _lock:
         if _started or not _expected:
             return None
         _started = True
         loaders = list(_expected)
-    thread = threading.Thread(target=_load, args=(loaders,), name="shipyard-warmup", daemon=True)
+        thread = threading.Thread(
+            target=_load, args=(loaders,), name="shipyard-warmup", daemon=True
+        )
+        _thread = thread
     thread.start()
     return thread
+
+
+def settle() -> None:
+    """Wait for the loading under way, if any: a process about to import for itself does not
+    import alongside the thread (two threads importing one package tree can deadlock on
+    Python's module locks, which then hands one of them a half-initialised module)."""
+    with _lock:
+        thread = _thread
+    if thread is not None:
+        thread.join()
 
 
 def _load(loaders: list[Loader]) -> None:

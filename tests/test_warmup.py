@@ -16,6 +16,7 @@ pytestmark = pytest.mark.unit
 def fresh(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setattr(warmup, "_expected", [])
     monkeypatch.setattr(warmup, "_started", False)
+    monkeypatch.setattr(warmup, "_thread", None)
     yield
 
 
@@ -48,3 +49,17 @@ def test_a_loader_that_fails_is_left_to_fail_where_it_is_used_and_the_rest_still
 
 def test_a_process_that_never_waits_loads_nothing() -> None:
     assert warmup.idle() is None  # nothing expected: no thread
+
+
+def test_settle_waits_for_the_loading_under_way_and_returns_at_once_without_any() -> None:
+    import threading
+
+    release = threading.Event()
+    done: list[str] = []
+    warmup.settle()  # nothing started: nothing to wait for
+    warmup.expect(lambda: (release.wait(30), done.append("loaded")))
+    thread = warmup.idle()
+    assert thread is not None and done == []
+    release.set()
+    warmup.settle()
+    assert done == ["loaded"]

@@ -18,6 +18,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -206,11 +207,19 @@ def _user(*writable: Path | None) -> str:
 
 
 def _give_back(out_dir: Path) -> None:
-    """Files the sandbox wrote belong to the worker again (root only: others own them already)."""
+    """What the sandbox wrote, reduced to plain files and directories, belongs to the worker
+    again. Symlinks, FIFOs and devices are removed first, never followed: the worker, or a later
+    stage writing beside a graph, would otherwise read or write wherever they point."""
+    for top, directories, names in os.walk(out_dir, followlinks=False):
+        for name in [*directories, *names]:
+            path = Path(top) / name
+            if path.is_symlink() or not (path.is_dir() or path.is_file()):
+                path.unlink()
     if os.getuid() != 0:
-        return
-    for path in [out_dir, *out_dir.rglob("*")]:
-        os.chown(path, 0, 0, follow_symlinks=False)
+        return  # others own them already
+    for top, directories, names in os.walk(out_dir, followlinks=False):
+        for name in ["", *directories, *names]:
+            os.chown(Path(top) / name, 0, 0, follow_symlinks=False)
 
 
 def _raise_failure(stage: str, result: dict[str, Any]) -> None:
@@ -247,8 +256,14 @@ def run(run: Run, settings: Settings, say: Say) -> dict[str, Any]:
             _give_back(run.out_dir)
             if run.ahead is not None:
                 _give_back(run.ahead)
-    for line in logs.splitlines()[-50:]:
+            warmup.settle()  # from here on this process imports for itself
+    own, later = _split_logs(logs)
+    for line in own.splitlines()[-50:]:
         say(f"[{run.stage}] {line}")
+    if run.ahead is not None:
+        for stage, text in later.items():
+            # Written by the worker, beside (not in) what the stage wrote.
+            (run.ahead / f".{stage}.log").write_text(text)
     result = read_result(run.out_dir)
     ended_early = oom or exit_code is None or exit_code not in (0, 3)
     if run.ahead is not None and ended_early:
@@ -279,24 +294,42 @@ def run(run: Run, settings: Settings, say: Say) -> dict[str, Any]:
     return result
 
 
-def adopt(ahead: Path, stage: str, out_dir: Path, say: Say) -> dict[str, Any] | None:
+def adopt(
+    ahead: Path, stage: str, out_dir: Path, say: Say, made_from: dict[str, str] | None = None
+) -> dict[str, Any] | None:
     """What `stage` wrote when it ran ahead in an earlier stage's sandbox, moved into `out_dir`
-    as if it had run on its own; None when it did not run ahead (then it runs now). Its error,
-    if it failed there, is raised here, by its own stage."""
+    as if it had run on its own; None (then it runs now, on its own) when it did not run ahead,
+    did not finish, failed there (a failure is only believed from a stage's own sandbox), or
+    was made from other inputs than `made_from` says (fields its result must hold)."""
     done = ahead / stage
-    result = read_result(done)
-    if result is None:
+    result = read_result(done) if done.is_dir() and not done.is_symlink() else None
+    if (
+        result is None
+        or not result.get("ok")
+        or any(result.get(key) != value for key, value in (made_from or {}).items())
+    ):
         return None
+    log = ahead / f".{stage}.log"
+    for line in (log.read_text().splitlines() if log.is_file() else [])[-50:]:
+        say(f"[{stage}] {line}")
     say(f"{stage}: ran in the data stage's sandbox, right after it (one container, one start)")
     (done / "result.json").unlink()
     shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    # The sandbox has exited: nothing changes these files any more. A symlink moves as one, and
-    # `output` refuses it as it would from the stage's own run.
+    # The sandbox has exited, and `_give_back` left only plain files and directories: nothing
+    # changes them any more.
     shutil.move(done, out_dir)
-    if not result.get("ok"):
-        _raise_failure(stage, result)
     return result
+
+
+AHEAD_MARK = re.compile(r"^== (\w+) \(in the data stage's sandbox\) ==$", re.MULTILINE)
+"""The runner's line before each stage it runs ahead (`runner._ahead`)."""
+
+
+def _split_logs(logs: str) -> tuple[str, dict[str, str]]:
+    """The stage's own log lines, and those of each stage run ahead after it, by stage."""
+    parts = AHEAD_MARK.split(logs)
+    return parts[0], dict(zip(parts[1::2], parts[2::2], strict=True))
 
 
 def _stage_inputs(run: Run, tmp: Path) -> tuple[Path, Path]:
@@ -368,11 +401,19 @@ def _start(
 def _wait(container: Any, run: Run, settings: Settings) -> tuple[int | None, bool]:
     """The container's exit code (None: killed at the time limit) and whether it was OOM-killed.
 
-    The limit is per stage: a container that runs stages ahead has one limit for each."""
-    limit = settings.sandbox_timeout_s * (1 + len(run.ahead_stages))
+    The limit is per stage: the stage itself must have written its result within one; the
+    stages it runs ahead get one more each."""
+    limit = settings.sandbox_timeout_s
     try:
         status = container.wait(timeout=limit)
     except (ReadTimeout, RequestsConnectionError):
+        status = None
+    if status is None and run.ahead_stages and read_result(run.out_dir) is not None:
+        try:
+            status = container.wait(timeout=limit * len(run.ahead_stages))
+        except (ReadTimeout, RequestsConnectionError):
+            status = None
+    if status is None:
         with contextlib.suppress(APIError, DockerException):
             container.kill()
         return None, False
@@ -396,7 +437,7 @@ def output(out_dir: Path, name: str, stage: str, max_bytes: int = 4 << 30) -> Pa
     """A file the sandbox wrote, checked to be a regular file inside `out_dir`: never a symlink
     (which would make the worker read its own files, e.g. the registry password)."""
     path = out_dir / name
-    if path.is_symlink() or not path.is_file():
+    if out_dir.is_symlink() or path.is_symlink() or not path.is_file():
         raise ProjectError(f"The {stage} stage's sandbox did not write {name} as a regular file.")
     if path.stat().st_size > max_bytes:
         raise ProjectError(f"The {stage} stage's {name} is over {max_bytes} bytes.")

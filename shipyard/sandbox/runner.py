@@ -9,7 +9,9 @@ message so the worker can raise the same error. Imports nothing but the project-
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -56,10 +58,10 @@ def export(manifest: Manifest, inputs: Path, outputs: Path) -> dict[str, Any]:
     from shipyard.project import load_entrypoint
 
     load_entrypoint(PROJECT, manifest.entrypoints.train, "entrypoints.train")
-    with (inputs / "model.pkl").open("rb") as f:
-        model = cloudpickle.load(f)
-    write_onnx(model, manifest, outputs)
-    return {}
+    pickled = (inputs / "model.pkl").read_bytes()
+    write_onnx(cloudpickle.loads(pickled), manifest, outputs)
+    # Which model the graph is of: a graph exported ahead is adopted only for this one.
+    return {"model_sha256": hashlib.sha256(pickled).hexdigest()}
 
 
 STAGES = {"data": data, "train": train, "export": export}
@@ -75,7 +77,9 @@ def run_stage(stage: str, manifest: Manifest, inputs: Path, outputs: Path) -> di
         frames = traceback.extract_tb(e.__traceback__)
         where = f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
         result = {"ok": False, "kind": "ProjectError", "error": f"{type(e).__name__}: {e}{where}"}
-    (outputs / "result.json").write_text(json.dumps(result))
+    # Whole or not at all: the worker may read it while the stages after this one still run.
+    (outputs / ".result.json").write_text(json.dumps(result))
+    os.replace(outputs / ".result.json", outputs / "result.json")
     return result
 
 

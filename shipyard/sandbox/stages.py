@@ -8,6 +8,7 @@ checked before anything else uses it.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 import shutil
 import tempfile
@@ -164,7 +165,8 @@ def export(
         return export_onnx(trained, manifest, out_dir)
     from shipyard.sandbox import container
 
-    if ahead is None or container.adopt(ahead, "export", out_dir, say) is None:
+    model = {"model_sha256": hashlib.sha256(trained.model_path.read_bytes()).hexdigest()}
+    if ahead is None or container.adopt(ahead, "export", out_dir, say, model) is None:
         run = container.Run(
             "export",
             project_dir,
