@@ -301,6 +301,11 @@ def down(settings: Settings, say: Say, prefix: str = PREFIX) -> None:
         state = stack_state.read(settings)
         if state.get(STATE_KEY, {}).get("initialised"):
             client.swarm.leave(force=True)
+            # Swarm made it for its tasks' outside traffic, and leaving keeps it.
+            with contextlib.suppress(APIError, NotFound):
+                gateway = client.networks.get("docker_gwbridge")
+                if not gateway.attrs.get("Containers"):
+                    gateway.remove()
             state.pop(STATE_KEY)
             stack_state.write(settings, state)
             say("swarm: this engine left the swarm `stack up --nodes` made")

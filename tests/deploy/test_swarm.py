@@ -39,10 +39,14 @@ def swarm(docker_stack: dict[str, str]) -> Iterator[list[nodes.Node]]:
     settings = Settings()
     client = engine.engine(settings)
     before = client.info()["Swarm"]["LocalNodeState"]
+    networks = {n.name for n in client.networks.list()}
     found = nodes.up(settings, 2, docker_stack["base_image"], print, prefix=PREFIX)
     yield found
     nodes.down(settings, print, prefix=PREFIX)
     assert client.info()["Swarm"]["LocalNodeState"] == before
+    if before != "active":
+        swarms = {"ingress", "docker_gwbridge"} - networks
+        assert not swarms & {n.name for n in client.networks.list()}  # swarm's networks gone
 
 
 @dataclass
