@@ -28,7 +28,7 @@ from typing import Any
 
 from shipyard.errors import StackError
 from shipyard.settings import Settings
-from shipyard.stack import credentials, postgres, services
+from shipyard.stack import credentials, postgres, services, supervisor
 from shipyard.stack.engine import Say
 
 CHUNK = 5000
@@ -75,6 +75,21 @@ def read_prefect(settings: Settings) -> PrefectObjects:
             ),
             automations=[a for a in query("/automations/filter", {}) if a["id"] not in owned],
         )
+    finally:
+        client.close()
+
+
+def runs_under_way(settings: Settings) -> list[str]:
+    """The names of the flow runs that are pending or running on the stack's Prefect server."""
+    api = credentials.stack_api(settings)
+    client = credentials.http_client(settings)
+    try:
+        answer = client.post(
+            f"{api}/flow_runs/filter",
+            json={"flow_runs": {"state": {"type": {"any_": ["PENDING", "RUNNING"]}}}},
+        )
+        answer.raise_for_status()
+        return [str(run["name"]) for run in answer.json()]
     finally:
         client.close()
 
@@ -131,9 +146,16 @@ def _keep(item: dict[str, Any], *keys: str) -> dict[str, Any]:
     return {k: item[k] for k in keys if k in item}
 
 
-def rewrite(value: Any, old: str, new: str) -> Any:
-    """A string with the embedded store's artifact root replaced by the served scheme."""
-    return value.replace(old, new) if isinstance(value, str) and old in value else value
+URI_COLUMNS = frozenset({"artifact_location", "artifact_uri", "source", "storage_location"})
+"""The columns of MLflow's schema that hold artifact URIs (experiments, runs, versions, models):
+only these are rewritten, never a parameter, tag or description that mentions the path."""
+
+
+def rewrite(column: str, value: Any, old: str, new: str) -> Any:
+    """An artifact URI under the embedded store's root, under the served scheme instead."""
+    if column in URI_COLUMNS and isinstance(value, str) and value.startswith(old):
+        return new + value[len(old) :]
+    return value
 
 
 def copy_mlflow(source_uri: str, target_uri: str, old_root: str) -> dict[str, int]:
@@ -186,7 +208,7 @@ def copy_mlflow(source_uri: str, target_uri: str, old_root: str) -> dict[str, in
                             table.insert(),
                             [
                                 {
-                                    c: rewrite(v, old_root, SERVED)
+                                    c: rewrite(c, v, old_root, SERVED)
                                     for c, v in zip(columns, row, strict=True)
                                 }
                                 for row in batch
@@ -249,6 +271,18 @@ def to_postgres(settings: Settings, say: Say) -> dict[str, Any]:
             f"The stack's Prefect server at {credentials.stack_api(settings)} does not answer: "
             "`shipyard stack up` first (its variables, limits and blocks are read from it)."
         )
+    busy = runs_under_way(settings)
+    if busy:
+        raise StackError(
+            f"{len(busy)} flow run(s) are under way on the stack's Prefect server ("
+            + ", ".join(busy[:5])
+            + "): what they write to MLflow meanwhile would not move. Wait for them, then run "
+            "`shipyard stack migrate --to postgres` again."
+        )
+    # Nothing new starts while the stores are copied: `services.up` starts both again.
+    for program in ("webhook", "prefect-worker"):
+        supervisor.remove(settings, program)
+    say("migrate: the webhook receiver and the worker are stopped while the stores move")
     objects = read_prefect(settings)
     services.start_postgres(settings, say)
     os.environ["PGPASSFILE"] = str(postgres.passfile(settings))  # this process's connections
