@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: install stack demo test test-fast lint bench bench-all bench-serving bench-floor bench-image bench-webhook bench-rollout bench-base lock clean
+.PHONY: install stack demo test test-fast lint bench bench-all bench-serving bench-floor bench-image bench-webhook bench-rollout bench-base bench-swarm lock clean
 
 # Everything is pinned by constraints.txt (regenerate: make lock). torch 2.13.0 is the CPU
 # wheel pip finds on this machine's disk; an unpinned torch would pull a multi-GB CUDA build.
@@ -69,6 +69,11 @@ bench-webhook: install
 bench-base: install
 	$(BIN)/shipyard stack up --no-services
 	$(BIN)/python benchmarks/base_digest.py
+
+# The Docker target against a 3-node swarm (node containers), 3 replicas, the same load.
+bench-swarm: install
+	$(BIN)/shipyard stack up --no-services
+	$(BIN)/python benchmarks/swarm_target.py
 
 bench-rollout: install
 	$(BIN)/shipyard stack up --no-services

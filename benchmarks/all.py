@@ -23,6 +23,7 @@ BENCHMARKS = [
     ("Webhook to serving, by stage", "webhook_to_serving.py"),
     ("Rollout strategies under a steady load", "rollout_strategies.py"),
     ("Base image: two clean builds, the same digest", "base_digest.py"),
+    ("Swarm target against the Docker target under the same load", "swarm_target.py"),
 ]
 
 
