@@ -312,7 +312,7 @@ class Endpoint:
         if old is not None:
             try:
                 self.proxy.drain(old)
-                containers.remove(self.client, retiring.container_id)
+                self._discard(old, retiring)
             except (DeployError, DockerException) as e:
                 # The new version serves and is recorded as such: a failed cleanup must not
                 # undo that. The old slot stays on record (weight 0), so the next rollout (which
@@ -330,8 +330,12 @@ class Endpoint:
         d = self.deployment
         if color in d.instances:
             self.proxy.drain(color)
-            containers.remove(self.client, d.instances.pop(color).container_id)
+            self._discard(color, d.instances.pop(color))
         d.weights.pop(color, None)
+
+    def _discard(self, color: str, instance: Instance) -> None:
+        """Stop and remove what runs a drained slot (here its container)."""
+        containers.remove(self.client, instance.container_id)
 
     # -- undo ----------------------------------------------------------------------------
 

@@ -25,7 +25,6 @@ from typing import Any
 
 import docker
 import httpx
-from docker.errors import DockerException
 
 from shipyard import engine, processes
 from shipyard.deploy import checks, state, swarm_gates
@@ -243,45 +242,9 @@ class SwarmEndpoint(Endpoint):
 
     # -- 3. retire -----------------------------------------------------------------------
 
-    def retire(self) -> None:
-        d = self.deployment
-        new, old = d.candidate, d.live
-        assert new is not None
-        if old is not None:
-            seconds = d.policy.keep_blue_seconds
-            self.say(f"deploy: keeping {old} warm for {seconds:g} s while {new} is watched")
-            failures = self.watch(seconds)
-            if failures:
-                raise DeployError(
-                    f"{failures[0]} — while v{d.instances[old].version} was kept warm after the "
-                    f"switch; traffic goes back to it and {new} is removed.",
-                    failures,
-                )
-            retiring = d.instances.pop(old)
-            d.weights.pop(old, None)
-        d.live, d.candidate, d.replaced = new, None, None
-        self._save()
-        if old is not None:
-            try:
-                self.proxy.drain(old)
-                specs.remove_service(self.client, self._service(old))
-            except (DeployError, DockerException) as e:
-                d.instances[old], d.weights[old] = retiring, 0
-                self._save()
-                self.say(
-                    f"deploy: warning: {old} v{retiring.version} could not be removed ({e}); the "
-                    f"next rollout or `shipyard undeploy {d.model}` removes it"
-                )
-                return
-            self.say(f"deploy: drained and removed {old} v{retiring.version}")
-
-    def _remove(self, color: str) -> None:
-        d = self.deployment
-        if color in d.instances:
-            self.proxy.drain(color)
-            d.instances.pop(color)
-            specs.remove_service(self.client, self._service(color))
-        d.weights.pop(color, None)
+    def _discard(self, color: str, instance: Instance) -> None:
+        """Remove the drained slot's service (all its replicas)."""
+        specs.remove_service(self.client, self._service(color))
 
     # -- undo ----------------------------------------------------------------------------
 
