@@ -34,13 +34,19 @@ def check_contract(path: Path, manifest: Manifest) -> None:
 
 def strip_debug_info(path: Path) -> Path:
     """Drop what serving never reads: doc strings and per-node metadata (exporter stack
-    traces that hold the checkout's file paths, so two checkouts would differ byte-wise)."""
+    traces that hold the checkout's file paths, so two checkouts would differ byte-wise); and
+    list the opsets in domain order. skl2onnx lists them in the order of a set of domain names,
+    which follows the process's string-hash seed: two processes exporting the same model wrote
+    `ai.onnx.ml` and `""` in either order, so the same model gave two graphs' bytes."""
     model = onnx.load(str(path))
     model.doc_string = ""
     model.graph.doc_string = ""
     for node in model.graph.node:
         node.doc_string = ""
         del node.metadata_props[:]
+    opsets = sorted(model.opset_import, key=lambda opset: (opset.domain, opset.version))
+    del model.opset_import[:]
+    model.opset_import.extend(opsets)
     onnx.save(model, str(path))
     return path
 
