@@ -58,7 +58,7 @@ def env(settings: Settings, prefect_server: str, sklearn_repo: Path) -> dict[str
 
 
 @pytest.fixture
-def deployed(env: dict[str, str]) -> dict[str, str]:
+def deployed(env: dict[str, str]) -> Iterator[dict[str, str]]:
     """The deployments of prefect.yaml, registered the way a user does it."""
     prefect("work-pool", "create", "shipyard", "--type", "process", "--overwrite", env=env)
     out = prefect("--no-prompt", "deploy", "--all", env=env)
@@ -68,7 +68,11 @@ def deployed(env: dict[str, str]) -> dict[str, str]:
             for name in ("release", "nightly-rebuild", "rollback", "promote")
         }
     assert "release" in out
-    return found
+    yield found
+    # The session's server outlives this test: what it registered goes, as a user would remove it.
+    with get_client(sync_client=True) as client:
+        for deployment_id in found.values():
+            client.delete_deployment(uuid.UUID(deployment_id))
 
 
 @pytest.fixture
