@@ -69,10 +69,18 @@ def deployed(env: dict[str, str]) -> Iterator[dict[str, str]]:
         }
     assert "release" in out
     yield found
-    # The session's server outlives this test: what it registered goes, as a user would remove it.
+    # The session's server outlives this test: what it registered goes, with the deployments'
+    # triggers (automations they own), which would otherwise start a release on every push
+    # later tests send to the server.
     with get_client(sync_client=True) as client:
         for deployment_id in found.values():
+            client.delete_resource_owned_automations(f"prefect.deployment.{deployment_id}")
             client.delete_deployment(uuid.UUID(deployment_id))
+        assert not [
+            automation.name
+            for automation in client.read_automations()
+            if "shipyard.model.pushed" in str(automation.trigger)
+        ]
 
 
 @pytest.fixture
