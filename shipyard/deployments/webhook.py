@@ -104,7 +104,8 @@ class WebhookSettings(BaseSettings):
     max_connections: int = Field(
         default=64,
         ge=2,
-        description="Connections served at once (uvicorn's limit_concurrency); more get 503.",
+        description="Open connections at which a request gets 503, its own connection included "
+        "(uvicorn's limit_concurrency): at most this many minus one are served at once.",
     )
     deliveries_file: Path | None = Field(
         default=None,

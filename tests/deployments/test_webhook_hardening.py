@@ -316,11 +316,16 @@ def test_more_connections_than_allowed_get_503_until_the_slow_ones_time_out(
             b"POST /hooks/git HTTP/1.1\r\nHost: receiver\r\ncontent-type: application/json\r\n"
             b"x-github-event: push\r\ncontent-length: 100\r\n\r\n{"
         )
-        slow = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
+        # uvicorn counts the request's own connection: a limit of 3 serves 2 at once. Each slow
+        # request is sent alone, so that it is read while fewer than 3 connections are open.
+        slow: list[socket.socket] = []
         try:
-            for sock in slow:
-                sock.sendall(head)
-            time.sleep(0.3)
+            for _ in range(2):
+                slow.append(socket.create_connection(("127.0.0.1", port)))
+                slow[-1].sendall(head)
+                time.sleep(0.3)
+            answered = [sock for sock in slow if select.select([sock], [], [], 0)[0]]
+            assert not answered, "a slow request was answered before the limit was reached"
             body = push_body(unique_repo())
             full = send(url, body, github_headers(body, f"d-{uuid.uuid4().hex}"))
             assert (full.status_code, full.text) == (503, "Service Unavailable")
