@@ -185,18 +185,7 @@ class Endpoint:
     def start(self, target: Target, strategy: Strategy) -> str:
         """Run `target` in the idle slot and gate it; return that slot's color."""
         d = self.deployment
-        if d.candidate is not None or d.replaced is not None:
-            self.say(f"deploy: reverting an interrupted rollout of {d.candidate} first")
-            self.revert()
-        me = processes.identify(os.getpid())
-        d.rollout_by = me.to_json() if me else None
-        if strategy == "recreate" and d.live is not None:
-            self.say(f"deploy: recreate: stopping v{d.instances[d.live].version} first")
-            d.replaced = d.instances[d.live]
-            self._remove(d.live)
-            d.live = None
-            self._save()
-        color = d.idle_color()
+        color = self._begin(strategy)
         try:
             container, port = self.run_slot(target.image, target.version, color)
         except DeployError as e:
@@ -221,15 +210,37 @@ class Endpoint:
             self.proxy.point(color, d.host, port)
             self.proxy.wait_up(color, timeout_s=10)
         except DeployError as e:
-            self.revert_after(e)
-            raise DeployError(
-                f"{e} — traffic stays on "
-                + (f"v{d.instances[d.live].version}" if d.live else "nothing (first deploy)")
-                + f"; {color} was removed.",
-                e.failures,
-            ) from e
+            raise self._gate_failed(e, color) from e
         self.say(f"deploy: {color} v{target.version} is ready and answers the golden inputs")
         return color
+
+    def _begin(self, strategy: Strategy) -> str:
+        """Before a new slot starts: revert an interrupted rollout, record who rolls out, and on
+        a recreate remove the live slot first; returns the idle slot's color."""
+        d = self.deployment
+        if d.candidate is not None or d.replaced is not None:
+            self.say(f"deploy: reverting an interrupted rollout of {d.candidate} first")
+            self.revert()
+        me = processes.identify(os.getpid())
+        d.rollout_by = me.to_json() if me else None
+        if strategy == "recreate" and d.live is not None:
+            self.say(f"deploy: recreate: removing v{d.instances[d.live].version} first")
+            d.replaced = d.instances[d.live]
+            self._remove(d.live)
+            d.live = None
+            self._save()
+        return d.idle_color()
+
+    def _gate_failed(self, e: DeployError, color: str) -> DeployError:
+        """Revert after a failed start gate; the error says where traffic stays."""
+        d = self.deployment
+        self.revert_after(e)
+        return DeployError(
+            f"{e} — traffic stays on "
+            + (f"v{d.instances[d.live].version}" if d.live else "nothing (first deploy)")
+            + f"; {color} was removed.",
+            e.failures,
+        )
 
     # -- 2. shift ------------------------------------------------------------------------
 

@@ -18,7 +18,6 @@ the new replicas up through Swarm's DNS, and health-checks them before it routes
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -26,7 +25,7 @@ from typing import Any
 import docker
 import httpx
 
-from shipyard import engine, processes
+from shipyard import engine
 from shipyard.deploy import checks, state, swarm_gates
 from shipyard.deploy import swarm_specs as specs
 from shipyard.deploy.checks import Counts
@@ -166,18 +165,7 @@ class SwarmEndpoint(Endpoint):
 
     def start(self, target: Target, strategy: Strategy) -> str:
         d = self.deployment
-        if d.candidate is not None or d.replaced is not None:
-            self.say(f"deploy: reverting an interrupted rollout of {d.candidate} first")
-            self.revert()
-        me = processes.identify(os.getpid())
-        d.rollout_by = me.to_json() if me else None
-        if strategy == "recreate" and d.live is not None:
-            self.say(f"deploy: recreate: removing v{d.instances[d.live].version} first")
-            d.replaced = d.instances[d.live]
-            self._remove(d.live)
-            d.live = None
-            self._save()
-        color = d.idle_color()
+        color = self._begin(strategy)
         try:
             service_id = self.run_service(target.image, target.version, color)
         except DeployError as e:
@@ -200,13 +188,7 @@ class SwarmEndpoint(Endpoint):
             if failures:
                 raise DeployError(failures[0], failures)
         except DeployError as e:
-            self.revert_after(e)
-            raise DeployError(
-                f"{e} — traffic stays on "
-                + (f"v{d.instances[d.live].version}" if d.live else "nothing (first deploy)")
-                + f"; {color} was removed.",
-                e.failures,
-            ) from e
+            raise self._gate_failed(e, color) from e
         self.say(f"deploy: {color} v{target.version}: {replicas} replica(s) ready, golden ok")
         return color
 
