@@ -377,12 +377,13 @@ def audit(
 @app.command()
 def logs(
     model: Annotated[str, typer.Argument(help="Deployed model name.")],
-    tail: Annotated[int, typer.Option(help="Lines per container.")] = 100,
+    tail: Annotated[int, typer.Option(help="Lines per container (per replica on Swarm).")] = 100,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep following.")] = False,
     color: Annotated[str | None, typer.Option(help="Only the blue or the green slot.")] = None,
 ) -> None:
-    """Show the serving containers' logs, each line prefixed with its slot and version."""
-    from shipyard.deploy.inspect import logs as read_logs
+    """Show the serving containers' logs, each line prefixed with its slot and version (and on
+    the Swarm target its node)."""
+    from shipyard.deploy.targets import logs as read_logs
 
     try:
         for line in read_logs(Settings(), model, tail, follow, color):

@@ -72,19 +72,8 @@ def logs(
     settings: Settings, model: str, tail: int, follow: bool, color: str | None = None
 ) -> Iterator[bytes]:
     """The serving containers' log lines, each prefixed with its color and version."""
-    deployment = state.load(settings.deploy_dir, model)
-    if deployment is None or not deployment.instances:
-        raise DeployError(f"Nothing of {model} is deployed: `shipyard release SOURCE` deploys it.")
+    instances = chosen(state.load(settings.deploy_dir, model), model, follow, color)
     client = engine.engine(settings)
-    instances = [
-        i
-        for i in sorted(deployment.instances.values(), key=lambda i: i.color)
-        if color in (None, i.color)
-    ]
-    if not instances:
-        raise DeployError(f"No {color} container of {model}: `shipyard status {model}` lists them.")
-    if follow and len(instances) > 1:
-        raise DeployError("--follow follows one container: add --color blue or --color green.")
     for instance in instances:
         prefix = f"[{instance.color} v{instance.version}] ".encode()
         container = client.containers.get(instance.container_id)
@@ -97,6 +86,24 @@ def logs(
                 yield prefix + line + b"\n"
         if pending:
             yield prefix + pending + b"\n"
+
+
+def chosen(
+    deployment: state.Deployment | None, model: str, follow: bool, color: str | None
+) -> list[state.Instance]:
+    """The slots whose logs `shipyard logs` reads: both, or the one `--color` names."""
+    if deployment is None or not deployment.instances:
+        raise DeployError(f"Nothing of {model} is deployed: `shipyard release SOURCE` deploys it.")
+    instances = [
+        i
+        for i in sorted(deployment.instances.values(), key=lambda i: i.color)
+        if color in (None, i.color)
+    ]
+    if not instances:
+        raise DeployError(f"No {color} slot of {model}: `shipyard status {model}` lists them.")
+    if follow and len(instances) > 1:
+        raise DeployError("--follow follows one slot: add --color blue or --color green.")
+    return instances
 
 
 ONNX_LABEL = "ai.shipyard.onnx.sha256"

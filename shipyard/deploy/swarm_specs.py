@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+from collections.abc import Iterator
 from typing import Any
 
 import docker
@@ -218,13 +219,47 @@ def replicas(service: Service) -> int:
     return int(service.attrs["Spec"]["Mode"]["Replicated"]["Replicas"])
 
 
+def node_names(client: docker.DockerClient) -> dict[str, str]:
+    """The swarm's node ids to hostnames."""
+    return {node.id: node.attrs["Description"]["Hostname"] for node in client.nodes.list()}
+
+
 def per_node(client: docker.DockerClient, service: Service) -> dict[str, int]:
     """Running tasks of the service by node hostname."""
-    names: dict[str, str] = {}
-    for node in client.nodes.list():
-        names[node.id] = node.attrs["Description"]["Hostname"]
+    names = node_names(client)
     out: dict[str, int] = {}
     for task in tasks(service):
         node = names.get(task.get("NodeID", ""), task.get("NodeID", "?"))
         out[node] = out.get(node, 0) + 1
     return dict(sorted(out.items()))
+
+
+def logs(
+    client: docker.DockerClient, service_id: str, tail: int, follow: bool
+) -> Iterator[tuple[str, bytes]]:
+    """The log lines of every task of a service, on whichever node it runs (the manager gathers
+    them, as `docker service logs` does), each with the hostname of its node. `tail` is per task.
+    """
+    names = node_names(client)
+    stream = client.api.service_logs(
+        service_id, details=True, stdout=True, stderr=True, tail=tail, follow=follow
+    )
+    pending = b""
+    for chunk in stream:
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            yield _with_node(line, names)
+    if pending:
+        yield _with_node(pending, names)
+
+
+def _with_node(line: bytes, names: dict[str, str]) -> tuple[str, bytes]:
+    """With `details`, the engine starts each line with its task's attributes
+    (`com.docker.swarm.node.id=…,com.docker.swarm.service.id=…,… message`)."""
+    details, _, message = line.partition(b" ")
+    attributes = dict(item.split(b"=", 1) for item in details.split(b",") if b"=" in item)
+    node = attributes.get(b"com.docker.swarm.node.id")
+    if node is None:  # not the details the engine documents: the line as it came
+        return "?", line
+    return names.get(node.decode(), node.decode()[:12]), message

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from docker.errors import APIError
@@ -132,3 +132,20 @@ def describe(settings: Settings, model: str) -> dict[str, Any] | None:
     assert deployment is not None
     described = SwarmEndpoint.attach(settings, deployment).describe()
     return {**described, "strategy": deployment.policy.strategy}
+
+
+def logs(
+    settings: Settings, model: str, tail: int, follow: bool, color: str | None = None
+) -> Iterator[bytes]:
+    """`inspect.logs` on the Docker target; on Swarm, every replica's lines from whichever node
+    runs it, each prefixed with its color, version and node."""
+    if not is_swarm(settings, model):
+        yield from inspect.logs(settings, model, tail, follow, color)
+        return
+    deployment = state.load(settings.deploy_dir, model)
+    assert deployment is not None
+    instances = inspect.chosen(deployment, model, follow, color)
+    client = engine.engine(settings)
+    for instance in instances:
+        for node, line in specs.logs(client, instance.container_id, tail, follow):
+            yield f"[{instance.color} v{instance.version} {node}] ".encode() + line + b"\n"

@@ -110,6 +110,14 @@ def test_three_replicas_on_two_nodes_answer_through_the_endpoint(
     assert status.returncode == 0, status.stderr
     (slot,) = json.loads(status.stdout)["deployment"]["slots"]
     assert slot["running_per_node"] == placed and slot["proxy_up"] == 3, slot
+    # Every replica's lines, gathered from the node that runs it.
+    logs = cli(served.settings, "logs", NAME, "--tail", "5")
+    assert logs.returncode == 0, logs.stderr
+    lines = logs.stdout.splitlines()
+    live = served.deployment().serving()
+    assert live is not None
+    prefixes = {line.split("] ", 1)[0] + "]" for line in lines}
+    assert prefixes == {f"[{live.color} v{live.version} {node}]" for node in placed}, lines
 
 
 def test_blue_green_then_canary_back_under_steady_load_fail_no_request(served: Served) -> None:
