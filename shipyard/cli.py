@@ -20,6 +20,7 @@ from shipyard.settings import Settings
 
 if TYPE_CHECKING:
     from shipyard.contracts import ReleaseSummary, RolloutResult
+    from shipyard.stack.postgres import Backend
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -57,23 +58,25 @@ class _StageLines(logging.Handler):
         print(f"  {mark} {stage:<10} {state:<10}{timing}", file=sys.stderr, flush=True)
 
 
-def _stack_prefect() -> None:
+def _stack_prefect(backend: Backend | None = None) -> None:
     """Run flows on the stack's Prefect server when it is up and no other is configured, with
     the stack's credentials (also when PREFECT_API_URL names the stack's server).
 
     Runs then show in its UI, and share its concurrency limits with the worker's runs (a CLI
     rollout never overlaps a webhook's); otherwise Prefect starts a temporary server per run.
+    MLflow is the stack's server on Postgres: the recorded backend's, or `backend` (a
+    `stack up --backend` not recorded until its servers answer).
     """
     from shipyard.stack.credentials import use_stack_prefect
     from shipyard.stack.postgres import use_stack_mlflow
 
     use_stack_prefect(Settings(), os.environ)
-    use_stack_mlflow(Settings(), os.environ)  # on Postgres, the registry is its server's
+    use_stack_mlflow(Settings(), os.environ, backend)
 
 
-def _quiet(verbose: bool) -> None:
+def _quiet(verbose: bool, backend: Backend | None = None) -> None:
     """Prepare a command that runs flows: its Prefect server, and logs that stay out of the way."""
-    _stack_prefect()
+    _stack_prefect(backend)
     # Prefect's console log would interleave with the stage lines; the UI keeps every log.
     if not verbose:
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
@@ -594,7 +597,8 @@ def stack_up(
         str | None,
         typer.Option(
             help="Where Prefect and MLflow store: sqlite (files, the default) or postgres (the "
-            "stack's own cluster; MLflow serves the artifacts). Recorded: later `stack up`s keep it.",
+            "stack's own cluster; MLflow serves the artifacts). Recorded once the servers answer "
+            "on it: later `stack up`s keep it.",
         ),
     ] = None,
     services: Annotated[
@@ -617,14 +621,19 @@ def stack_up(
     a Prefect server (UI) and process worker, an MLflow server (UI), the webhook receiver, and
     the deployments of prefect.yaml, all under supervisord. Every recorded endpoint serves again
     what it served (a rollout cut off by a restart is undone). Prints the URLs."""
-    if backend is not None:  # before the clients are pointed at the stack's servers
-        from shipyard.stack.postgres import record_backend
+    from shipyard.stack import postgres
 
-        try:
-            record_backend(Settings(), backend)
-        except ShipyardError as e:
-            _fail(str(e), as_json)
-    _quiet(False)
+    try:
+        chosen = None if backend is None else postgres.parse_backend(backend)
+    except ShipyardError as e:
+        _fail(str(e), as_json)
+    if chosen is not None and not services:
+        _fail(
+            f"--backend {chosen} with --no-services: a backend is recorded once the Prefect and "
+            "MLflow servers answer on it, and --no-services starts none. Drop --no-services.",
+            as_json,
+        )
+    _quiet(False, chosen)  # the clients use the chosen backend's servers, recorded once they answer
     from shipyard.stack import engine as stack
     from shipyard.stack import services as ops
 
@@ -638,7 +647,7 @@ def stack_up(
             found = swarm_nodes.up(settings, nodes, result["base_image"], _say)
             result["nodes"] = [f"{n.name} ({n.role}, {n.state})" for n in found]
         if services:
-            result.update(ops.up(settings, _say))
+            result.update(ops.up(settings, _say, chosen))
             _stack_prefect()  # its server is up now: a cut-off rollout's lock is freed there
         result["endpoints"] = stack.recover_endpoints(settings, _say)
     except ShipyardError as e:

@@ -49,24 +49,36 @@ def backend(settings: Settings) -> Backend:
     return "postgres" if recorded == "postgres" else "sqlite"
 
 
+def parse_backend(chosen: str) -> Backend:
+    """`chosen` as a backend (`stack up --backend`), or an error naming the choices."""
+    if chosen == "postgres":
+        return "postgres"
+    if chosen == "sqlite":
+        return "sqlite"
+    raise StackError(
+        f"Unknown backend {chosen!r}: expected one of {list(BACKENDS)} "
+        "(`shipyard stack up --backend postgres`)."
+    )
+
+
 def record_backend(settings: Settings, chosen: str) -> Backend:
-    """Record `chosen` in stack.json: later `stack up`s keep it until told otherwise."""
-    if chosen not in BACKENDS:
-        raise StackError(
-            f"Unknown backend {chosen!r}: expected one of {list(BACKENDS)} "
-            "(`shipyard stack up --backend postgres`)."
-        )
+    """Record `chosen` in stack.json: later `stack up`s keep it until told otherwise. `stack
+    up` records it only once the servers answer on it (`services.up`)."""
+    parsed = parse_backend(chosen)
     state = stack_state.read(settings)
-    state["backend"] = chosen
+    state["backend"] = parsed
     stack_state.write(settings, state)
     return backend(settings)
 
 
-def use_stack_mlflow(settings: Settings, environ: MutableMapping[str, str]) -> str | None:
+def use_stack_mlflow(
+    settings: Settings, environ: MutableMapping[str, str], chosen: Backend | None = None
+) -> str | None:
     """Point this process's MLflow client at the stack's tracking server when the stack runs on
-    Postgres and no tracking URI is configured: the store is then only reachable through it
-    (the embedded SQLite file is not the registry any more). Returns the URI set, if any."""
-    if settings.mlflow_tracking_uri or backend(settings) != "postgres":
+    Postgres (`chosen`, else the recorded backend) and no tracking URI is configured: the store
+    is then only reachable through it (the embedded SQLite file is not the registry any more).
+    Returns the URI set, if any."""
+    if settings.mlflow_tracking_uri or (chosen or backend(settings)) != "postgres":
         return None
     environ["MLFLOW_TRACKING_URI"] = tracking_url(settings)
     return environ["MLFLOW_TRACKING_URI"]
@@ -249,16 +261,61 @@ def connect_args(settings: Settings, database: str = "postgres") -> dict[str, ob
     }
 
 
-def answers(settings: Settings) -> bool:
-    """The cluster takes a connection of the stack's role."""
+def _connect_error(settings: Settings) -> str | None:
+    """Why a connection of the stack's role fails (psycopg's message), None if it succeeds."""
     import psycopg
 
     try:
         with psycopg.connect(**connect_args(settings)) as connection:  # type: ignore[arg-type]
             connection.execute("SELECT 1")
-        return True
-    except psycopg.Error:
+        return None
+    except psycopg.Error as e:
+        return str(e) or type(e).__name__
+
+
+def answers(settings: Settings) -> bool:
+    """The cluster takes a connection of the stack's role."""
+    return _connect_error(settings) is None
+
+
+def _serves_here(settings: Settings) -> bool:
+    """The stack's own cluster (its data directory) has started and listens on the stack's
+    port: what answers there is this cluster, not another server on the same port."""
+    try:
+        lines = (data_dir(settings) / "postmaster.pid").read_text().splitlines()
+    except OSError:
         return False
+    # https://www.postgresql.org/docs/15/storage-file-layout.html: line 4 is the port, line
+    # 8 the postmaster's status.
+    return (
+        len(lines) >= 8 and lines[3] == str(settings.postgres_port) and lines[7].strip() == "ready"
+    )
+
+
+def password_refused(error: str) -> bool:
+    """A connection error that is the server refusing the password (its sqlstate is not passed
+    on for a failed connection; the cluster's messages are in English, locale C)."""
+    return "password authentication failed" in error
+
+
+def refusal(settings: Settings) -> str | None:
+    """Why the stack's running cluster will never serve it: made with another password than
+    the stack's (a cluster left from an earlier stack whose password file is gone). None when
+    it answers, or is not (yet) up."""
+    if not _serves_here(settings):
+        return None
+    error = _connect_error(settings)
+    if error is None or not password_refused(error):
+        return None
+    return (
+        f"The Postgres cluster in {cluster_dir(settings)} does not accept the stack's password: "
+        f"it was made with another one than the password in {password_file(settings)} (which "
+        f"the servers get through {passfile(settings)}), e.g. by an earlier stack whose "
+        "password file is gone. Nothing was deleted. Either restore that earlier "
+        f"{password_file(settings).name} file to {password_file(settings)}, or remove the "
+        f"cluster directory {cluster_dir(settings)} (its databases with it) to start with an "
+        "empty cluster."
+    )
 
 
 def ensure_databases(settings: Settings, say: Say) -> None:
@@ -266,11 +323,17 @@ def ensure_databases(settings: Settings, say: Say) -> None:
     import psycopg
     from psycopg import sql
 
-    with psycopg.connect(**connect_args(settings), autocommit=True) as connection:  # type: ignore[arg-type]
-        for name in DATABASES:
-            exists = connection.execute(
-                "SELECT 1 FROM pg_database WHERE datname = %s", (name,)
-            ).fetchone()
-            if not exists:
-                connection.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-                say(f"postgres: created database {name}")
+    try:
+        with psycopg.connect(**connect_args(settings), autocommit=True) as connection:  # type: ignore[arg-type]
+            for name in DATABASES:
+                exists = connection.execute(
+                    "SELECT 1 FROM pg_database WHERE datname = %s", (name,)
+                ).fetchone()
+                if not exists:
+                    connection.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+                    say(f"postgres: created database {name}")
+    except psycopg.Error as e:
+        raise StackError(
+            f"Creating the databases {list(DATABASES)} on 127.0.0.1:{settings.postgres_port} "
+            f"failed: {e}"
+        ) from e

@@ -60,6 +60,9 @@ class Service:
     all, for a non-root user to read."""
     ready: Callable[[], bool] | None = None
     """Whether it serves, for a service without an HTTP health URL (Postgres)."""
+    hopeless: Callable[[], str | None] | None = None
+    """Why it runs but will never serve, however long one waits (Postgres refusing the stack's
+    password): `stack up` then stops it and fails with that reason."""
     user: str | None = None
     stop_signal: str = "TERM"
     stop_group: bool = True
@@ -85,17 +88,18 @@ def own_prefect(settings: Settings) -> bool:
     return prefect_api(settings) == credentials.stack_api(settings)
 
 
-def own_mlflow(settings: Settings) -> bool:
+def own_mlflow(settings: Settings, backend: postgres.Backend | None = None) -> bool:
     """A tracking server the user configured (http[s]://) is used as it is, not started; on
-    Postgres, the stack's own server's URL (which its clients are given) names the stack's."""
-    if postgres.backend(settings) == "postgres":
+    Postgres (`backend`, else the recorded one), the stack's own server's URL (which its
+    clients are given) names the stack's."""
+    if (backend or postgres.backend(settings)) == "postgres":
         configured = (settings.mlflow_tracking_uri or "").rstrip("/")
         return configured in ("", postgres.tracking_url(settings))
     return not settings.tracking_uri.startswith(("http://", "https://"))
 
 
-def mlflow_ui(settings: Settings) -> str:
-    if own_mlflow(settings):
+def mlflow_ui(settings: Settings, backend: postgres.Backend | None = None) -> str:
+    if own_mlflow(settings, backend):
         return f"http://{settings.services_host}:{settings.mlflow_port}"
     return settings.mlflow_ui_url or settings.tracking_uri
 
@@ -126,15 +130,16 @@ def _passed_on(names: tuple[str, ...]) -> dict[str, str]:
     return {name: os.environ[name] for name in names if os.environ.get(name)}
 
 
-def plan(settings: Settings) -> list[Service]:
-    """What the stack runs here: the servers it owns (not those the user configured), the
-    worker and the webhook receiver."""
+def plan(settings: Settings, backend: postgres.Backend | None = None) -> list[Service]:
+    """What the stack runs here on `backend` (else the recorded one): the servers it owns (not
+    those the user configured), the worker and the webhook receiver."""
     host = settings.services_host
     api = prefect_api(settings)
     prefect_url = api.removesuffix("/api")
     base_env = _prefect_env(settings)
     webhook = WebhookSettings()
-    on_postgres = postgres.backend(settings) == "postgres"
+    backend = backend or postgres.backend(settings)
+    on_postgres = backend == "postgres"
     services = [
         *([_postgres_service(settings)] if on_postgres else []),
         Service(
@@ -193,15 +198,15 @@ def plan(settings: Settings) -> list[Service]:
                 # Prefect's default is 10 s: a pushed commit would wait that long to start.
                 "PREFECT_WORKER_QUERY_SECONDS": "1",
                 "SHIPYARD_STATE_DIR": str(settings.state_dir.resolve()),
-                "SHIPYARD_MLFLOW_UI_URL": mlflow_ui(settings),
+                "SHIPYARD_MLFLOW_UI_URL": mlflow_ui(settings, backend),
                 "PREFECT_UI_URL": prefect_url,
                 # On Postgres the registry is reachable only through the tracking server.
                 **(
                     {"MLFLOW_TRACKING_URI": postgres.tracking_url(settings)}
-                    if on_postgres and own_mlflow(settings)
+                    if on_postgres and own_mlflow(settings, backend)
                     else {}
                 ),
-                **(_passed_on(MLFLOW_CREDENTIALS) if not own_mlflow(settings) else {}),
+                **(_passed_on(MLFLOW_CREDENTIALS) if not own_mlflow(settings, backend) else {}),
             },
             umask=None,
         ),
@@ -225,8 +230,8 @@ def plan(settings: Settings) -> list[Service]:
         service
         for service in services
         if (service.name != "prefect-server" or own_prefect(settings))
-        and (service.name != "mlflow-server" or own_mlflow(settings))
-        and (service.name != "postgres" or own_prefect(settings) or own_mlflow(settings))
+        and (service.name != "mlflow-server" or own_mlflow(settings, backend))
+        and (service.name != "postgres" or own_prefect(settings) or own_mlflow(settings, backend))
     ]
 
 
@@ -240,6 +245,7 @@ def _postgres_service(settings: Settings) -> Service:
         f"postgresql://{address} (cluster {postgres.data_dir(settings)})",
         {},
         ready=lambda: postgres.answers(settings),
+        hopeless=lambda: postgres.refusal(settings),
         user=postgres.system_user(),
         # Its fast shutdown; the postmaster stops its own backends.
         stop_signal="INT",
@@ -329,19 +335,30 @@ def _start(settings: Settings, service: Service, say: Say) -> None:
             stop_signal=service.stop_signal,
         ),
     )
+    hopeless: list[str] = []
+
+    def give_up() -> bool:
+        if service.hopeless is not None and (reason := service.hopeless()):
+            hopeless.append(reason)
+            return True
+        return supervisor.info(settings, service.name).get("statename") in ("FATAL", "BACKOFF")
+
     try:
         wait_until(
             lambda: (not service.health and service.ready is None) or _healthy(service),
             90,
             0.5,
-            give_up=lambda: (
-                supervisor.info(settings, service.name).get("statename") in ("FATAL", "BACKOFF")
-            ),
+            give_up=give_up,
         )
     except TimedOut:
+        if hopeless:
+            supervisor.remove(settings, service.name)
+            raise StackError(
+                f"{hopeless[0]} ({service.name} is stopped: restarting it would not help.)"
+            ) from None
         raise StackError(
             f"{service.name} did not come up ({service.health or service.url}); see {log}: "
-            + log.read_text(errors="replace")[-600:]
+            + log.read_text(errors="replace")[-600:].strip()
         ) from None
     state = supervisor.describe(settings, service.name)
     say(
@@ -392,14 +409,20 @@ def register_deployments(settings: Settings, say: Say) -> None:
     say("deployments: release (webhook trigger), nightly-rebuild (cron), rollback, promote")
 
 
-def up(settings: Settings, say: Say) -> dict[str, str]:
-    """Start what is missing; return the URLs."""
-    services = plan(settings)
+STORE_SERVERS = ("postgres", "prefect-server", "mlflow-server")
+"""What keeps and serves the stores: a backend is recorded once these answer on it."""
+
+
+def up(settings: Settings, say: Say, backend: postgres.Backend | None = None) -> dict[str, str]:
+    """Start what is missing on `backend` (else the recorded one), recording it once the
+    servers answer on it; return the URLs."""
+    chosen = backend or postgres.backend(settings)
+    services = plan(settings, chosen)
     api = prefect_api(settings)
     if not own_prefect(settings):
         say(f"prefect-server: using PREFECT_API_URL {api}; nothing started")
         register_deployments(settings, say)
-    if not own_mlflow(settings):
+    if not own_mlflow(settings, chosen):
         say(f"mlflow-server: using the tracking server {settings.tracking_uri}; nothing started")
     elif not _loopback(settings.services_host):
         say(
@@ -408,24 +431,21 @@ def up(settings: Settings, say: Say) -> dict[str, str]:
             "registry. Set SHIPYARD_SERVICES_HOST=127.0.0.1, or put an authenticating proxy in front."
         )
     embedded = settings.state_dir.resolve() / "mlflow.db"
-    if postgres.backend(settings) == "postgres" and own_mlflow(settings) and embedded.is_file():
+    if chosen == "postgres" and own_mlflow(settings, chosen) and embedded.is_file():
         say(
             f"mlflow-server: on Postgres; the SQLite store {embedded} is not read (it stays as "
             "it was: `shipyard stack migrate --to postgres` moves a store that Postgres does not "
             "hold yet, `shipyard stack up --backend sqlite` goes back to it)"
         )
+    start_stores(settings, [s for s in services if s.name in STORE_SERVERS], chosen, say)
     for service in services:
-        if service.name == "postgres":
-            start_postgres(settings, say)
-            continue
-        _start(settings, service, say)
-        if service.name == "prefect-server":
-            register_deployments(settings, say)
+        if service.name not in STORE_SERVERS:
+            _start(settings, service, say)
     by_name = {s.name: s.url for s in services}
     return {
         "prefect_ui": api.removesuffix("/api"),
         "prefect_api": api,
-        "mlflow_ui": mlflow_ui(settings),
+        "mlflow_ui": mlflow_ui(settings, chosen),
         "webhook": by_name["webhook"],
         "webhook_secret_file": str(settings.stack_dir / "webhook-secret"),
         "backend": postgres.backend(settings),
@@ -435,6 +455,38 @@ def up(settings: Settings, say: Say) -> dict[str, str]:
             else {}
         ),
     }
+
+
+def start_stores(
+    settings: Settings, stores: list[Service], chosen: postgres.Backend, say: Say
+) -> None:
+    """Start `stores` (Postgres, then the servers on it) and only then record `chosen`: a
+    start that fails leaves the recorded backend as it was, and says how to retry or go back."""
+    previous = postgres.backend(settings)
+    try:
+        for service in stores:
+            if service.name == "postgres":
+                start_postgres(settings, say)
+                continue
+            _start(settings, service, say)
+            if service.name == "prefect-server":
+                register_deployments(settings, say)
+    except StackError as e:
+        if chosen != previous:
+            raise StackError(
+                f"The stack did not start on {chosen}, so it stays on {previous} (recorded in "
+                f"{settings.stack_file}): {e} Once that is fixed, run `shipyard stack up "
+                f"--backend {chosen}` again; `shipyard stack up --backend {previous}` goes back."
+            ) from e
+        if chosen == "postgres":
+            raise StackError(
+                f"{e} Once that is fixed, run `shipyard stack up` again; `shipyard stack up "
+                "--backend sqlite` runs the stack on SQLite meanwhile."
+            ) from e
+        raise
+    if chosen != previous:
+        postgres.record_backend(settings, chosen)
+        say(f"backend: {chosen}, recorded in {settings.stack_file} (was {previous})")
 
 
 def _loopback(host: str) -> bool:
