@@ -146,13 +146,22 @@ class Stack:
             time.sleep(1)
         pytest.fail(f"flow run {run_id} did not finish within {timeout_s} s")
 
-    def release_runs(self) -> list[dict[str, Any]]:
-        return list(
-            self.query(
-                "/flow_runs/filter",
-                {"flows": {"name": {"any_": ["release"]}}, "sort": "START_TIME_DESC"},
-            )
-        )
+    def release_runs(self, timeout_s: float = 60) -> list[dict[str, Any]]:
+        """The release flow runs, from a server that may answer slowly: the stack's Prefect on
+        SQLite once left a write (the CSRF token) unanswered for over 10 s right after a
+        triggered release was created; that is a wait here, not a lost release."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                return list(
+                    self.query(
+                        "/flow_runs/filter",
+                        {"flows": {"name": {"any_": ["release"]}}, "sort": "START_TIME_DESC"},
+                    )
+                )
+            except httpx.TimeoutException:
+                if time.monotonic() > deadline:
+                    raise
 
 
 Row = dict[str, Any]
