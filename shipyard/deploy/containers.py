@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -201,3 +202,15 @@ def health(container: Container) -> str:
     state = container.attrs.get("State", {})
     checked = state.get("Health", {}).get("Status")
     return f"{container.status}{f' ({checked})' if checked else ''}"
+
+
+def lines(stream: Iterable[bytes]) -> Iterator[bytes]:
+    """The lines of an engine log stream, whose chunks may split or join lines; without their
+    newline, the last one even if unterminated."""
+    pending = b""
+    for chunk in stream:
+        pending += chunk
+        *complete, pending = pending.split(b"\n")
+        yield from complete
+    if pending:
+        yield pending

@@ -78,14 +78,8 @@ def logs(
         prefix = f"[{instance.color} v{instance.version}] ".encode()
         container = client.containers.get(instance.container_id)
         stream = container.logs(tail=tail, stream=True, follow=follow)
-        pending = b""
-        for chunk in stream:
-            pending += chunk
-            *lines, pending = pending.split(b"\n")
-            for line in lines:
-                yield prefix + line + b"\n"
-        if pending:
-            yield prefix + pending + b"\n"
+        for line in containers.lines(stream):
+            yield prefix + line + b"\n"
 
 
 def chosen(

@@ -32,7 +32,7 @@ from docker.types import (
     UpdateConfig,
 )
 
-from shipyard.deploy.containers import IMAGE_USER, LABEL, ROLE, TMP_MB
+from shipyard.deploy.containers import IMAGE_USER, LABEL, ROLE, TMP_MB, lines
 from shipyard.errors import DeployError
 from shipyard.manifest import Resources as Limits
 
@@ -244,14 +244,8 @@ def logs(
     stream = client.api.service_logs(
         service_id, details=True, stdout=True, stderr=True, tail=tail, follow=follow
     )
-    pending = b""
-    for chunk in stream:
-        pending += chunk
-        *lines, pending = pending.split(b"\n")
-        for line in lines:
-            yield _with_node(line, names)
-    if pending:
-        yield _with_node(pending, names)
+    for line in lines(stream):
+        yield _with_node(line, names)
 
 
 def _with_node(line: bytes, names: dict[str, str]) -> tuple[str, bytes]:
