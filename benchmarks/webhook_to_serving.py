@@ -2,8 +2,9 @@
 version, split by stage.
 
 Run: `make bench-webhook` (after `shipyard stack up`: it uses the stack's engine and registry).
-Like the stack, it runs a Prefect server, `prefect deploy --all` of prefect.yaml, a process
-worker polling every second and the webhook receiver, here on free ports with a state directory
+Like the stack, it runs a Prefect server, `prefect deploy --all` of prefect.yaml, an MLflow
+server on the state directory's SQLite store, a process worker polling every second and the
+webhook receiver, here on free ports with a state directory
 of their own. A git repository holding examples/digits-sklearn gets a first commit, pushed and
 served (cold: nothing cached), then RUNS commits that each change the seed (a new model:
 retrained, exported, optimized, validated, registered, built, pushed, rolled out). For each it
@@ -168,6 +169,18 @@ def report(name: str, r: dict[str, Any]) -> None:
     print(f"  run ended at             {r['ended']:6.2f} s")
 
 
+def wait_for(url: str, seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.HTTPError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
 def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # clean up on kill too
     with tempfile.TemporaryDirectory() as tmp:
@@ -203,6 +216,25 @@ def main() -> None:
                     capture_output=True,
                 )
             log = LOG.open("w")
+            # The stack's MLflow server on the same SQLite store: the runs reach it through it.
+            state = root / "state"
+            state.mkdir()
+            mlflow_port = free_port()
+            processes.append(
+                subprocess.Popen(
+                    [
+                        sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1",
+                        "--port", str(mlflow_port), "--workers", "1",
+                        "--backend-store-uri", f"sqlite:///{state / 'mlflow.db'}",
+                        "--default-artifact-root", (state / "mlartifacts").as_uri(),
+                    ],
+                    env={**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            )  # fmt: skip
+            env["SHIPYARD_MLFLOW_SERVER_URL"] = f"http://127.0.0.1:{mlflow_port}"
+            wait_for(f"{env['SHIPYARD_MLFLOW_SERVER_URL']}/health")
             processes.append(
                 subprocess.Popen(
                     [
@@ -231,12 +263,7 @@ def main() -> None:
                 )
             )
             receiver = f"http://127.0.0.1:{hook_port}"
-            while True:
-                try:
-                    httpx.get(f"{receiver}/health", timeout=1)
-                    break
-                except httpx.HTTPError:
-                    time.sleep(0.2)
+            wait_for(f"{receiver}/health")
             report("cold (first commit)", release_once(api, receiver, repo, port, 0))
             for seed in range(1, RUNS + 1):
                 report(

@@ -7,6 +7,9 @@ serves (moved by a deploy that passed every step); `previous` what served before
 from __future__ import annotations
 
 import contextlib
+import functools
+import gc
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -26,12 +29,48 @@ FINGERPRINT_TAG = "shipyard.fingerprint"
 
 
 def client(settings: Settings) -> MlflowClient:
-    """A client for the configured store; the embedded SQLite one lives in `state_dir`."""
-    from mlflow import MlflowClient
+    """A client for the configured store; the embedded SQLite one lives in `state_dir`, and is
+    reached through the server that serves it (`mlflow_server_url`) while that answers."""
+    with _collector_off():  # MLflow brings 190k objects: no collection walks them meanwhile
+        from mlflow import MlflowClient
 
-    if not settings.mlflow_tracking_uri:
+    uri = store_uri(settings)
+    if uri == settings.tracking_uri and not settings.mlflow_tracking_uri:
         settings.state_dir.mkdir(parents=True, exist_ok=True)
-    return MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+@contextlib.contextmanager
+def _collector_off() -> Iterator[None]:
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def store_uri(settings: Settings) -> str:
+    """Where this process's clients reach the store: the configured tracking URI; for the
+    embedded store, the server serving it when it answers. Opening the SQLite file costs each
+    process about 2 s (MLflow's SQLAlchemy engine and its schema check); the server has paid
+    that once, and is then the file's one writer."""
+    served = settings.mlflow_server_url
+    if settings.mlflow_tracking_uri or not served:
+        return settings.tracking_uri
+    return served if _answers(served.rstrip("/")) else settings.tracking_uri
+
+
+@functools.cache
+def _answers(server: str) -> bool:
+    """Asked once per process: a release does not switch stores halfway."""
+    import httpx
+
+    try:
+        return httpx.get(f"{server}/health", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 def experiment_id(mlflow: MlflowClient, settings: Settings, model: str) -> str:

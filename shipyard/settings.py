@@ -112,6 +112,11 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("SHIPYARD_MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_URI"),
         description="MLflow tracking server; default: SQLite under state_dir.",
     )
+    mlflow_server_url: str | None = Field(
+        default=None,
+        description="A tracking server that serves the embedded store (the stack's sets it): "
+        "clients reach the store through it while it answers, else open the SQLite file.",
+    )
     mlflow_ui_url: str | None = Field(
         default=None,
         description="Base URL of an MLflow UI, for links; default: the tracking URI if HTTP.",

@@ -191,6 +191,9 @@ def test_the_stack_runs_a_release_the_ui_shows_and_down_stops_only_its_services(
                 break
             time.sleep(1)
         assert flow_run["state"]["type"] == "COMPLETED", flow_run["state"]
+        # The worker's run reached the SQLite store through the stack's MLflow server.
+        served = tmp_path / "stack" / "mlflow-server.log"
+        assert "POST /api/2.0/mlflow/model-versions/create" in served.read_text()
 
         # The server's scheduler turned prefect.yaml's nightly cron into runs at 03:00 UTC.
         deadline = time.monotonic() + 90
@@ -262,8 +265,11 @@ def test_the_stack_runs_a_release_the_ui_shows_and_down_stops_only_its_services(
         ).json()["registered_model"]
         assert any(a["alias"] == "champion" for a in model["aliases"])
 
-        # The CLI finds the stack's server by itself: its runs show in the same UI.
+        # The CLI finds the stack's servers by itself: its runs show in the same UI, and it
+        # reads the registry through the same MLflow server.
+        asked = served.read_text().count("GET /api/2.0/mlflow/registered-models/alias")
         done = run("promote", MODEL, "--version", "champion", "--json")
+        assert served.read_text().count("GET /api/2.0/mlflow/registered-models/alias") > asked
         promoted = json.loads(done.stdout.splitlines()[-1])
         assert promoted["endpoint"] == f"http://127.0.0.1:{port}"
         runs = prefect.post(

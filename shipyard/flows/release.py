@@ -213,7 +213,7 @@ def _expect_later_stages(settings: Settings) -> None:
     a sandbox runs (`shipyard.warmup`), so a new commit's release does not wait for it after."""
     store = (
         ["mlflow.store.tracking.sqlalchemy_store"]
-        if settings.tracking_uri.startswith("sqlite")
+        if registry.store_uri(settings).startswith("sqlite")
         else []
     )
     warmup.expect(

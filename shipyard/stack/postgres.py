@@ -77,11 +77,33 @@ def use_stack_mlflow(
     """Point this process's MLflow client at the stack's tracking server when the stack runs on
     Postgres (`chosen`, else the recorded backend) and no tracking URI is configured: the store
     is then only reachable through it (the embedded SQLite file is not the registry any more).
-    Returns the URI set, if any."""
-    if settings.mlflow_tracking_uri or (chosen or backend(settings)) != "postgres":
+    Returns the URI set, if any. On SQLite, the server is named as the one that serves the
+    embedded store (`serving`), which clients use while it answers."""
+    if settings.mlflow_tracking_uri:
+        return None
+    if (chosen or backend(settings)) != "postgres":
+        served = serving(settings)
+        if served and not settings.mlflow_server_url:
+            environ["SHIPYARD_MLFLOW_SERVER_URL"] = served
         return None
     environ["MLFLOW_TRACKING_URI"] = tracking_url(settings)
     return environ["MLFLOW_TRACKING_URI"]
+
+
+def serving(settings: Settings) -> str | None:
+    """The stack's MLflow server, when its program (as supervisord runs it) serves this
+    process's embedded store, the same SQLite file: clients then go through it
+    (`registry.store_uri`). None for another project's store, or no server."""
+    from shipyard.stack import supervisor
+
+    args = supervisor.command(settings, "mlflow-server")
+
+    def value(flag: str) -> str | None:
+        return args[args.index(flag) + 1] if flag in args[:-1] else None
+
+    if value("--backend-store-uri") != settings.tracking_uri:
+        return None
+    return f"http://{value('--host')}:{value('--port')}"
 
 
 def tracking_url(settings: Settings) -> str:

@@ -206,6 +206,12 @@ def plan(settings: Settings, backend: postgres.Backend | None = None) -> list[Se
                     if on_postgres and own_mlflow(settings, backend)
                     else {}
                 ),
+                # On SQLite the runs reach the same file through the server while it answers.
+                **(
+                    {"SHIPYARD_MLFLOW_SERVER_URL": postgres.tracking_url(settings)}
+                    if not on_postgres and own_mlflow(settings, backend)
+                    else {}
+                ),
                 **(_passed_on(MLFLOW_CREDENTIALS) if not own_mlflow(settings, backend) else {}),
             },
             umask=None,

@@ -238,6 +238,17 @@ def info(settings: Settings, name: str) -> dict[str, Any]:
         return {}
 
 
+def command(settings: Settings, name: str) -> list[str]:
+    """The arguments `name`'s program file runs (what `render_program` wrote), [] if none."""
+    path = _programs_dir(settings) / f"{name}.conf"
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        return []
+    line = next((x for x in lines if x.startswith("command=")), "command=")
+    return [a.replace("%%", "%") for a in shlex.split(line.removeprefix("command="))]
+
+
 def programs(settings: Settings) -> list[str]:
     return sorted(p.stem for p in _programs_dir(settings).glob("*.conf"))
 
