@@ -345,8 +345,10 @@ class Proxy:
         self.command(f"set server {BACKEND}/{color} state ready")
 
     def weigh(self, weights: dict[str, int]) -> None:
-        for color, weight in weights.items():
-            self.command(f"set server {BACKEND}/{color} weight {weight}")
+        """Heaviest slot first, in one line: no moment where every slot weighs 0 (a 503)."""
+        ordered = sorted(weights.items(), key=lambda item: -item[1])
+        if ordered:
+            self.command("; ".join(f"set server {BACKEND}/{c} weight {w}" for c, w in ordered))
 
     def disable(self, color: str) -> None:
         """Send the slot no new request; requests under way finish."""

@@ -151,6 +151,18 @@ def split(weights: dict[str, int], replicas: dict[str, int]) -> dict[str, int]:
     return {c: (max(1, round(v * 256 / top)) if v > 0 else 0) for c, v in raw.items()}
 
 
+def weigh_commands(weights: dict[str, int]) -> list[str]:
+    """The runtime API commands that set each slot's servers to its weight, the heaviest slot
+    first: traffic moving from blue to green never meets a moment where every server weighs 0
+    (HAProxy would answer 503). They are sent as one line, so the mixed state lasts one pass."""
+    ordered = sorted(weights.items(), key=lambda item: -item[1])
+    return [
+        f"set server {BACKEND}/{color}{i} weight {weight}"
+        for color, weight in ordered
+        for i in range(1, SLOTS + 1)
+    ]
+
+
 class SwarmProxy(Proxy):
     """One Swarm endpoint's HAProxy, a service of one task on a manager (this machine)."""
 
@@ -270,9 +282,8 @@ class SwarmProxy(Proxy):
             self.command(f"set server {BACKEND}/{color}{i} state ready")
 
     def weigh(self, weights: dict[str, int]) -> None:
-        for color, weight in weights.items():
-            for i in range(1, SLOTS + 1):
-                self.command(f"set server {BACKEND}/{color}{i} weight {weight}")
+        if weights:
+            self.command("; ".join(weigh_commands(weights)))
 
     def disable(self, color: str) -> None:
         for i in range(1, SLOTS + 1):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from shipyard.deploy.swarm_proxy import SLOTS, render, split
+from shipyard.deploy.swarm_proxy import SLOTS, render, split, weigh_commands
 from shipyard.errors import ManifestError
 from shipyard.manifest import DeployPolicy, parse_manifest
 from tests.support.projects import EXAMPLES
@@ -77,3 +77,32 @@ def test_each_slot_gets_its_share_whatever_its_replica_count(
         total = sum(per_server[c] * replicas[c] for c in weights)
         for color, share in weights.items():
             assert abs(100 * per_server[color] * replicas[color] / total - share) < 1.5
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        # blue-green: the endpoint's recorded order puts the old slot first
+        ({"blue": 100, "green": 0}, {"blue": 0, "green": 100}),
+        ({"green": 90, "blue": 10}, {"green": 0, "blue": 100}),  # the last canary step
+    ],
+)
+def test_moving_traffic_never_leaves_every_server_at_weight_zero(
+    before: dict[str, int], after: dict[str, int]
+) -> None:
+    """HAProxy answers 503 while every server weighs 0: the switch (applied command by command,
+    as HAProxy runs a line of them) must raise the new slot before it lowers the old one."""
+    replicas = {"blue": 3, "green": 3}
+    weight = {
+        f"{color}{i}": w
+        for color, w in split(before, replicas).items()
+        for i in range(1, SLOTS + 1)
+    }
+    assert any(weight.values())
+    for command in weigh_commands(split(after, replicas)):
+        server, value = command.removeprefix("set server model/").split(" weight ")
+        weight[server] = int(value)
+        assert any(weight.values()), f"every server weighs 0 after {command!r}"
+    assert {s.rstrip("0123456789") for s, w in weight.items() if w} == {
+        c for c, w in after.items() if w
+    }
