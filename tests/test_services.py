@@ -194,6 +194,9 @@ def test_the_stack_runs_a_release_the_ui_shows_and_down_stops_only_its_services(
         # The worker's run reached the SQLite store through the stack's MLflow server.
         served = tmp_path / "stack" / "mlflow-server.log"
         assert "POST /api/2.0/mlflow/model-versions/create" in served.read_text()
+        # Its engine was forked by the stack's engine server, not started as a new interpreter.
+        forked = (tmp_path / "stack" / "engine-server.log").read_text()
+        assert f"flow run {run_id}: engine pid" in forked, forked[-2000:]
 
         # The server's scheduler turned prefect.yaml's nightly cron into runs at 03:00 UTC.
         deadline = time.monotonic() + 90
@@ -318,4 +321,4 @@ def test_a_team_server_configured_in_the_environment_is_used_not_started(
     monkeypatch.delenv("PREFECT_API_URL")
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
     own = {service.name for service in services.plan(Settings(stack_dir=tmp_path / "stack"))}
-    assert own == {"prefect-server", "mlflow-server", "prefect-worker", "webhook"}
+    assert own == {"prefect-server", "mlflow-server", "engine-server", "prefect-worker", "webhook"}

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import json
 import os
 import secrets
 import signal
@@ -25,14 +26,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.resources import as_file, files
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 from shipyard.deployments.webhook import WebhookSettings
 from shipyard.errors import StackError
-from shipyard.processes import Started
+from shipyard.processes import Started, short_socket_path
 from shipyard.settings import Settings
-from shipyard.stack import credentials, postgres, supervisor
+from shipyard.stack import credentials, engine_client, postgres, supervisor
 from shipyard.stack import state as stack_state
 from shipyard.stack.engine import Say
 from shipyard.waiting import TimedOut, wait_until
@@ -42,6 +44,8 @@ PREFECT = [sys.executable, "-m", "prefect"]
 MLFLOW = [sys.executable, "-m", "mlflow"]
 SHIPYARD = [sys.executable, "-m", "shipyard"]
 LAUNCH = [sys.executable, "-m", "shipyard.stack.launch"]
+ENGINE_SERVER = [sys.executable, "-m", "shipyard.stack.engine_server"]
+POOL_CREATE = ["work-pool", "create", "shipyard", "--type", "process", "--overwrite"]
 PREFECT_YAML = files("shipyard.deployments").joinpath("prefect.yaml")
 """The deployments the stack registers: package data, with module entrypoints, so an installed
 Shipyard needs no checkout."""
@@ -140,6 +144,27 @@ def plan(settings: Settings, backend: postgres.Backend | None = None) -> list[Se
     webhook = WebhookSettings()
     backend = backend or postgres.backend(settings)
     on_postgres = backend == "postgres"
+    worker_env = {
+        **base_env,
+        # Prefect's default is 10 s: a pushed commit would wait that long to start.
+        "PREFECT_WORKER_QUERY_SECONDS": "1",
+        "SHIPYARD_STATE_DIR": str(settings.state_dir.resolve()),
+        "SHIPYARD_MLFLOW_UI_URL": mlflow_ui(settings, backend),
+        "PREFECT_UI_URL": prefect_url,
+        # On Postgres the registry is reachable only through the tracking server.
+        **(
+            {"MLFLOW_TRACKING_URI": postgres.tracking_url(settings)}
+            if on_postgres and own_mlflow(settings, backend)
+            else {}
+        ),
+        # On SQLite the runs reach the same file through the server while it answers.
+        **(
+            {"SHIPYARD_MLFLOW_SERVER_URL": postgres.tracking_url(settings)}
+            if not on_postgres and own_mlflow(settings, backend)
+            else {}
+        ),
+        **(_passed_on(MLFLOW_CREDENTIALS) if not own_mlflow(settings, backend) else {}),
+    }
     services = [
         *([_postgres_service(settings)] if on_postgres else []),
         Service(
@@ -188,32 +213,26 @@ def plan(settings: Settings, backend: postgres.Backend | None = None) -> list[Se
                 **({"PGPASSFILE": str(postgres.passfile(settings))} if on_postgres else {}),
             },
         ),
+        *(
+            [
+                Service(
+                    "engine-server",
+                    [*ENGINE_SERVER, str(engine_socket(settings))],
+                    "",
+                    str(engine_socket(settings)),
+                    worker_env,
+                    umask=None,  # the worker's: a run forked from it writes what images copy
+                )
+            ]
+            if own_prefect(settings)
+            else []
+        ),
         Service(
             "prefect-worker",
             [*PREFECT, "worker", "start", "--pool", "shipyard", "--type", "process"],
             "",
             "pool shipyard",
-            {
-                **base_env,
-                # Prefect's default is 10 s: a pushed commit would wait that long to start.
-                "PREFECT_WORKER_QUERY_SECONDS": "1",
-                "SHIPYARD_STATE_DIR": str(settings.state_dir.resolve()),
-                "SHIPYARD_MLFLOW_UI_URL": mlflow_ui(settings, backend),
-                "PREFECT_UI_URL": prefect_url,
-                # On Postgres the registry is reachable only through the tracking server.
-                **(
-                    {"MLFLOW_TRACKING_URI": postgres.tracking_url(settings)}
-                    if on_postgres and own_mlflow(settings, backend)
-                    else {}
-                ),
-                # On SQLite the runs reach the same file through the server while it answers.
-                **(
-                    {"SHIPYARD_MLFLOW_SERVER_URL": postgres.tracking_url(settings)}
-                    if not on_postgres and own_mlflow(settings, backend)
-                    else {}
-                ),
-                **(_passed_on(MLFLOW_CREDENTIALS) if not own_mlflow(settings, backend) else {}),
-            },
+            worker_env,
             umask=None,
         ),
         Service(
@@ -397,14 +416,43 @@ def _adopt_bare(settings: Settings, name: str, say: Say) -> None:
         say(f"{name}: stopped pid {started.pid} (unsupervised, from an older stack up)")
 
 
+def engine_socket(settings: Settings) -> Path:
+    return short_socket_path(settings.stack_dir, "engine.sock")
+
+
+def process_pool_template(settings: Settings, command: str | None = "") -> dict[str, Any]:
+    """Prefect's process pool template, whose runs are forked by the stack's engine server.
+
+    With no command, Prefect 3.8's process worker starts a workspace supervisor (an interpreter
+    importing Prefect), which starts `python -m prefect.engine` (a second, importing Prefect and
+    the flow): 4-6 s from Pending to Running here. The command is `engine_client.py`, a
+    standard-library script that has `shipyard.stack.engine_server` fork the run's engine with
+    everything imported (under 1 s), or runs `python -m prefect.engine` itself when that server
+    does not answer. A run's own `command` job variable still wins; `command=None` keeps
+    Prefect's own."""
+    from prefect.workers.process import ProcessWorker
+
+    template = ProcessWorker.get_default_base_job_template()
+    client = Path(engine_client.__file__).resolve()
+    if command == "":
+        command = f"{sys.executable} -I -S {client} {engine_socket(settings)}"
+    template["variables"]["properties"]["command"]["default"] = command
+    return template
+
+
 def register_deployments(settings: Settings, say: Say) -> None:
     """`prefect deploy --all` from prefect.yaml, on a `shipyard` process pool."""
     # prefect.yaml's pull step is `{{ $PWD }}`, filled in at deploy time: the directory
     # `stack up` was started from, where the worker's runs resolve relative sources.
     env = {**os.environ, **_prefect_env(settings), "PWD": str(Path.cwd())}
+    template = settings.state_dir / "process-pool-template.json"
+    template.parent.mkdir(parents=True, exist_ok=True)
+    # A team's pool may have workers on other machines: it keeps Prefect's own command.
+    default = {} if own_prefect(settings) else {"command": None}
+    template.write_text(json.dumps(process_pool_template(settings, **default)))
     with as_file(PREFECT_YAML) as prefect_yaml:
         for args in (
-            ["work-pool", "create", "shipyard", "--type", "process", "--overwrite"],
+            [*POOL_CREATE, "--base-job-template", str(template)],
             ["--no-prompt", "deploy", "--all", "--prefect-file", str(prefect_yaml)],
         ):
             done = subprocess.run([*PREFECT, *args], env=env, capture_output=True, text=True)
@@ -533,7 +581,8 @@ def _backend_line(settings: Settings) -> str:
 
 def down(settings: Settings, say: Say) -> None:
     """Stop the services this stack started, clients first; they do not come back."""
-    order = ["webhook", "prefect-worker", "prefect-server", "mlflow-server", "postgres"]
+    order = ["webhook", "prefect-worker", "engine-server", "prefect-server", "mlflow-server"]
+    order += ["postgres"]
     for name in order:
         if name in supervisor.programs(settings):
             supervisor.remove(settings, name)

@@ -286,6 +286,7 @@ def shutdown(settings: Settings, say: Callable[[str], None]) -> None:
     order = [
         "webhook",
         "prefect-worker",
+        "engine-server",
         "prefect-server",
         "mlflow-server",
         "postgres",

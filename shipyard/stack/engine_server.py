@@ -1,0 +1,260 @@
+"""The stack worker's engine server: a process with Prefect's engine and the deployments' flows
+imported once, which forks each flow run's engine on request, so a run starts in milliseconds
+where `python -m prefect.engine` spends about 2 s importing.
+
+`python -m shipyard.stack.engine_server SOCKET`, under the stack's supervisord. The process pool's
+command (`services.process_pool_template`) is `engine_client.py SOCKET`: the client sends its
+stdin, stdout and stderr (SCM_RIGHTS), its environment and directory; the server forks; the child
+takes them, re-reads Prefect's settings and logging from that environment and runs
+`prefect.engine` as `python -m` would. The server answers `pid N`, then `exit CODE` (or
+`signal N`) when the run ends. A client that dies (SIGKILL) takes its run with it, as the engine process it replaces
+would. The server never starts a thread, so forking it is safe.
+
+Code on disk newer than what the server imported (an upgrade, an edit) is never run stale: the
+server answers `stale` (the client then runs `python -m prefect.engine` itself), lets its runs
+finish, and exits; supervisord starts it again with the new code.
+
+Python's own forkserver (`multiprocessing`, `set_forkserver_preload`) forks preloaded children
+too, but for its own `Process` objects only: the run must be the process Prefect's worker
+started and watches, with that process's descriptors, signals and exit code; hence this.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import gc
+import importlib
+import json
+import os
+import runpy
+import selectors
+import signal
+import socket
+import struct
+import sys
+import traceback
+from importlib.resources import files
+from pathlib import Path
+
+import yaml
+
+MAX_REQUEST = 1 << 20
+
+
+def entrypoint_modules() -> list[str]:
+    """The modules of the flows the stack's deployments run (package data `prefect.yaml`)."""
+    spec = yaml.safe_load(files("shipyard.deployments").joinpath("prefect.yaml").read_text())
+    return sorted({d["entrypoint"].split(":")[0] for d in spec["deployments"]})
+
+
+def preload() -> None:
+    for name in ["prefect.engine", "prefect.flow_engine", *entrypoint_modules()]:
+        importlib.import_module(name)
+
+
+def stamps() -> dict[str, int]:
+    """Every imported module's file and its modification time: what a fork would run."""
+    out = {}
+    for module in list(sys.modules.values()):
+        path = getattr(module, "__file__", None)
+        if path:
+            with contextlib.suppress(OSError):
+                out[path] = os.stat(path).st_mtime_ns
+    return out
+
+
+def changed(before: dict[str, int]) -> bool:
+    for path, mtime in before.items():
+        try:
+            if os.stat(path).st_mtime_ns != mtime:
+                return True
+        except OSError:
+            return True
+    return False
+
+
+def receive(conn: socket.socket) -> tuple[dict[str, object], list[int]]:
+    """One request: its JSON (env, cwd, argv) and the client's three descriptors."""
+    data, fds, _flags, _addr = socket.recv_fds(conn, 65536, 3)
+    if len(data) < 4:
+        raise ValueError("short request")
+    (size,) = struct.unpack("!I", data[:4])
+    if size > MAX_REQUEST:
+        raise ValueError(f"request of {size} bytes")
+    body = data[4:]
+    while len(body) < size:
+        chunk = conn.recv(size - len(body))
+        if not chunk:
+            raise ValueError("request cut short")
+        body += chunk
+    if len(fds) != 3:
+        raise ValueError(f"{len(fds)} descriptors, expected stdin, stdout and stderr")
+    return json.loads(body), fds
+
+
+def run_engine(request: dict[str, object], fds: list[int]) -> int:
+    """In the forked child: become the run's engine process. Returns its exit code."""
+    for target, fd in enumerate(fds):
+        os.dup2(fd, target)
+        os.close(fd)
+    os.chdir(str(request["cwd"]))
+    os.environ.clear()
+    os.environ.update({str(k): str(v) for k, v in dict(request["env"]).items()})  # type: ignore[call-overload]
+    sys.argv = ["prefect.engine", *map(str, request["argv"])]  # type: ignore[call-overload]
+    import prefect.context
+    import prefect.logging.configuration
+
+    prefect.context.refresh_global_settings_context()
+    prefect.logging.configuration.setup_logging()
+    try:
+        runpy.run_module("prefect.engine", run_name="__main__", alter_sys=True)
+    except SystemExit as e:
+        if e.code is None or isinstance(e.code, int):
+            return e.code or 0
+        print(e.code, file=sys.stderr)
+        return 1
+    except BaseException:
+        traceback.print_exc()
+        return 1
+    return 0
+
+
+class Server:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.runs: dict[int, socket.socket] = {}
+        self.stale = False
+        self.selector = selectors.DefaultSelector()
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.wake_r, self.wake_w = os.pipe()
+
+    def start(self) -> None:
+        self.path.unlink(missing_ok=True)
+        old = os.umask(0o177)
+        try:
+            self.listener.bind(str(self.path))
+        finally:
+            os.umask(old)
+        self.listener.listen(32)
+        os.set_blocking(self.wake_w, False)
+        signal.set_wakeup_fd(self.wake_w)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        self.selector.register(self.listener, selectors.EVENT_READ, "accept")
+        self.selector.register(self.wake_r, selectors.EVENT_READ, "wake")
+
+    def serve(self, loaded: dict[str, int]) -> None:
+        while not (self.stale and not self.runs):
+            for key, _ in self.selector.select(timeout=1.0):
+                if key.data == "accept":
+                    conn, _ = self.listener.accept()
+                    self.handle(conn, loaded)
+                elif key.data == "wake":
+                    with contextlib.suppress(BlockingIOError):
+                        os.read(self.wake_r, 512)
+                else:  # a client's connection: it said nothing more, so it is gone
+                    self.client_gone(key.data)
+            self.reap()
+
+    def handle(self, conn: socket.socket, loaded: dict[str, int]) -> None:
+        conn.settimeout(5)
+        try:
+            request, fds = receive(conn)
+        except (OSError, ValueError) as e:
+            print(f"engine-server: refused a request: {e}", file=sys.stderr, flush=True)
+            conn.close()
+            return
+        if self.stale or changed(loaded):
+            if not self.stale:
+                print("engine-server: code changed on disk; exits once its runs end", flush=True)
+            self.stale = True
+            for fd in fds:
+                os.close(fd)
+            with contextlib.suppress(OSError):
+                conn.sendall(b"stale\n")
+            conn.close()
+            return
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            self.child(request, fds)
+        for fd in fds:
+            os.close(fd)
+        try:
+            conn.sendall(f"pid {pid}\n".encode())
+        except OSError:
+            os.kill(pid, signal.SIGKILL)
+        self.runs[pid] = conn
+        self.selector.register(conn, selectors.EVENT_READ, pid)
+        run = dict(request["env"]).get("PREFECT__FLOW_RUN_ID", "?")  # type: ignore[call-overload]
+        print(f"engine-server: flow run {run}: engine pid {pid}", flush=True)
+
+    def child(self, request: dict[str, object], fds: list[int]) -> None:
+        code = 1
+        try:
+            os.setsid()
+            signal.set_wakeup_fd(-1)
+            for signum in (signal.SIGCHLD, signal.SIGTERM):
+                signal.signal(signum, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            self.selector.close()
+            self.listener.close()
+            for other in self.runs.values():
+                other.close()
+            os.close(self.wake_r)
+            os.close(self.wake_w)
+            code = run_engine(request, fds)
+        finally:
+            with contextlib.suppress(BaseException):
+                atexit._run_exitfuncs()
+            with contextlib.suppress(BaseException):
+                sys.stdout.flush()
+                sys.stderr.flush()
+            os._exit(code)
+
+    def client_gone(self, pid: int) -> None:
+        """A client that closed its connection before its run ended was killed: so is the run."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+        self.selector.unregister(self.runs[pid])
+
+    def reap(self) -> None:
+        while self.runs:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            conn = self.runs.pop(pid, None)
+            if conn is None:
+                continue
+            with contextlib.suppress(KeyError, ValueError):
+                self.selector.unregister(conn)
+            # Killed by a signal: the client dies of the same one, as the engine would have.
+            code = os.waitstatus_to_exitcode(status)
+            answer = f"signal {-code}" if code < 0 else f"exit {code}"
+            print(f"engine-server: engine pid {pid}: {answer}", flush=True)
+            with contextlib.suppress(OSError):
+                conn.sendall(f"{answer}\n".encode())
+            conn.close()
+
+
+def main() -> None:
+    if len(sys.argv) != 2:
+        sys.exit("usage: python -m shipyard.stack.engine_server SOCKET")
+    gc.disable()
+    preload()
+    gc.freeze()  # the imports' objects stay shared with every fork (copy-on-write)
+    gc.enable()
+    server = Server(Path(sys.argv[1]))
+    server.start()
+    print(
+        f"engine-server: {len(sys.modules)} modules loaded; listening on {server.path}", flush=True
+    )
+    server.serve(stamps())
+
+
+if __name__ == "__main__":
+    main()
