@@ -3,13 +3,15 @@ version, split by stage.
 
 Run: `make bench-webhook` (after `shipyard stack up`: it uses the stack's engine and registry).
 Like the stack, it runs a Prefect server, `prefect deploy --all` of prefect.yaml, an MLflow
-server on the state directory's SQLite store, a process worker polling every second and the
-webhook receiver, here on free ports with a state directory
-of their own. A git repository holding examples/digits-sklearn gets a first commit, pushed and
+server on the state directory's SQLite store, the engine server and a process worker polling
+every second on a pool whose command is the engine client, and the webhook receiver, here on
+free ports with a state directory of their own. A git repository holding examples/digits-sklearn gets a first commit, pushed and
 served (cold: nothing cached), then RUNS commits that each change the seed (a new model:
 retrained, exported, optimized, validated, registered, built, pushed, rolled out). For each it
 prints the receiver's answer, the run's creation and start, every stage's start and duration,
-and the first answer from the new version, all from the moment the push was sent.
+and the first answer from the new version, all from the moment the push was sent. The last
+DEFAULT_RUNS commits run on the pool with Prefect's own command (workspace supervisor, then
+`python -m prefect.engine`), for the run start side by side.
 """
 
 from __future__ import annotations
@@ -34,12 +36,17 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from release_variants import free_port, start_prefect
 
+from shipyard.settings import Settings
+from shipyard.stack import services
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 MODEL = "digits-sklearn"
 REPOSITORY = "bench/digits-sklearn"
 SECRET = "benchmark-webhook-secret"
 RUNS = 3
+DEFAULT_RUNS = 2
+"""Commits released with Prefect's own process-pool command, after RUNS with the engine server."""
 LOG = Path(tempfile.gettempdir()) / "webhook_to_serving.services.log"
 """The worker's and the receiver's output (kept after the run, to read where time went)."""
 
@@ -204,8 +211,17 @@ def main() -> None:
         processes: list[subprocess.Popen[bytes]] = [server]
         port = free_port()
         try:
+            # The stack's pool and engine server; the last commits run with Prefect's own command
+            # (`use_pool_command`), side by side.
+            stack = Settings(stack_dir=root / "stack", state_dir=root / "state")
+            templates = {}
+            for name, command in (("engine server", ""), ("prefect default", None)):
+                templates[name] = root / f"pool-{name.replace(' ', '-')}.json"
+                templates[name].write_text(
+                    json.dumps(services.process_pool_template(stack, command))
+                )
             for args in (
-                ["work-pool", "create", "shipyard", "--type", "process", "--overwrite"],
+                [*services.POOL_CREATE, "--base-job-template", str(templates["engine server"])],
                 ["--no-prompt", "deploy", "--all"],
             ):
                 subprocess.run(
@@ -235,6 +251,16 @@ def main() -> None:
             )  # fmt: skip
             env["SHIPYARD_MLFLOW_SERVER_URL"] = f"http://127.0.0.1:{mlflow_port}"
             wait_for(f"{env['SHIPYARD_MLFLOW_SERVER_URL']}/health")
+            stack.stack_dir.mkdir()
+            processes.append(
+                subprocess.Popen(
+                    [*services.ENGINE_SERVER, str(services.engine_socket(stack))],
+                    cwd=ROOT,
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            )
             processes.append(
                 subprocess.Popen(
                     [
@@ -265,11 +291,21 @@ def main() -> None:
             receiver = f"http://127.0.0.1:{hook_port}"
             wait_for(f"{receiver}/health")
             report("cold (first commit)", release_once(api, receiver, repo, port, 0))
-            for seed in range(1, RUNS + 1):
-                report(
-                    f"new commit {seed} (seed {seed})",
-                    release_once(api, receiver, repo, port, seed),
-                )
+            starts: dict[str, list[float]] = {name: [] for name in templates}
+            for seed in range(1, RUNS + DEFAULT_RUNS + 1):
+                name = "engine server" if seed <= RUNS else "prefect default"
+                if seed == RUNS + 1:
+                    subprocess.run(
+                        [str(BIN / "prefect"), "work-pool", "update", "shipyard",
+                         "--base-job-template", str(templates[name])],
+                        env=env, check=True, capture_output=True,
+                    )  # fmt: skip
+                r = release_once(api, receiver, repo, port, seed)
+                starts[name].append(r["started"] - r["created"])
+                report(f"new commit {seed} (seed {seed}, run started by the {name})", r)
+            print("\nflow run created to running, new commits:")
+            for name, seconds in starts.items():
+                print(f"  {name:16} " + "  ".join(f"{s:.2f} s" for s in seconds))
         finally:
             subprocess.run(
                 [str(BIN / "shipyard"), "undeploy", MODEL],

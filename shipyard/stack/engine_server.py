@@ -34,6 +34,7 @@ import socket
 import struct
 import sys
 import traceback
+import warnings
 from importlib.resources import files
 from pathlib import Path
 
@@ -107,6 +108,8 @@ def run_engine(request: dict[str, object], fds: list[int]) -> int:
 
     prefect.context.refresh_global_settings_context()
     prefect.logging.configuration.setup_logging()
+    # runpy warns that the module it runs as __main__ is imported already: here, on purpose.
+    warnings.filterwarnings("ignore", "'prefect.engine' found in sys.modules", RuntimeWarning)
     try:
         runpy.run_module("prefect.engine", run_name="__main__", alter_sys=True)
     except SystemExit as e:

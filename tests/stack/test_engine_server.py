@@ -127,6 +127,7 @@ def test_a_forked_engine_answers_as_python_m_prefect_engine_does(
     for done in (forked, direct, fallback):
         assert done.returncode == 1, done
         assert "Invalid flow run id" in done.stderr + done.stdout
+    assert "Warning" not in forked.stderr, forked.stderr  # nothing the engine would not print
     assert "flow run not-a-uuid: engine pid" in server.log.read_text()
     assert "engine pid" in server.log.read_text().split("not-a-uuid")[1]  # its exit, reaped
 
