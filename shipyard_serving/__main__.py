@@ -22,6 +22,23 @@ def _export(settings: ServeSettings) -> None:
         os.environ[f"SHIPYARD_SERVE_{name.upper()}"] = text
 
 
+def _fork_workers() -> None:
+    """Import the app (NumPy, ONNX Runtime, orjson, the metrics) once, here, and fork the workers
+    from this process. uvicorn spawns them: each is a new interpreter importing all of it again,
+    side by side on the container's cores, which doubled a 2-worker container's time to ready
+    (see BENCHMARKS.md). The model still loads in each worker (lifespan), after the fork, and
+    each keeps its own metrics file (named by its pid). uvicorn has no option for this: its
+    supervisor takes its process factory from `uvicorn._subprocess.spawn` (uvicorn is pinned in
+    requirements.lock; tests/serving/test_operations.py checks the workers are forks)."""
+    import multiprocessing
+
+    import uvicorn._subprocess
+
+    import shipyard_serving.app  # noqa: F401
+
+    uvicorn._subprocess.spawn = multiprocessing.get_context("fork")  # type: ignore[assignment]
+
+
 def run(settings: ServeSettings) -> None:
     # Before anything imports prometheus_client: it picks its storage at import time.
     metrics_dir = None
@@ -29,6 +46,8 @@ def run(settings: ServeSettings) -> None:
         metrics_dir = tempfile.mkdtemp(prefix="shipyard-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     _export(settings)
+    if settings.workers > 1:
+        _fork_workers()
     import uvicorn
 
     try:

@@ -104,6 +104,9 @@ def test_two_workers_share_one_view_of_the_metrics(serve, digits: Dataset, tmp_p
     by_pid = invocations_by_pid(metrics_dir)
     served = {pid for pid, count in by_pid.items() if count > 0}
     assert len(served) == 2 and all(parent_of(pid) == server.process.pid for pid in served)
+    # Forked from the server with the app imported, not spawned (a new interpreter each).
+    command = Path(f"/proc/{server.process.pid}/cmdline").read_bytes()
+    assert all(Path(f"/proc/{pid}/cmdline").read_bytes() == command for pid in served)
     assert sum(by_pid.values()) == sent
     text = httpx.get(f"{server.url}/metrics").text  # a scrape of one worker counts both
     assert metric(text, "shipyard_requests_total", route="/invocations", status="200") == sent
