@@ -224,10 +224,6 @@ class DeployPolicy(_Strict):
                 f"replicas {self.replicas} needs target: swarm (the docker target runs one "
                 "container per version): set deploy.target: swarm, or drop deploy.replicas"
             )
-        if self.target == "swarm" and self.tls is not None:
-            raise ValueError(
-                "tls is not supported yet on target: swarm: drop deploy.tls, or use target: docker"
-            )
         return self
 
 

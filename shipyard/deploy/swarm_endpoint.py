@@ -350,7 +350,9 @@ def proxy_of(client: docker.DockerClient, settings: Settings, d: Deployment) -> 
     """The HAProxy service of the deployment's endpoint (not started)."""
     services = {c: specs.service_name(d.model, d.port, c) for c in COLORS}
     network = specs.network_name(d.model, d.port)
-    return SwarmProxy(settings.deploy_dir / d.model, d.host, d.port, client, services, network)
+    return SwarmProxy(
+        settings.deploy_dir / d.model, d.host, d.port, client, services, network, d.policy.tls
+    )
 
 
 def _login(settings: Settings, client: docker.DockerClient) -> None:

@@ -33,9 +33,10 @@ from docker.errors import APIError
 from docker.types import EndpointSpec, Mount, RestartPolicy, ServiceMode
 
 from shipyard.deploy.containers import LABEL
-from shipyard.deploy.proxy import BACKEND, COLORS, PROXY_IMAGE, Proxy, Slot
+from shipyard.deploy.proxy import BACKEND, COLORS, PROXY_IMAGE, TLS_GLOBAL, Proxy, Slot
 from shipyard.deploy.swarm_specs import PORT, find_service, remove_service, tasks
 from shipyard.errors import DeployError
+from shipyard.manifest import Tls
 from shipyard.processes import private_parent, short_socket_path
 from shipyard.waiting import TimedOut, wait_until
 
@@ -62,8 +63,11 @@ def render(
     weights: dict[str, int],
     socket_path: Path,
     gates: dict[str, Path],
+    pem: Path | None = None,
 ) -> str:
-    """The HAProxy config of one Swarm endpoint; `services`: color → service name."""
+    """The HAProxy config of one Swarm endpoint; `services`: color → service name. With `pem`
+    (certificate chain and key, `deploy.tls`), the endpoint answers HTTPS only, as on the Docker
+    target; the gate sockets stay plain HTTP (no network: a file of mode 600)."""
 
     def templates(backend_weights: dict[str, int]) -> list[str]:
         return [
@@ -76,6 +80,7 @@ def render(
         "global",
         f"    stats socket {socket_path} mode 600 level admin",
         "    maxconn 4096",
+        *(TLS_GLOBAL if pem else ()),
         "",
         "resolvers docker",
         "    nameserver swarm 127.0.0.11:53",
@@ -114,7 +119,7 @@ def render(
         "on-error mark-down check resolvers docker init-addr none resolve-prefer ipv4",
         "",
         "frontend endpoint",
-        f"    bind :{port}",
+        f"    bind :{port}" + (f" ssl crt {pem} alpn h2,http/1.1" if pem else ""),
         f"    default_backend {BACKEND}",
         "",
         f"backend {BACKEND}",
@@ -174,8 +179,9 @@ class SwarmProxy(Proxy):
         client: docker.DockerClient,
         services: dict[str, str],
         network: str,
+        tls: Tls | None = None,
     ) -> None:
-        super().__init__(directory, host, port, client, None)
+        super().__init__(directory, host, port, client, tls)
         self.services, self.network = services, network
         self.name = f"shipyard-{self.directory.name}-{port}-proxy"
         self.gates = {c: short_socket_path(self.directory, f"gate-{c}.sock") for c in COLORS}
@@ -187,15 +193,26 @@ class SwarmProxy(Proxy):
     def write_config(self, weights: dict[str, int]) -> None:
         """The config a restarted HAProxy reads (recorded weights)."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.config.write_text(render(self.port, self.services, weights, self.socket, self.gates))
+        pem = self.pem if self.tls else None
+        self.config.write_text(
+            render(self.port, self.services, weights, self.socket, self.gates, pem)
+        )
 
     def ensure_service(self, weights: dict[str, int], say: Callable[[str], None]) -> None:
-        """Write the config; create the HAProxy service if it does not exist; wait until its
+        """Write the PEM and the config; create the HAProxy service if it does not exist (or
+        again when TLS changed: HAProxy binds anew, a gap of a few seconds); wait until its
         runtime API answers."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        tls = self._write_pem()
         self.write_config(weights)
-        if find_service(self.client, self.name) is not None:
-            self._wait()
-            return
+        service = find_service(self.client, self.name)
+        if service is not None:
+            labels = service.attrs["Spec"].get("Labels", {})
+            if labels.get(f"{LABEL}.tls", "off") == tls:
+                self._wait()
+                return
+            say(f"proxy: TLS of {self.url} changed ({tls}); starting HAProxy's service again")
+            self.stop()
         private_parent(self.socket)
         self.socket.unlink(missing_ok=True)
         mounts = {self.directory} | {p.parent for p in (self.socket, *self.gates.values())}
@@ -220,6 +237,7 @@ class SwarmProxy(Proxy):
                     f"{LABEL}.role": "proxy",
                     f"{LABEL}.model": self.directory.name,
                     f"{LABEL}.endpoint": f"{self.host}:{self.port}",
+                    f"{LABEL}.tls": tls,
                 },
                 log_driver="json-file",
                 log_driver_options={"max-size": "10m", "max-file": "3"},

@@ -5,8 +5,11 @@ under a steady load, through the endpoint's HAProxy service."""
 from __future__ import annotations
 
 import json
+import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import pytest
@@ -20,14 +23,16 @@ from shipyard.deploy.targets import undeploy
 from shipyard.errors import DeployError
 from shipyard.flows.rollout import rollout, target_of_version
 from shipyard.image.build import free_port
-from shipyard.manifest import DeployPolicy
+from shipyard.manifest import DeployPolicy, Tls
 from shipyard.settings import Settings
 from shipyard.stack import nodes
+from shipyard.stack.certs import ensure_dev_certs
 from tests.support.endpoints import MODEL, Endpoint, cli, register_copy, steady_load
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("prefect_server")]
 
 NAME = "digits-swarm"
+TLS_NAME = "digits-swarm-tls"
 PREFIX = "shipyard-test-node"
 BODY = {"inputs": [{"name": "pixels", "shape": [1, 64], "datatype": "FP32", "data": [0.5] * 64}]}
 
@@ -185,3 +190,40 @@ def test_the_swarm_engine_keeps_serving_the_docker_target(
     """In swarm mode, this engine still runs the Docker target's containers and proxy."""
     answer = httpx.post(f"{endpoint.url}/v2/models/{MODEL}/infer", json=BODY, timeout=10)
     assert answer.status_code == 200, answer.text
+
+
+def test_deploy_tls_on_swarm_answers_https_verified_by_the_stack_ca_and_not_http(
+    _deployed: Endpoint, swarm: list[nodes.Node], tmp_path: Path
+) -> None:
+    """`deploy.tls` on the Swarm target: HAProxy's service terminates TLS with the PEM it reads
+    from the endpoint's directory; plain HTTP on the port gets no answer; the PEM is mode 600."""
+    settings = _deployed.settings
+    certs, _ = ensure_dev_certs(Settings(stack_dir=tmp_path / "stack"))
+    version = register_copy(settings, MODEL, TLS_NAME, "champion")
+    target = target_of_version(
+        settings, TLS_NAME, registry.client(settings).get_model_version(TLS_NAME, version)
+    )
+    port = free_port("127.0.0.1")
+    policy = DeployPolicy(
+        target="swarm",
+        replicas=2,
+        port=port,
+        keep_blue_seconds=1,
+        ready_seconds=90,
+        tls=Tls(cert=certs.cert, key=certs.key),
+    )
+    try:
+        url = rollout(target, "blue-green", policy, settings, record_policy=True).endpoint
+        assert url == f"https://127.0.0.1:{port}"
+        answer = httpx.post(
+            f"{url}/v2/models/{MODEL}/infer", json=BODY, verify=str(certs.ca), timeout=10
+        )
+        assert answer.status_code == 200, answer.text
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"http://127.0.0.1:{port}/v2/health/ready", timeout=5)
+        pem = settings.deploy_dir / TLS_NAME / "endpoint.pem"
+        assert stat.S_IMODE(os.stat(pem).st_mode) == 0o600
+        status = SwarmEndpoint.open(settings, TLS_NAME, None).describe()
+        assert status["endpoint"] == url and status["slots"][0]["proxy_up"] == 2, status
+    finally:
+        undeploy(settings, TLS_NAME)
