@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import gc
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -34,6 +35,9 @@ def client(settings: Settings) -> MlflowClient:
     with _collector_off():  # MLflow brings 190k objects: no collection walks them meanwhile
         from mlflow import MlflowClient
 
+    # Over HTTP, MLflow prints "🏃 View run … at: …" to stdout as each run ends (one more request
+    # too): it would break `--json` output. The release report links the run.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     uri = store_uri(settings)
     if uri == settings.tracking_uri and not settings.mlflow_tracking_uri:
         settings.state_dir.mkdir(parents=True, exist_ok=True)

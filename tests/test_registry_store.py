@@ -5,16 +5,22 @@ release and a CLI promote registered through the stack's server) is in `test_ser
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import httpx
 import pytest
 
 from shipyard import registry
+from shipyard.deploy.containers import free_port
 from shipyard.settings import Settings
 from shipyard.stack import postgres, services, supervisor
+from shipyard.waiting import wait_until
 
 pytestmark = pytest.mark.unit
 
@@ -95,3 +101,43 @@ def test_the_stack_names_its_mlflow_server_only_to_clients_of_the_store_it_serve
     environ = {}
     postgres.use_stack_mlflow(team, environ, "sqlite")
     assert environ == {}
+
+
+def answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def test_a_run_ended_through_a_real_mlflow_server_prints_nothing_to_stdout(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MLflow prints a "View run" link when a run ends over HTTP: `shipyard … --json` would no
+    longer print JSON alone."""
+    monkeypatch.delenv("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", raising=False)
+    port = free_port("127.0.0.1")
+    state = tmp_path / "served"
+    state.mkdir()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1", "--backend-store-uri", f"sqlite:///{state / 'mlflow.db'}",
+         "--default-artifact-root", (state / "artifacts").as_uri()],
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    registry._answers.cache_clear()
+    try:
+        wait_until(lambda: answers(f"{url}/health"), 90, 0.5)
+        client = registry.client(Settings(state_dir=tmp_path / "state", mlflow_server_url=url))
+        assert client.tracking_uri == url
+        run = client.create_run(client.create_experiment("printing"))
+        capfd.readouterr()
+        client.set_terminated(run.info.run_id, "FINISHED")
+        assert capfd.readouterr().out == ""
+        assert client.get_run(run.info.run_id).info.status == "FINISHED"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        registry._answers.cache_clear()
