@@ -215,10 +215,10 @@ def main() -> None:
             # (`use_pool_command`), side by side.
             stack = Settings(stack_dir=root / "stack", state_dir=root / "state")
             templates = {}
-            for name, command in (("engine server", ""), ("prefect default", None)):
+            for name, forked in (("engine server", True), ("prefect default", False)):
                 templates[name] = root / f"pool-{name.replace(' ', '-')}.json"
                 templates[name].write_text(
-                    json.dumps(services.process_pool_template(stack, command))
+                    json.dumps(services.process_pool_template(stack, forked))
                 )
             for args in (
                 [*services.POOL_CREATE, "--base-job-template", str(templates["engine server"])],

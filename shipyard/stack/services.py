@@ -420,7 +420,7 @@ def engine_socket(settings: Settings) -> Path:
     return short_socket_path(settings.stack_dir, "engine.sock")
 
 
-def process_pool_template(settings: Settings, command: str | None = "") -> dict[str, Any]:
+def process_pool_template(settings: Settings, forked: bool = True) -> dict[str, Any]:
     """Prefect's process pool template, whose runs are forked by the stack's engine server.
 
     With no command, Prefect 3.8's process worker starts a workspace supervisor (an interpreter
@@ -428,15 +428,15 @@ def process_pool_template(settings: Settings, command: str | None = "") -> dict[
     the flow): 4-6 s from Pending to Running here. The command is `engine_client.py`, a
     standard-library script that has `shipyard.stack.engine_server` fork the run's engine with
     everything imported (under 1 s), or runs `python -m prefect.engine` itself when that server
-    does not answer. A run's own `command` job variable still wins; `command=None` keeps
+    does not answer. A run's own `command` job variable still wins; `forked=False` keeps
     Prefect's own."""
     from prefect.workers.process import ProcessWorker
 
     template = ProcessWorker.get_default_base_job_template()
-    client = Path(engine_client.__file__).resolve()
-    if command == "":
+    if forked:
+        client = Path(engine_client.__file__).resolve()
         command = f"{sys.executable} -I -S {client} {engine_socket(settings)}"
-    template["variables"]["properties"]["command"]["default"] = command
+        template["variables"]["properties"]["command"]["default"] = command
     return template
 
 
@@ -445,11 +445,10 @@ def register_deployments(settings: Settings, say: Say) -> None:
     # prefect.yaml's pull step is `{{ $PWD }}`, filled in at deploy time: the directory
     # `stack up` was started from, where the worker's runs resolve relative sources.
     env = {**os.environ, **_prefect_env(settings), "PWD": str(Path.cwd())}
-    template = settings.state_dir / "process-pool-template.json"
-    template.parent.mkdir(parents=True, exist_ok=True)
+    template = settings.stack_dir / "process-pool-template.json"
+    stack_state.private_dir(settings)
     # A team's pool may have workers on other machines: it keeps Prefect's own command.
-    default = {} if own_prefect(settings) else {"command": None}
-    template.write_text(json.dumps(process_pool_template(settings, **default)))
+    template.write_text(json.dumps(process_pool_template(settings, own_prefect(settings))))
     with as_file(PREFECT_YAML) as prefect_yaml:
         for args in (
             [*POOL_CREATE, "--base-job-template", str(template)],
