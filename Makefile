@@ -91,6 +91,8 @@ lock: install
 	$(BIN)/pip freeze --exclude-editable | grep -v '^shipyard' > constraints.txt
 	cd shipyard_serving && ../$(BIN)/pip-compile --quiet --generate-hashes --allow-unsafe --no-header \
 	  --output-file requirements.lock requirements.in
+	$(BIN)/pip-compile --quiet --generate-hashes --allow-unsafe --no-header --strip-extras \
+	  --extra pytorch -c constraints.txt --output-file shipyard/stack/worker/requirements.lock pyproject.toml
 
 clean:
 	rm -rf .shipyard

@@ -616,6 +616,18 @@ def stack_up(
             help="Also the Prefect server and worker, the MLflow server, the webhook receiver.",
         ),
     ] = True,
+    pool: Annotated[
+        str | None,
+        typer.Option(
+            help="Where release runs run: process (one worker, runs forked on this host, the "
+            "default) or docker (each run in a container of the stack's worker image, on "
+            "--workers workers; prefect-docker). Recorded: later `stack up`s keep it.",
+        ),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(min=1, help="Workers of the docker pool, one run each at a time (default 2)."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     nodes: Annotated[
         int | None,
@@ -635,6 +647,12 @@ def stack_up(
         chosen = None if backend is None else postgres.parse_backend(backend)
     except ShipyardError as e:
         _fail(str(e), as_json)
+    if (pool is not None or workers is not None) and not services:
+        _fail(
+            "--pool or --workers with --no-services: the pool's workers are services. "
+            "Drop --no-services.",
+            as_json,
+        )
     if chosen is not None and not services:
         _fail(
             f"--backend {chosen} with --no-services: a backend is recorded once the Prefect and "
@@ -645,8 +663,14 @@ def stack_up(
     from shipyard.stack import engine as stack
     from shipyard.stack import services as ops
 
-    print("Bringing up the stack", file=sys.stderr)
     settings = Settings()
+    try:
+        if pool is None and workers is not None:
+            pool = ops.pool(settings).kind
+        runs_on = None if pool is None else ops.parse_pool(pool, workers)
+    except ShipyardError as e:
+        _fail(str(e), as_json)
+    print("Bringing up the stack", file=sys.stderr)
     try:
         result = stack.up(settings, _say)
         if nodes is not None:
@@ -655,7 +679,7 @@ def stack_up(
             found = swarm_nodes.up(settings, nodes, result["base_image"], _say)
             result["nodes"] = [f"{n.name} ({n.role}, {n.state})" for n in found]
         if services:
-            result.update(ops.up(settings, _say, chosen))
+            result.update(ops.up(settings, _say, chosen, runs_on))
             _stack_prefect()  # its server is up now: a cut-off rollout's lock is freed there
         result["endpoints"] = stack.recover_endpoints(settings, _say)
     except ShipyardError as e:

@@ -184,6 +184,12 @@ class Settings(BaseSettings):
     sandbox_timeout_s: float = Field(
         default=3600, gt=0, description="Longest a sandboxed stage (data, train, export) may run."
     )
+    sandbox_copy_source: bool = Field(
+        default=False,
+        description="Mount a copy of Shipyard's package (under the builds directory) into the "
+        "sandbox, not its install path: set in the docker pool's runs, whose engine is the "
+        "host's, where the run's own install path means nothing.",
+    )
 
     allowed_file_root: Path | None = Field(
         default=None,

@@ -302,6 +302,29 @@ def _branch_commit(mirror: Path, branch: str, where: str) -> str:
         ) from None
 
 
+def _extract(tar: tarfile.TarFile, dest: Path, where: str) -> None:
+    """Extract `git archive`'s tar with tarfile's `data` filter; on a Python without it
+    (3.11.2, Debian bookworm's, in the docker pool's worker image), with the same refusals
+    for what git can store: a name or link leaving `dest`, anything but files, directories and
+    links."""
+    if hasattr(tarfile, "data_filter"):
+        tar.extractall(dest, filter="data")
+        return
+    for member in tar.getmembers():
+        names = [member.name]
+        if member.issym():
+            names.append(os.path.join(os.path.dirname(member.name), member.linkname))
+        elif member.islnk():
+            names.append(member.linkname)
+        for name in names:
+            normal = os.path.normpath(name)
+            if os.path.isabs(name) or normal == ".." or normal.startswith("../"):
+                raise SourceError(f"{where}: {member.name!r} leaves the checkout; refused.")
+        if not (member.isfile() or member.isdir() or member.issym() or member.islnk()):
+            raise SourceError(f"{where}: {member.name!r} is not a file, directory or link.")
+    tar.extractall(dest)  # checked above
+
+
 def _git_checkout(
     source: str,
     url: str,
@@ -335,7 +358,7 @@ def _git_checkout(
         # A private directory per extraction: concurrent releases of one commit never collide.
         partial = Path(tempfile.mkdtemp(prefix=f".{commit[:12]}-", dir=root))
         with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-            tar.extractall(partial, filter="data")
+            _extract(tar, partial, f"{where}@{commit[:12]}")
         try:
             partial.rename(tree)
         except OSError:  # another release extracted the same commit first: same content

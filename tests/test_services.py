@@ -322,3 +322,44 @@ def test_a_team_server_configured_in_the_environment_is_used_not_started(
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
     own = {service.name for service in services.plan(Settings(stack_dir=tmp_path / "stack"))}
     assert own == {"prefect-server", "mlflow-server", "engine-server", "prefect-worker", "webhook"}
+
+
+@pytest.mark.unit
+def test_the_docker_pool_is_chosen_recorded_and_keeps_secrets_out_of_its_runs_template(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from shipyard.errors import StackError
+    from shipyard.stack import docker_pool, services
+
+    monkeypatch.setenv("SHIPYARD_WEBHOOK_SECRET", "s")
+    settings = Settings(state_dir=tmp_path / "state", stack_dir=tmp_path / "stack")
+    assert services.pool(settings) == services.Pool("process", 1)
+    with pytest.raises(StackError, match="expected one of \\['process', 'docker'\\]"):
+        services.parse_pool("kubernetes", None)
+    with pytest.raises(StackError, match="--workers 3 with the process pool"):
+        services.parse_pool("process", 3)
+
+    chosen = services.parse_pool("docker", 3)
+    services.record_pool(settings, chosen)
+    assert services.pool(settings) == chosen
+    plan = {service.name: service for service in services.plan(settings)}
+    workers = [name for name in plan if name.startswith("prefect-docker-worker-")]
+    assert workers == [f"prefect-docker-worker-{i}" for i in (1, 2, 3)]
+    assert "prefect-worker" not in plan and "engine-server" not in plan
+    args = plan["prefect-docker-worker-2"].args
+    assert args[args.index("--pool") + 1] == docker_pool.POOL
+    assert args[args.index("--limit") + 1] == "1"
+
+    worker = services.worker_env(settings)
+    env = docker_pool.run_env({"SHIPYARD_REGISTRY_PASSWORD": "pw", "HOME": "/root"}, worker)
+    assert env["SHIPYARD_STATE_DIR"] == str((tmp_path / "state").resolve())
+    assert "pw" not in env.values() and "HOME" not in env
+    assert not any(name.startswith("PREFECT_API") for name in env)  # the worker passes its own
+    with pytest.raises(StackError, match="SHIPYARD_SERVE_API_KEY set") as refused:
+        docker_pool.run_env({"SHIPYARD_SERVE_API_KEY": "k-secret"}, worker)
+    assert "k-secret" not in str(refused.value)
+
+    mounts = docker_pool.volumes(settings, tmp_path)
+    assert "/var/run/docker.sock:/var/run/docker.sock" in mounts
+    for shared in (tmp_path, (tmp_path / "state").resolve(), (tmp_path / "stack").resolve()):
+        assert f"{shared}:{shared}" in mounts

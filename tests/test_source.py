@@ -102,3 +102,34 @@ def test_the_tree_hash_ignores_the_manifest_whose_canonical_form_is_hashed_inste
     assert tree_hash(project) == before
     (project / "data.py").write_text((project / "data.py").read_text() + "\n# changed\n")
     assert tree_hash(project) != before
+
+
+def test_without_tarfiles_data_filter_a_checkout_still_refuses_what_leaves_it(
+    sklearn_repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Debian bookworm's Python 3.11.2 (the docker pool's worker image) has no `filter=` for
+    tarfile: the checkout extracts git's archive with the same refusals itself."""
+    import io
+    import tarfile
+
+    from shipyard import source
+
+    monkeypatch.delattr(tarfile, "data_filter")
+    (sklearn_repo / "link").symlink_to("train.py")
+    commit_all(sklearn_repo, "A link inside the project")
+    tree = checkout(sklearn_repo.as_uri(), "main", None, tmp_path / "co")
+    assert (tree.project_dir / "link").read_text() == (sklearn_repo / "train.py").read_text()
+
+    for name, link in (("../evil", None), ("/abs", None), ("ok", "../../etc/passwd")):
+        archive = io.BytesIO()
+        with tarfile.open(fileobj=archive, mode="w") as tar:
+            member = tarfile.TarInfo(name)
+            if link is not None:
+                member.type, member.linkname = tarfile.SYMTYPE, link
+            tar.addfile(member, io.BytesIO(b""))
+        archive.seek(0)
+        dest = tmp_path / f"x{len(name)}"
+        dest.mkdir()
+        with tarfile.open(fileobj=archive) as tar, pytest.raises(SourceError, match="leaves"):
+            source._extract(tar, dest, "repo@abc")
+        assert list(dest.iterdir()) == []

@@ -101,30 +101,59 @@ def wheelhouse(cache_dir: Path, lock: Path = LOCK) -> Path:
     return target
 
 
-def _server_sources() -> list[Path]:
-    return sorted(p for p in SERVER.rglob("*.py") if "__pycache__" not in p.parts)
+def _sources(root: Path, data: bool) -> list[Path]:
+    """A package's files: its modules, and with `data` its package data too (not bytecode)."""
+    pattern = "*" if data else "*.py"
+    return sorted(
+        p
+        for p in root.rglob(pattern)
+        if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"
+    )
 
 
 def server_wheel(cache_dir: Path, epoch: int = NO_COMMIT_EPOCH) -> Path:
     """The server package as a wheel, built once per content (and cached): the image installs it
     hash-checked like its dependencies, instead of copying source onto a PYTHONPATH."""
+    return source_wheel(cache_dir, SERVER_DIST, shipyard_serving.__version__, [SERVER], epoch=epoch)
+
+
+def source_wheel(
+    cache_dir: Path,
+    dist: str,
+    version: str,
+    packages: list[Path],
+    data: bool = False,
+    epoch: int = NO_COMMIT_EPOCH,
+) -> Path:
+    """A wheel named `dist` of the installed `packages` (their directories), built without an
+    index once per content and cached under `cache_dir`; with `data`, their package data too."""
     digest = hashlib.sha256()
-    for path in _server_sources():
-        digest.update(path.relative_to(SERVER).as_posix().encode() + b"\0" + path.read_bytes())
-    target = cache_dir / f"server-{digest.hexdigest()[:16]}"
+    sources = [(root, path) for root in packages for path in _sources(root, data)]
+    for root, path in sources:
+        name = (Path(root.name) / path.relative_to(root)).as_posix()
+        digest.update(name.encode() + b"\0" + path.read_bytes())
+    target = cache_dir / f"{dist}-{digest.hexdigest()[:16]}"
     wheels = sorted(target.glob("*.whl"))
     if wheels:
         return wheels[0]
     with tempfile.TemporaryDirectory() as tmp:
         source = Path(tmp) / "src"
-        for path in _server_sources():
-            dest = source / "shipyard_serving" / path.relative_to(SERVER)
+        for root, path in sources:
+            dest = source / root.name / path.relative_to(root)
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(path, dest)
+        names = ", ".join(repr(root.name) for root in packages)
         (source / "pyproject.toml").write_text(
             "[build-system]\nrequires = ['setuptools']\nbuild-backend = 'setuptools.build_meta'\n"
-            f"[project]\nname = '{SERVER_DIST}'\nversion = '{shipyard_serving.__version__}'\n"
-            "requires-python = '>=3.11'\n[tool.setuptools]\npackages = ['shipyard_serving']\n"
+            f"[project]\nname = '{dist}'\nversion = '{version}'\n"
+            "requires-python = '>=3.11'\n"
+            + (
+                f"[tool.setuptools.packages.find]\ninclude = [{names}, "
+                + ", ".join(f"'{root.name}.*'" for root in packages)
+                + "]\nnamespaces = true\n[tool.setuptools.package-data]\n'*' = ['*']\n"
+                if data
+                else f"[tool.setuptools]\npackages = [{names}]\n"
+            )
         )
         done = subprocess.run(
             [
@@ -145,7 +174,7 @@ def server_wheel(cache_dir: Path, epoch: int = NO_COMMIT_EPOCH) -> Path:
             env={**os.environ, "SOURCE_DATE_EPOCH": str(epoch)},
         )
         if done.returncode:
-            raise ImageError(f"Building the server's wheel failed: {done.stderr.strip()[-800:]}")
+            raise ImageError(f"Building the wheel of {dist} failed: {done.stderr.strip()[-800:]}")
         target.mkdir(parents=True, exist_ok=True)
         (built,) = (Path(tmp) / "out").glob("*.whl")
         return Path(shutil.copy(built, target / built.name))

@@ -354,6 +354,30 @@ def _stage_inputs(run: Run, tmp: Path) -> tuple[Path, Path]:
     return inputs, project
 
 
+def _source(settings: Settings) -> Path:
+    """Shipyard's package as the engine sees it: its install path, or with
+    `sandbox_copy_source` (a docker pool run, whose engine is the host's) a copy under the
+    builds directory, which the run shares with the host at the same path; one per content."""
+    if not settings.sandbox_copy_source:
+        return SOURCE
+    paths = sorted(p for p in SOURCE.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(path.relative_to(SOURCE).as_posix().encode() + b"\0" + path.read_bytes())
+    target = settings.builds_dir / ".shipyard-source" / digest.hexdigest()[:16]
+    if not target.is_dir():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".copy-", dir=target.parent))
+        shutil.copytree(SOURCE, staging / "shipyard", ignore=shutil.ignore_patterns("__pycache__"))
+        for path in [staging, *staging.rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        try:
+            staging.rename(target)
+        except OSError:  # another run made it first
+            shutil.rmtree(staging, ignore_errors=True)
+    return target / "shipyard"
+
+
 def _start(
     client: docker.DockerClient,
     image: str,
@@ -364,7 +388,7 @@ def _start(
 ) -> Any:
     mounts = [
         Mount("/project", str(project), type="bind", read_only=True),
-        Mount("/opt/shipyard/shipyard", str(SOURCE), type="bind", read_only=True),
+        Mount("/opt/shipyard/shipyard", str(_source(settings)), type="bind", read_only=True),
         Mount("/in", str(inputs), type="bind", read_only=True),
         Mount("/out", str(run.out_dir), type="bind", read_only=False),
     ]

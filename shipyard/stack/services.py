@@ -20,21 +20,24 @@ import json
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.resources import as_file, files
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
+import yaml
 
 from shipyard.deployments.webhook import WebhookSettings
+from shipyard.engine import base_image, engine, registry_login
 from shipyard.errors import StackError
 from shipyard.processes import Started, short_socket_path
 from shipyard.settings import Settings
-from shipyard.stack import credentials, engine_client, postgres, supervisor
+from shipyard.stack import credentials, docker_pool, engine_client, postgres, supervisor
 from shipyard.stack import state as stack_state
 from shipyard.stack.engine import Say
 from shipyard.waiting import TimedOut, wait_until
@@ -46,6 +49,11 @@ SHIPYARD = [sys.executable, "-m", "shipyard"]
 LAUNCH = [sys.executable, "-m", "shipyard.stack.launch"]
 ENGINE_SERVER = [sys.executable, "-m", "shipyard.stack.engine_server"]
 POOL_CREATE = ["work-pool", "create", "shipyard", "--type", "process", "--overwrite"]
+PoolKind = Literal["process", "docker"]
+POOLS: tuple[PoolKind, ...] = ("process", "docker")
+DOCKER_WORKER = "prefect-docker-worker-"
+"""The docker pool's workers are supervisord programs `prefect-docker-worker-1` … `-N`."""
+DEFAULT_DOCKER_WORKERS = 2
 PREFECT_YAML = files("shipyard.deployments").joinpath("prefect.yaml")
 """The deployments the stack registers: package data, with module entrypoints, so an installed
 Shipyard needs no checkout."""
@@ -108,6 +116,49 @@ def mlflow_ui(settings: Settings, backend: postgres.Backend | None = None) -> st
     return settings.mlflow_ui_url or settings.tracking_uri
 
 
+@dataclass(frozen=True)
+class Pool:
+    """Where release runs run: the process pool (one worker, runs forked on this host, the
+    default) or the docker pool (`workers` workers, each run in a container)."""
+
+    kind: PoolKind = "process"
+    workers: int = 1
+
+    @property
+    def name(self) -> str:
+        return "shipyard" if self.kind == "process" else docker_pool.POOL
+
+
+def parse_pool(kind: str, workers: int | None) -> Pool:
+    """`stack up --pool KIND [--workers N]` as a Pool, or an error naming the choices."""
+    if kind not in POOLS:
+        raise StackError(
+            f"Unknown pool {kind!r}: expected one of {list(POOLS)} (`shipyard stack up --pool docker`)."
+        )
+    if kind == "process":
+        if workers not in (None, 1):
+            raise StackError(
+                f"--workers {workers} with the process pool: it has one worker, whose runs are "
+                "forked on this host. Use `--pool docker --workers N` for N workers."
+            )
+        return Pool()
+    return Pool("docker", workers or DEFAULT_DOCKER_WORKERS)
+
+
+def pool(settings: Settings) -> Pool:
+    """The pool `stack up --pool` last recorded, else the process pool."""
+    recorded = stack_state.read(settings).get("pool") or {}
+    if recorded.get("kind") == "docker":
+        return Pool("docker", int(recorded.get("workers", DEFAULT_DOCKER_WORKERS)))
+    return Pool()
+
+
+def record_pool(settings: Settings, chosen: Pool) -> None:
+    state = stack_state.read(settings)
+    state["pool"] = {"kind": chosen.kind, "workers": chosen.workers}
+    stack_state.write(settings, state)
+
+
 def _prefect_env(settings: Settings) -> dict[str, str]:
     """What every Prefect process of the stack gets: the API and its credentials."""
     api = prefect_api(settings)
@@ -134,17 +185,13 @@ def _passed_on(names: tuple[str, ...]) -> dict[str, str]:
     return {name: os.environ[name] for name in names if os.environ.get(name)}
 
 
-def plan(settings: Settings, backend: postgres.Backend | None = None) -> list[Service]:
-    """What the stack runs here on `backend` (else the recorded one): the servers it owns (not
-    those the user configured), the worker and the webhook receiver."""
-    host = settings.services_host
-    api = prefect_api(settings)
-    prefect_url = api.removesuffix("/api")
-    base_env = _prefect_env(settings)
-    webhook = WebhookSettings()
+def worker_env(settings: Settings, backend: postgres.Backend | None = None) -> dict[str, str]:
+    """What the stack's workers run with (and, on the process pool, the runs they start)."""
     backend = backend or postgres.backend(settings)
     on_postgres = backend == "postgres"
-    worker_env = {
+    base_env = _prefect_env(settings)
+    prefect_url = prefect_api(settings).removesuffix("/api")
+    return {
         **base_env,
         # Prefect's default is 10 s: a pushed commit would wait that long to start.
         "PREFECT_WORKER_QUERY_SECONDS": "1",
@@ -165,6 +212,73 @@ def plan(settings: Settings, backend: postgres.Backend | None = None) -> list[Se
         ),
         **(_passed_on(MLFLOW_CREDENTIALS) if not own_mlflow(settings, backend) else {}),
     }
+
+
+def _workers(settings: Settings, chosen: Pool, env: dict[str, str]) -> list[Service]:
+    """The process pool's worker and the engine server that forks its runs (the engine server
+    only with the stack's own Prefect), or the docker pool's workers."""
+    if chosen.kind == "docker":
+        host = socket.gethostname()
+        return [
+            Service(
+                f"{DOCKER_WORKER}{i}",
+                [
+                    *PREFECT,
+                    "worker",
+                    "start",
+                    "--pool",
+                    docker_pool.POOL,
+                    "--type",
+                    "docker",
+                    "--name",
+                    f"{host}-docker-{i}",
+                    "--limit",
+                    "1",
+                ],
+                "",
+                f"pool {docker_pool.POOL}",
+                env,
+            )
+            for i in range(1, chosen.workers + 1)
+        ]
+    return [
+        *(
+            [
+                Service(
+                    "engine-server",
+                    [*ENGINE_SERVER, str(engine_socket(settings))],
+                    "",
+                    str(engine_socket(settings)),
+                    env,
+                    umask=None,  # the worker's: a run forked from it writes what images copy
+                )
+            ]
+            if own_prefect(settings)
+            else []
+        ),
+        Service(
+            "prefect-worker",
+            [*PREFECT, "worker", "start", "--pool", "shipyard", "--type", "process"],
+            "",
+            "pool shipyard",
+            env,
+            umask=None,
+        ),
+    ]
+
+
+def plan(
+    settings: Settings, backend: postgres.Backend | None = None, chosen: Pool | None = None
+) -> list[Service]:
+    """What the stack runs here on `backend` and `chosen` pool (else the recorded ones): the
+    servers it owns (not those the user configured), the workers and the webhook receiver."""
+    host = settings.services_host
+    api = prefect_api(settings)
+    prefect_url = api.removesuffix("/api")
+    base_env = _prefect_env(settings)
+    webhook = WebhookSettings()
+    backend = backend or postgres.backend(settings)
+    on_postgres = backend == "postgres"
     services = [
         *([_postgres_service(settings)] if on_postgres else []),
         Service(
@@ -213,28 +327,7 @@ def plan(settings: Settings, backend: postgres.Backend | None = None) -> list[Se
                 **({"PGPASSFILE": str(postgres.passfile(settings))} if on_postgres else {}),
             },
         ),
-        *(
-            [
-                Service(
-                    "engine-server",
-                    [*ENGINE_SERVER, str(engine_socket(settings))],
-                    "",
-                    str(engine_socket(settings)),
-                    worker_env,
-                    umask=None,  # the worker's: a run forked from it writes what images copy
-                )
-            ]
-            if own_prefect(settings)
-            else []
-        ),
-        Service(
-            "prefect-worker",
-            [*PREFECT, "worker", "start", "--pool", "shipyard", "--type", "process"],
-            "",
-            "pool shipyard",
-            worker_env,
-            umask=None,
-        ),
+        *_workers(settings, chosen or pool(settings), worker_env(settings, backend)),
         Service(
             "webhook",
             [*SHIPYARD, "webhook", "serve"],
@@ -440,18 +533,43 @@ def process_pool_template(settings: Settings, forked: bool = True) -> dict[str, 
     return template
 
 
-def register_deployments(settings: Settings, say: Say) -> None:
-    """`prefect deploy --all` from prefect.yaml, on a `shipyard` process pool."""
+def docker_pool_template(settings: Settings, say: Say) -> Any:
+    """The docker pool's base job template: its worker image built and pushed (once per
+    Shipyard and lock), the registry's blocks saved on the Prefect API."""
+    env = docker_pool.run_env(os.environ, worker_env(settings))
+    client, login = engine(settings), registry_login(settings)
+    image = docker_pool.worker_image(settings, client, base_image(settings), login, say)
+    docker_pool.fetch_for_runs(settings)
+    credentials = docker_pool.save_blocks(_prefect_env(settings), login)
+    return docker_pool.pool_template(
+        image, env, docker_pool.volumes(settings, Path.cwd()), credentials
+    )
+
+
+def register_deployments(settings: Settings, say: Say, chosen: Pool | None = None) -> None:
+    """`prefect deploy --all` from prefect.yaml, on the `chosen` pool (else the recorded one):
+    the `shipyard` process pool, or the `shipyard-docker` docker pool."""
+    chosen = chosen or pool(settings)
     # prefect.yaml's pull step is `{{ $PWD }}`, filled in at deploy time: the directory
     # `stack up` was started from, where the worker's runs resolve relative sources.
     env = {**os.environ, **_prefect_env(settings), "PWD": str(Path.cwd())}
-    template = settings.stack_dir / "process-pool-template.json"
     stack_state.private_dir(settings)
-    # A team's pool may have workers on other machines: it keeps Prefect's own command.
-    template.write_text(json.dumps(process_pool_template(settings, own_prefect(settings))))
-    with as_file(PREFECT_YAML) as prefect_yaml:
+    template = settings.stack_dir / f"{chosen.kind}-pool-template.json"
+    if chosen.kind == "docker":
+        create = ["work-pool", "create", chosen.name, "--type", "docker", "--overwrite"]
+        template.write_text(json.dumps(docker_pool_template(settings, say)))
+    else:
+        create = POOL_CREATE
+        # A team's pool may have workers on other machines: it keeps Prefect's own command.
+        template.write_text(json.dumps(process_pool_template(settings, own_prefect(settings))))
+    with as_file(PREFECT_YAML) as packaged:
+        spec = yaml.safe_load(packaged.read_text())
+        for deployment in spec["deployments"]:
+            deployment["work_pool"] = {**deployment["work_pool"], "name": chosen.name}
+        prefect_yaml = settings.stack_dir / "prefect.yaml"
+        prefect_yaml.write_text(yaml.safe_dump(spec, sort_keys=False))
         for args in (
-            [*POOL_CREATE, "--base-job-template", str(template)],
+            [*create, "--base-job-template", str(template)],
             ["--no-prompt", "deploy", "--all", "--prefect-file", str(prefect_yaml)],
         ):
             done = subprocess.run([*PREFECT, *args], env=env, capture_output=True, text=True)
@@ -459,22 +577,40 @@ def register_deployments(settings: Settings, say: Say) -> None:
                 raise StackError(
                     f"prefect {' '.join(args)} failed: {done.stdout[-800:]}{done.stderr[-800:]}"
                 )
-    say("deployments: release (webhook trigger), nightly-rebuild (cron), rollback, promote")
+    say(
+        "deployments: release (webhook trigger), nightly-rebuild (cron), rollback, promote, "
+        f"on the {chosen.kind} pool {chosen.name}"
+    )
+
+
+def worker_programs(settings: Settings) -> list[str]:
+    """The worker programs this stack's supervisord runs or may run, whichever the pool."""
+    docker = sorted(p for p in supervisor.programs(settings) if p.startswith(DOCKER_WORKER))
+    return ["prefect-worker", "engine-server", *docker]
 
 
 STORE_SERVERS = ("postgres", "prefect-server", "mlflow-server")
 """What keeps and serves the stores: a backend is recorded once these answer on it."""
 
 
-def up(settings: Settings, say: Say, backend: postgres.Backend | None = None) -> dict[str, str]:
-    """Start what is missing on `backend` (else the recorded one), recording it once the
-    servers answer on it; return the URLs."""
+def up(
+    settings: Settings,
+    say: Say,
+    backend: postgres.Backend | None = None,
+    runs_on: Pool | None = None,
+) -> dict[str, str]:
+    """Start what is missing on `backend` and the `runs_on` pool (else the recorded ones),
+    recording them once the servers answer and the deployments are on the pool; return the
+    URLs."""
     chosen = backend or postgres.backend(settings)
-    services = plan(settings, chosen)
+    runs_on = runs_on or pool(settings)
+    if runs_on.kind == "docker":
+        docker_pool.run_env(os.environ, worker_env(settings, chosen))  # refuse secrets first
+    services = plan(settings, chosen, runs_on)
     api = prefect_api(settings)
     if not own_prefect(settings):
         say(f"prefect-server: using PREFECT_API_URL {api}; nothing started")
-        register_deployments(settings, say)
+        register_deployments(settings, say, runs_on)
     if not own_mlflow(settings, chosen):
         say(f"mlflow-server: using the tracking server {settings.tracking_uri}; nothing started")
     elif not _loopback(settings.services_host):
@@ -490,7 +626,17 @@ def up(settings: Settings, say: Say, backend: postgres.Backend | None = None) ->
             "it was: `shipyard stack migrate --to postgres` moves a store that Postgres does not "
             "hold yet, `shipyard stack up --backend sqlite` goes back to it)"
         )
-    start_stores(settings, [s for s in services if s.name in STORE_SERVERS], chosen, say)
+    start_stores(settings, [s for s in services if s.name in STORE_SERVERS], chosen, say, runs_on)
+    if runs_on != pool(settings):
+        record_pool(settings, runs_on)
+        say(
+            f"pool: {runs_on.kind} ({runs_on.workers} worker(s)), recorded in {settings.stack_file}"
+        )
+    planned = {service.name for service in services}
+    for name in supervisor.programs(settings):
+        if name in worker_programs(settings) and name not in planned:
+            supervisor.remove(settings, name)
+            say(f"{name}: stopped (the deployments run on the {runs_on.kind} pool now)")
     for service in services:
         if service.name not in STORE_SERVERS:
             _start(settings, service, say)
@@ -502,6 +648,7 @@ def up(settings: Settings, say: Say, backend: postgres.Backend | None = None) ->
         "webhook": by_name["webhook"],
         "webhook_secret_file": str(settings.stack_dir / "webhook-secret"),
         "backend": postgres.backend(settings),
+        "pool": _pool_line(runs_on),
         **(
             {"prefect_auth_file": str(credentials.auth_file(settings))}
             if own_prefect(settings)
@@ -511,7 +658,11 @@ def up(settings: Settings, say: Say, backend: postgres.Backend | None = None) ->
 
 
 def start_stores(
-    settings: Settings, stores: list[Service], chosen: postgres.Backend, say: Say
+    settings: Settings,
+    stores: list[Service],
+    chosen: postgres.Backend,
+    say: Say,
+    runs_on: Pool | None = None,
 ) -> None:
     """Start `stores` (Postgres, then the servers on it) and only then record `chosen`: a
     start that fails leaves the recorded backend as it was, and says how to retry or go back."""
@@ -523,7 +674,7 @@ def start_stores(
                 continue
             _start(settings, service, say)
             if service.name == "prefect-server":
-                register_deployments(settings, say)
+                register_deployments(settings, say, runs_on)
     except StackError as e:
         if chosen != previous:
             raise StackError(
@@ -550,7 +701,7 @@ def _loopback(host: str) -> bool:
 
 
 def status(settings: Settings) -> dict[str, str]:
-    out = {"backend": _backend_line(settings)}
+    out = {"backend": _backend_line(settings), "pool": _pool_line(pool(settings))}
     for service in plan(settings):
         supervised = service.name in supervisor.programs(settings)
         if service.health or service.ready is not None:
@@ -567,6 +718,12 @@ def status(settings: Settings) -> dict[str, str]:
     return out
 
 
+def _pool_line(chosen: Pool) -> str:
+    if chosen.kind == "docker":
+        return f"docker: {chosen.name}, {chosen.workers} workers, one run each in a container"
+    return f"process: {chosen.name}, one worker, runs forked on this host"
+
+
 def _backend_line(settings: Settings) -> str:
     """Where the stack's Prefect and MLflow servers store, as `stack status` says it."""
     if postgres.backend(settings) == "postgres":
@@ -580,8 +737,7 @@ def _backend_line(settings: Settings) -> str:
 
 def down(settings: Settings, say: Say) -> None:
     """Stop the services this stack started, clients first; they do not come back."""
-    order = ["webhook", "prefect-worker", "engine-server", "prefect-server", "mlflow-server"]
-    order += ["postgres"]
+    order = ["webhook", *worker_programs(settings), "prefect-server", "mlflow-server", "postgres"]
     for name in order:
         if name in supervisor.programs(settings):
             supervisor.remove(settings, name)

@@ -1,0 +1,228 @@
+"""Release runs in containers, on any number of workers: a Prefect docker work pool
+(`prefect-docker`), chosen with `shipyard stack up --pool docker --workers N`.
+
+Each worker is `prefect worker start --type docker` under the stack's supervisord and takes one
+run at a time (`--limit 1`): N workers run N releases at once. A run is a container of the
+worker image, which the stack builds offline on its base: git from Debian, the hash-locked
+environment (`worker/requirements.lock`, the same versions as the host's, so a release's
+fingerprint and cache hits do not depend on which worker ran it), and Shipyard's own wheel, the
+only layer a new Shipyard changes. It is pushed to the stack's registry, so a worker on another
+machine pulls it (with the `shipyard-registry` credentials block).
+
+What every run's container gets, from the pool's base job template (the UI shows it):
+- the host's network: the stack's Prefect, MLflow and registry answer on 127.0.0.1 there;
+- the engine's socket, and the state, stack and working directories at the same paths: the
+  engine is the host's, so a path a run hands it (a sandbox's mounts, HAProxy's directory) must
+  mean the same in the run and on the host. Workers on other machines need those paths too (a
+  shared filesystem);
+- Shipyard's settings from `stack up`'s environment. Secrets are not written into the template:
+  the registry password is a Prefect Secret block (`SHIPYARD_REGISTRY_PASSWORD_BLOCK`), and any
+  other secret setting is refused with a message. Prefect's own settings (the API and its
+  credentials) the worker passes itself.
+
+Per-model exclusion holds across workers because it is Prefect's global concurrency limits
+(`build-<model>`, `deploy-<model>`), kept by the server; the caches are the state directory and
+MLflow, which every run shares.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping
+from importlib.metadata import version
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import docker
+from docker.errors import APIError, BuildError, DockerException, ImageNotFound
+from pydantic import SecretStr
+
+import shipyard
+import shipyard_serving
+from shipyard.deploy.containers import LABEL
+from shipyard.engine import RegistryLogin, push
+from shipyard.errors import StackError
+from shipyard.image.context import server_wheel, source_wheel, wheelhouse
+from shipyard.processes import RUNTIME_DIR
+from shipyard.settings import Settings
+
+Say = Callable[[str], None]
+
+POOL = "shipyard-docker"
+REPOSITORY = "shipyard/worker"
+HERE = files("shipyard.stack").joinpath("worker")
+LOCK = Path(str(HERE.joinpath("requirements.lock")))
+DOCKERFILE = Path(str(HERE.joinpath("Dockerfile")))
+PASSWORD_BLOCK = "shipyard-registry-password"
+CREDENTIALS_BLOCK = "shipyard-registry"
+ROLE = "release-run"
+CARRIED = ("SHIPYARD_", "MLFLOW_")
+"""The environment a run gets from `stack up`'s: Shipyard's settings and MLflow's client's."""
+SECRET = re.compile(r"PASSWORD|SECRET|TOKEN|API_KEY|_KEY$")
+HANDLED = frozenset({"SHIPYARD_REGISTRY_PASSWORD", "SHIPYARD_WEBHOOK_SECRET"})
+"""Secrets a run does not need in its environment: the registry password reaches it as a
+Secret block; the webhook's secret is the receiver's only."""
+
+
+def worker_image(
+    settings: Settings, client: docker.DockerClient, base: str, login: RegistryLogin, say: Say
+) -> str:
+    """The worker image for this base, lock and Shipyard, built and pushed once each (its tag is
+    a digest of those inputs); returns its reference in the registry."""
+    own = source_wheel(
+        settings.wheelhouse_dir,
+        "shipyard",
+        version("shipyard"),
+        [Path(shipyard.__file__).parent, Path(shipyard_serving.__file__).parent],
+        data=True,
+    )
+    digest = hashlib.sha256()
+    for part in (base.encode(), DOCKERFILE.read_bytes(), LOCK.read_bytes(), own.read_bytes()):
+        digest.update(hashlib.sha256(part).digest())
+    repository, tag = f"{settings.registry}/{REPOSITORY}", digest.hexdigest()[:16]
+    reference = f"{repository}:{tag}"
+    try:
+        client.images.get(reference)
+        return reference
+    except ImageNotFound:
+        pass
+    say(
+        f"docker pool: building the worker image {reference} on {base} (once per lock and Shipyard)"
+    )
+    wheels = wheelhouse(settings.wheelhouse_dir, LOCK)
+    with tempfile.TemporaryDirectory(prefix="shipyard-worker-", dir=settings.stack_dir) as tmp:
+        context = Path(tmp)
+        shutil.copy(DOCKERFILE, context / "Dockerfile")
+        shutil.copy(LOCK, context / "requirements.lock")
+        for name, paths in (("wheels", sorted(wheels.glob("*.whl"))), ("shipyard", [own])):
+            (context / name).mkdir()
+            for path in paths:
+                try:
+                    os.link(path, context / name / path.name)
+                except OSError:
+                    shutil.copy(path, context / name / path.name)
+        sha = hashlib.sha256(own.read_bytes()).hexdigest()
+        (context / "shipyard" / "requirements.txt").write_text(
+            f"shipyard=={version('shipyard')} --hash=sha256:{sha}\n"
+        )
+        try:
+            client.images.build(
+                path=str(context),
+                tag=reference,
+                buildargs={"BASE": base},
+                labels={f"{LABEL}.role": "release-worker", f"{LABEL}.base": base},
+                rm=True,
+                forcerm=True,
+                pull=False,
+            )
+        except BuildError as e:
+            log = "".join(str(line.get("stream", line.get("error", ""))) for line in e.build_log)
+            raise StackError(
+                f"Building the worker image {reference} failed: {e.msg}\n{log[-1500:]}"
+            ) from e
+        except (APIError, DockerException) as e:
+            raise StackError(f"Building the worker image {reference} failed: {e}") from e
+    push(client, repository, tag, login)
+    say(f"docker pool: built and pushed {reference}")
+    return reference
+
+
+def fetch_for_runs(settings: Settings) -> None:
+    """What a release fetches from the package index, fetched here on the host: the serving
+    image's locked wheels and the server's wheel, into the stack directory the runs share (a
+    run's container may not reach the index: here its CA is trusted only on the host)."""
+    wheelhouse(settings.wheelhouse_dir)
+    server_wheel(settings.wheelhouse_dir)
+
+
+def run_env(environ: Mapping[str, str], worker_env: Mapping[str, str]) -> dict[str, str]:
+    """The environment the pool's template gives every run: the worker's Shipyard and MLflow
+    settings and those of `environ` (`stack up`'s), with no secret in it. A secret a run would
+    need and that only the environment carries is refused: the template is stored in Prefect's
+    database and shown in its UI."""
+    given = {**environ, **worker_env}
+    refused = sorted(
+        name
+        for name in given
+        if name.startswith(CARRIED) and SECRET.search(name) and name not in HANDLED
+    )
+    if refused:
+        raise StackError(
+            f"{', '.join(refused)} set: the docker pool does not put secrets into its runs' "
+            "environment (the pool's job template is stored in Prefect's database and shown in "
+            "its UI). Unset them for `stack up --pool docker`, or keep the process pool "
+            "(`stack up --pool process`), whose runs inherit the worker's environment."
+        )
+    env = {
+        name: value
+        for name, value in given.items()
+        if name.startswith(CARRIED) and not SECRET.search(name)
+    }
+    return {
+        **env,
+        "PREFECT_UI_URL": worker_env.get("PREFECT_UI_URL", ""),
+        "SHIPYARD_REGISTRY_PASSWORD_BLOCK": PASSWORD_BLOCK,
+        # The engine is the host's: the sandbox mounts a copy of Shipyard under the builds
+        # directory, not the image's own install path.
+        "SHIPYARD_SANDBOX_COPY_SOURCE": "true",
+    }
+
+
+def volumes(settings: Settings, cwd: Path) -> list[str]:
+    """The engine's socket and the directories a run shares with the host, at the same paths."""
+    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    if not host.startswith("unix://"):
+        raise StackError(
+            f"DOCKER_HOST is {host}: the docker pool mounts the engine's unix socket into its "
+            "runs; point DOCKER_HOST at a unix:// socket."
+        )
+    RUNTIME_DIR.mkdir(mode=0o700, exist_ok=True)  # the short sockets' directory
+    socket = host.removeprefix("unix://")
+    shared = {settings.state_dir.resolve(), settings.stack_dir.resolve(), cwd, RUNTIME_DIR}
+    return [f"{socket}:{socket}", *(f"{path}:{path}" for path in sorted(shared))]
+
+
+def save_blocks(api_env: Mapping[str, str], login: RegistryLogin) -> str:
+    """The registry's password as a Secret block (for the runs' pushes) and its credentials as
+    a DockerRegistryCredentials block (for pulls on other machines), on the Prefect API in
+    `api_env`; returns the credentials block's id."""
+    from prefect.blocks.system import Secret
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
+    from prefect_docker.credentials import DockerRegistryCredentials
+
+    updates: dict[Any, Any] = {PREFECT_API_URL: api_env["PREFECT_API_URL"]}
+    if api_env.get("PREFECT_API_AUTH_STRING"):
+        updates[PREFECT_API_AUTH_STRING] = api_env["PREFECT_API_AUTH_STRING"]
+    with temporary_settings(updates=updates):
+        Secret(value=SecretStr(login.password)).save(PASSWORD_BLOCK, overwrite=True)
+        credentials = DockerRegistryCredentials(
+            username=login.username, password=login.password, registry_url=login.address
+        )
+        return str(credentials.save(CREDENTIALS_BLOCK, overwrite=True))
+
+
+def pool_template(image: str, env: dict[str, str], mounts: list[str], credentials: str) -> Any:
+    """Prefect's docker pool template with the stack's defaults (a deployment's or a run's own
+    job variables still win)."""
+    from prefect_docker.worker import DockerWorker
+
+    template = DockerWorker.get_default_base_job_template()
+    defaults = {
+        "image": image,
+        "image_pull_policy": "IfNotPresent",
+        "registry_credentials": {"$ref": {"block_document_id": credentials}},
+        "network_mode": "host",
+        "volumes": mounts,
+        "env": env,
+        "labels": {f"{LABEL}.role": ROLE},
+        "auto_remove": True,
+        "stream_output": True,
+    }
+    for name, value in defaults.items():
+        template["variables"]["properties"][name]["default"] = value
+    return template
