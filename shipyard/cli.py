@@ -638,8 +638,9 @@ def stack_up(
     ] = None,
 ) -> None:
     """Start what is missing: dockerd, a local registry with htpasswd auth, the base image; then
-    a Prefect server (UI) and process worker, an MLflow server (UI), the webhook receiver, and
-    the deployments of prefect.yaml, all under supervisord. Every recorded endpoint serves again
+    a Prefect server (UI) and the workers of the pool (one process worker, or `--pool docker`'s
+    N docker workers), an MLflow server (UI), the webhook receiver, and the deployments of
+    prefect.yaml, all under supervisord. Every recorded endpoint serves again
     what it served (a rollout cut off by a restart is undone). Prints the URLs."""
     from shipyard.stack import postgres
 

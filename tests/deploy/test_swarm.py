@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from shipyard.manifest import DeployPolicy, Tls
 from shipyard.settings import Settings
 from shipyard.stack import nodes
 from shipyard.stack.certs import ensure_dev_certs
+from shipyard.waiting import wait_until
 from tests.support.endpoints import MODEL, Endpoint, cli, register_copy, steady_load
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("prefect_server")]
@@ -225,5 +227,62 @@ def test_deploy_tls_on_swarm_answers_https_verified_by_the_stack_ca_and_not_http
         assert stat.S_IMODE(os.stat(pem).st_mode) == 0o600
         status = SwarmEndpoint.open(settings, TLS_NAME, None).describe()
         assert status["endpoint"] == url and status["slots"][0]["proxy_up"] == 2, status
+
+        # A new certificate (another CA): HAProxy's service is started again with it.
+        client = engine.engine(settings)
+        proxy = f"shipyard-{TLS_NAME}-{port}-proxy"
+        before = client.services.get(proxy).id
+        renewed, _ = ensure_dev_certs(Settings(stack_dir=tmp_path / "renewed"))
+        assert renewed.ca.read_bytes() != certs.ca.read_bytes()
+        policy = policy.model_copy(update={"tls": Tls(cert=renewed.cert, key=renewed.key)})
+        rollout(target, "blue-green", policy, settings, record_policy=True)
+        assert client.services.get(proxy).id != before
+        answer = httpx.post(
+            f"{url}/v2/models/{MODEL}/infer", json=BODY, verify=str(renewed.ca), timeout=10
+        )
+        assert answer.status_code == 200, answer.text
+        with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+            httpx.get(f"{url}/v2/health/ready", verify=str(certs.ca), timeout=5)
     finally:
         undeploy(settings, TLS_NAME)
+
+
+def test_a_worker_node_killed_under_load_its_replicas_come_back_on_the_others(
+    served: Served, swarm: list[nodes.Node]
+) -> None:
+    """Last in this module: the node stays dead. Its replicas' servers are marked DOWN by
+    HAProxy's health checks, Swarm starts them again on the remaining node; the load sees at
+    most 0.1% failed requests in all."""
+    settings = served.settings
+    client = engine.engine(settings)
+    d = served.deployment()
+    assert d.live is not None
+    service = client.services.get(specs.service_name(NAME, d.port, d.live))
+    if sum(served.per_node().values()) < 3:
+        assert cli(settings, "scale", NAME, "3").returncode == 0
+    placed = served.per_node()
+    victim = f"{PREFIX}-2"
+    assert placed.get(victim), f"no replica on {victim}: {placed}"
+    dead_ids = {n.id for n in client.nodes.list() if n.attrs["Description"]["Hostname"] == victim}
+    replicas = sum(placed.values())
+    endpoint = SwarmEndpoint.open(settings, NAME, None)
+    with steady_load(served.url, rate=40) as counts:
+        time.sleep(2)
+        killed = time.monotonic()
+        client.containers.get(victim).kill()
+
+        def back() -> bool:
+            service.reload()
+            alive = [
+                t
+                for t in specs.tasks(service)
+                if t["NodeID"] not in dead_ids and t["Status"]["State"] == "running"
+            ]
+            return len(alive) >= replicas and len(endpoint.proxy.up(d.live or "")) >= replicas
+
+        wait_until(back, 180, 0.5)
+        restored = time.monotonic() - killed
+        time.sleep(2)
+    print(f"node {victim} killed: {replicas} replicas again after {restored:.1f} s; {counts}")
+    assert counts["sent"] > 100, counts
+    assert counts["failed"] <= counts["sent"] * 0.001, counts
