@@ -6,7 +6,6 @@ Prefect global concurrency limit, held across workers)."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -18,11 +17,12 @@ import httpx
 import pytest
 
 from shipyard import engine
-from shipyard.deploy.containers import LABEL, free_port
+from shipyard.deploy.containers import LABEL
 from shipyard.settings import Settings
 from shipyard.stack import credentials as control_plane
 from shipyard.stack import docker_pool
 from tests.support.projects import commit_all, make_repo
+from tests.support.stacks import stack_env
 
 SHIPYARD = str(Path(sys.executable).parent / "shipyard")
 PREFECT = str(Path(sys.executable).parent / "prefect")
@@ -54,18 +54,7 @@ def test_two_docker_workers_run_two_models_at_once_and_one_model_in_turn(
     first = make_repo(tmp_path / "a", "digits-sklearn")
     second = _renamed(make_repo(tmp_path / "b", "digits-sklearn"), "digits-second")
     credentials = engine.registry_login(Settings())
-    ports = {name: free_port("127.0.0.1") for name in ("prefect", "mlflow", "webhook")}
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")},
-        "SHIPYARD_STACK_DIR": str(tmp_path / "stack"),
-        "SHIPYARD_STATE_DIR": str(tmp_path / "state"),
-        "SHIPYARD_PREFECT_PORT": str(ports["prefect"]),
-        "SHIPYARD_MLFLOW_PORT": str(ports["mlflow"]),
-        "SHIPYARD_WEBHOOK_PORT": str(ports["webhook"]),
-        "SHIPYARD_REGISTRY_PASSWORD": credentials.password,
-        "SHIPYARD_BASE_IMAGE": docker_stack["base_image"],
-        "SHIPYARD_LATENCY_RUNS": "50",
-    }
+    env, ports = stack_env(tmp_path, docker_stack["base_image"])
 
     def shipyard(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
         # From the directory the projects are in: the runs see it at the same path.

@@ -26,6 +26,7 @@ from shipyard.settings import Settings
 from shipyard.stack import credentials as control_plane
 from shipyard.stack.engine import apt_install
 from tests.support.projects import commit_all
+from tests.support.stacks import stack_env
 
 SHIPYARD = str(Path(sys.executable).parent / "shipyard")
 PREFECT = str(Path(sys.executable).parent / "prefect")
@@ -130,18 +131,7 @@ def test_the_stack_runs_a_release_the_ui_shows_and_down_stops_only_its_services(
         manifest.write(f"deploy: {{port: {port}, keep_blue_seconds: 1}}\n")
     commit_all(sklearn_repo, "Serve on a test port")
     credentials = engine.registry_login(Settings())
-    ports = {name: containers.free_port("127.0.0.1") for name in ("prefect", "mlflow", "webhook")}
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")},
-        "SHIPYARD_STACK_DIR": str(tmp_path / "stack"),
-        "SHIPYARD_STATE_DIR": str(tmp_path / "state"),
-        "SHIPYARD_PREFECT_PORT": str(ports["prefect"]),
-        "SHIPYARD_MLFLOW_PORT": str(ports["mlflow"]),
-        "SHIPYARD_WEBHOOK_PORT": str(ports["webhook"]),
-        "SHIPYARD_REGISTRY_PASSWORD": credentials.password,
-        "SHIPYARD_BASE_IMAGE": docker_stack["base_image"],
-        "SHIPYARD_LATENCY_RUNS": "50",
-    }
+    env, ports = stack_env(tmp_path, docker_stack["base_image"])
 
     def run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         done = subprocess.run(

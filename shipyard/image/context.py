@@ -21,9 +21,10 @@ from datetime import UTC, datetime
 from importlib.resources import files
 from pathlib import Path
 from string import Template
+from typing import Any
 
 import shipyard_serving
-from shipyard.errors import ImageError
+from shipyard.errors import ImageError, StackError
 
 TEMPLATE = files("shipyard.image").joinpath("Dockerfile.template")
 SERVER = Path(shipyard_serving.__file__).parent
@@ -178,6 +179,49 @@ def source_wheel(
         target.mkdir(parents=True, exist_ok=True)
         (built,) = (Path(tmp) / "out").glob("*.whl")
         return Path(shutil.copy(built, target / built.name))
+
+
+def build_on_base(
+    client: Any,
+    what: str,
+    tag: str,
+    base: str,
+    files: dict[str, bytes],
+    folders: dict[str, list[Path]],
+    labels: dict[str, str],
+) -> None:
+    """`docker build` (with `client`) a context of `files` and `folders` (their files linked,
+    not copied, where the filesystem allows), FROM `base` (the build argument BASE), tagged
+    `tag`; a failure is a StackError naming `what` with the end of the build's log."""
+    from docker.errors import APIError, BuildError, DockerException
+
+    with tempfile.TemporaryDirectory(prefix="shipyard-build-") as tmp:
+        context = Path(tmp)
+        for name, content in files.items():
+            (context / name).parent.mkdir(parents=True, exist_ok=True)
+            (context / name).write_bytes(content)
+        for folder, paths in folders.items():
+            (context / folder).mkdir(parents=True, exist_ok=True)
+            for path in paths:
+                try:
+                    os.link(path, context / folder / path.name)
+                except OSError:
+                    shutil.copy(path, context / folder / path.name)
+        try:
+            client.images.build(
+                path=str(context),
+                tag=tag,
+                buildargs={"BASE": base},
+                labels=labels,
+                rm=True,
+                forcerm=True,
+                pull=False,
+            )
+        except BuildError as e:
+            log = "".join(str(line.get("stream", line.get("error", ""))) for line in e.build_log)
+            raise StackError(f"Building the {what} {tag} failed: {e.msg}\n{log[-1500:]}") from e
+        except (APIError, DockerException) as e:
+            raise StackError(f"The Docker engine refused the {what} build ({tag}): {e}") from e
 
 
 def locked_requirements(lock: Path, server: Path) -> str:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import docker
-from docker.errors import APIError, BuildError, DockerException, ImageNotFound
+from docker.errors import APIError, DockerException, ImageNotFound
 from docker.types import Mount
 from requests.exceptions import ConnectionError as RequestsConnectionError
 from requests.exceptions import ReadTimeout
@@ -37,7 +37,7 @@ import shipyard
 from shipyard import errors, warmup
 from shipyard.engine import base_image, engine
 from shipyard.errors import ImageError, ProjectError, StackError
-from shipyard.image.context import wheelhouse
+from shipyard.image.context import build_on_base, wheelhouse
 from shipyard.settings import Settings
 
 HERE = files("shipyard.sandbox")
@@ -148,33 +148,15 @@ def _build(
     client: docker.DockerClient, files_: dict[str, bytes], wheels: Path, tag: str, base: str
 ) -> None:
     """`docker build` a context of `files_` plus the wheels, FROM `base`, tagged `tag`."""
-    with tempfile.TemporaryDirectory(prefix="shipyard-sandbox-") as tmp:
-        context = Path(tmp)
-        for name, content in files_.items():
-            (context / name).write_bytes(content)
-        (context / "wheels").mkdir()
-        for wheel in wheels.glob("*.whl"):
-            try:
-                os.link(wheel, context / "wheels" / wheel.name)
-            except OSError:
-                shutil.copy(wheel, context / "wheels" / wheel.name)
-        try:
-            client.images.build(
-                path=str(context),
-                tag=tag,
-                buildargs={"BASE": base},
-                labels={LABEL: lock_digest(), f"{LABEL}.base": base},
-                rm=True,
-                forcerm=True,
-                pull=False,
-            )
-        except BuildError as e:
-            log = "".join(str(line.get("stream", line.get("error", ""))) for line in e.build_log)
-            raise StackError(
-                f"Building the sandbox image {tag} failed: {e.msg}\n{log[-1500:]}"
-            ) from e
-        except APIError as e:
-            raise StackError(f"The Docker engine refused the sandbox build: {e.explanation}") from e
+    build_on_base(
+        client,
+        "sandbox image",
+        tag,
+        base,
+        files_,
+        {"wheels": sorted(wheels.glob("*.whl"))},
+        {LABEL: lock_digest(), f"{LABEL}.base": base},
+    )
 
 
 @dataclass(frozen=True)

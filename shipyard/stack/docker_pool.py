@@ -30,8 +30,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import shutil
-import tempfile
 from collections.abc import Callable, Mapping
 from importlib.metadata import version
 from importlib.resources import files
@@ -39,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import docker
-from docker.errors import APIError, BuildError, DockerException, ImageNotFound
+from docker.errors import ImageNotFound
 from pydantic import SecretStr
 
 import shipyard
@@ -47,7 +45,7 @@ import shipyard_serving
 from shipyard.deploy.containers import LABEL
 from shipyard.engine import RegistryLogin, push
 from shipyard.errors import StackError
-from shipyard.image.context import server_wheel, source_wheel, wheelhouse
+from shipyard.image.context import build_on_base, server_wheel, source_wheel, wheelhouse
 from shipyard.processes import RUNTIME_DIR
 from shipyard.settings import Settings
 
@@ -95,38 +93,20 @@ def worker_image(
         f"docker pool: building the worker image {reference} on {base} (once per lock and Shipyard)"
     )
     wheels = wheelhouse(settings.wheelhouse_dir, LOCK)
-    with tempfile.TemporaryDirectory(prefix="shipyard-worker-", dir=settings.stack_dir) as tmp:
-        context = Path(tmp)
-        shutil.copy(DOCKERFILE, context / "Dockerfile")
-        shutil.copy(LOCK, context / "requirements.lock")
-        for name, paths in (("wheels", sorted(wheels.glob("*.whl"))), ("shipyard", [own])):
-            (context / name).mkdir()
-            for path in paths:
-                try:
-                    os.link(path, context / name / path.name)
-                except OSError:
-                    shutil.copy(path, context / name / path.name)
-        sha = hashlib.sha256(own.read_bytes()).hexdigest()
-        (context / "shipyard" / "requirements.txt").write_text(
-            f"shipyard=={version('shipyard')} --hash=sha256:{sha}\n"
-        )
-        try:
-            client.images.build(
-                path=str(context),
-                tag=reference,
-                buildargs={"BASE": base},
-                labels={f"{LABEL}.role": "release-worker", f"{LABEL}.base": base},
-                rm=True,
-                forcerm=True,
-                pull=False,
-            )
-        except BuildError as e:
-            log = "".join(str(line.get("stream", line.get("error", ""))) for line in e.build_log)
-            raise StackError(
-                f"Building the worker image {reference} failed: {e.msg}\n{log[-1500:]}"
-            ) from e
-        except (APIError, DockerException) as e:
-            raise StackError(f"Building the worker image {reference} failed: {e}") from e
+    sha = hashlib.sha256(own.read_bytes()).hexdigest()
+    build_on_base(
+        client,
+        "worker image",
+        reference,
+        base,
+        {
+            "Dockerfile": DOCKERFILE.read_bytes(),
+            "requirements.lock": LOCK.read_bytes(),
+            "shipyard/requirements.txt": f"shipyard=={version('shipyard')} --hash=sha256:{sha}\n".encode(),
+        },
+        {"wheels": sorted(wheels.glob("*.whl")), "shipyard": [own]},
+        {f"{LABEL}.role": "release-worker", f"{LABEL}.base": base},
+    )
     push(client, repository, tag, login)
     say(f"docker pool: built and pushed {reference}")
     return reference
