@@ -88,6 +88,14 @@ def _quiet(verbose: bool, backend: Backend | None = None) -> None:
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # e.g. its schema-migration notes
+    if "prefect.context" in sys.modules:
+        # Prefect came imported, having read its settings before this command set them: this
+        # is a fork of the stack's engine server (`shipyard.launcher`).
+        import prefect.context
+        import prefect.logging.configuration
+
+        prefect.context.refresh_global_settings_context()
+        prefect.logging.configuration.setup_logging()
 
 
 def _fail(message: str, as_json: bool, summary: dict[str, Any] | None = None) -> None:

@@ -280,6 +280,13 @@ def test_the_stack_runs_a_release_the_ui_shows_and_down_stops_only_its_services(
             "the Prefect API (deployment run; this server records no user)"
         )
         assert trail[1]["who"]["started_by"] == "a process running the flow directly (CLI)"
+
+        # With the stack's engine server up, `shipyard release` runs as a fork of it (Prefect,
+        # MLflow and the flows imported already): its summary is stdout's last line, as ever.
+        released = run("release", str(sklearn_repo), "--until", "register", "--json")
+        assert json.loads(released.stdout.splitlines()[-1])["model"] == MODEL
+        forked = (tmp_path / "stack" / "engine-server.log").read_text()
+        assert "engine-server: shipyard release: pid" in forked, forked[-2000:]
     finally:
         prefect.close()
         subprocess.run([SHIPYARD, "stack", "down"], env=env, capture_output=True, timeout=120)

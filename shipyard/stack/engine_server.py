@@ -1,6 +1,7 @@
-"""The stack worker's engine server: a process with Prefect's engine and the deployments' flows
-imported once, which forks each flow run's engine on request, so a run starts in milliseconds
-where `python -m prefect.engine` spends about 2 s importing.
+"""The stack worker's engine server: a process with Prefect's engine, the deployments' flows and
+what their stages import (MLflow, the engine's client, ONNX) imported once, which forks each flow
+run's engine on request, so a run starts in milliseconds where `python -m prefect.engine` spends
+about 2 s importing, and its stages another 1.6 s.
 
 `python -m shipyard.stack.engine_server SOCKET`, under the stack's supervisord. The process pool's
 command (`services.process_pool_template`) is `engine_client.py SOCKET`: the client sends its
@@ -33,6 +34,7 @@ import signal
 import socket
 import struct
 import sys
+import threading
 import traceback
 import warnings
 from importlib.resources import files
@@ -49,8 +51,33 @@ def entrypoint_modules() -> list[str]:
     return sorted({d["entrypoint"].split(":")[0] for d in spec["deployments"]})
 
 
+STAGE_MODULES = (
+    "mlflow",
+    "mlflow.onnx",
+    "mlflow.models",
+    "docker",
+    "onnx",
+    "onnxruntime",
+    "shipyard.registry",
+    "shipyard.register",
+    "shipyard.export",
+    "shipyard.optimize",
+    "shipyard.sandbox.container",
+    "shipyard.image.release",
+    "shipyard.image.push",
+    "shipyard.image.rebuild",
+    "shipyard.deploy.targets",
+    "shipyard.deploy.endpoint",
+    "shipyard.cli",
+    "shipyard.launcher",
+)
+"""What the flows' stages import when they run (so that a CLI or a flow module starts without
+them): about 1.6 s here, paid once by the server instead of by every run. None starts a
+thread (a fork of a threaded process may hang)."""
+
+
 def preload() -> None:
-    for name in ["prefect.engine", "prefect.flow_engine", *entrypoint_modules()]:
+    for name in ["prefect.engine", "prefect.flow_engine", *entrypoint_modules(), *STAGE_MODULES]:
         importlib.import_module(name)
 
 
@@ -94,24 +121,50 @@ def receive(conn: socket.socket) -> tuple[dict[str, object], list[int]]:
     return json.loads(body), fds
 
 
+MODULES = ("prefect.engine", "shipyard.launcher")
+"""What a client may have forked: a flow run's engine (the pool's command), or the `shipyard`
+command (`shipyard.launcher`, for `shipyard release`)."""
+PACKAGE = str(Path(__file__).resolve().parents[1])
+"""This install's `shipyard` package: a client of another install (another checkout, another
+environment) is not forked from this one's code."""
+
+
+def refused(request: dict[str, object]) -> str | None:
+    """Why this server does not run `request` (the client then runs it itself), or None."""
+    module = request.get("module", "prefect.engine")
+    if module not in MODULES:
+        return f"module {module!r} is not one of {list(MODULES)}"
+    if request.get("package", PACKAGE) != PACKAGE:
+        return f"another install's client ({request.get('package')}; this one is {PACKAGE})"
+    return None
+
+
 def run_engine(request: dict[str, object], fds: list[int]) -> int:
-    """In the forked child: become the run's engine process. Returns its exit code."""
+    """In the forked child: become `python -m MODULE` (the run's engine, or the `shipyard`
+    command) with the client's descriptors, directory, environment and umask. Returns its exit
+    code."""
     for target, fd in enumerate(fds):
         os.dup2(fd, target)
         os.close(fd)
     os.chdir(str(request["cwd"]))
+    os.umask(int(request.get("umask", 0o022)))  # type: ignore[call-overload]
     os.environ.clear()
     os.environ.update({str(k): str(v) for k, v in dict(request["env"]).items()})  # type: ignore[call-overload]
-    sys.argv = ["prefect.engine", *map(str, request["argv"])]  # type: ignore[call-overload]
-    import prefect.context
-    import prefect.logging.configuration
+    module = str(request.get("module", "prefect.engine"))
+    # The engine as `python -m` names it; the command as its script does (`shipyard`).
+    name = module if module == "prefect.engine" else str(request.get("argv0", module))
+    sys.argv = [name, *map(str, request["argv"])]  # type: ignore[call-overload]
+    if module == "prefect.engine":  # the command re-reads them once it has set its own
+        import prefect.context
+        import prefect.logging.configuration
 
-    prefect.context.refresh_global_settings_context()
-    prefect.logging.configuration.setup_logging()
+        prefect.context.refresh_global_settings_context()
+        prefect.logging.configuration.setup_logging()
     # runpy warns that the module it runs as __main__ is imported already: here, on purpose.
-    warnings.filterwarnings("ignore", "'prefect.engine' found in sys.modules", RuntimeWarning)
+    warnings.filterwarnings("ignore", f"'{module}' found in sys.modules", RuntimeWarning)
     try:
-        runpy.run_module("prefect.engine", run_name="__main__", alter_sys=True)
+        # The engine as `python -m` runs it; the command keeps the argv[0] set above.
+        runpy.run_module(module, run_name="__main__", alter_sys=module == "prefect.engine")
     except SystemExit as e:
         if e.code is None or isinstance(e.code, int):
             return e.code or 0
@@ -167,6 +220,15 @@ class Server:
             print(f"engine-server: refused a request: {e}", file=sys.stderr, flush=True)
             conn.close()
             return
+        reason = refused(request)
+        if reason is not None:
+            print(f"engine-server: not forking: {reason}", file=sys.stderr, flush=True)
+            for fd in fds:
+                os.close(fd)
+            with contextlib.suppress(OSError):
+                conn.sendall(b"refused\n")
+            conn.close()
+            return
         if self.stale or changed(loaded):
             if not self.stale:
                 print("engine-server: code changed on disk; exits once its runs end", flush=True)
@@ -190,8 +252,13 @@ class Server:
             os.kill(pid, signal.SIGKILL)
         self.runs[pid] = conn
         self.selector.register(conn, selectors.EVENT_READ, pid)
-        run = dict(request["env"]).get("PREFECT__FLOW_RUN_ID", "?")  # type: ignore[call-overload]
-        print(f"engine-server: flow run {run}: engine pid {pid}", flush=True)
+        if request.get("module", "prefect.engine") == "prefect.engine":
+            run = dict(request["env"]).get("PREFECT__FLOW_RUN_ID", "?")  # type: ignore[call-overload]
+            print(f"engine-server: flow run {run}: engine pid {pid}", flush=True)
+        else:
+            # The command's name only: its arguments may carry a source URL's credentials.
+            command = next(iter(request["argv"]), "")  # type: ignore[call-overload]
+            print(f"engine-server: shipyard {command}: pid {pid}", flush=True)
 
     def child(self, request: dict[str, object], fds: list[int]) -> None:
         code = 1
@@ -252,6 +319,8 @@ def main() -> None:
     gc.freeze()  # the imports' objects stay shared with every fork (copy-on-write)
     gc.enable()
     server = Server(Path(sys.argv[1]))
+    if threading.active_count() != 1:
+        sys.exit(f"engine-server: the preloaded modules started threads: {threading.enumerate()}")
     server.start()
     print(
         f"engine-server: {len(sys.modules)} modules loaded; listening on {server.path}", flush=True

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from shipyard.processes import short_socket_path
 from shipyard.stack import engine_client
 from shipyard.waiting import wait_until
 
@@ -45,7 +46,7 @@ def server(tmp_path: Path) -> Iterator[Server]:
     # test can touch as an upgrade would.
     (tmp_path / "site").mkdir()
     (tmp_path / "site" / "sitecustomize.py").write_text("")
-    path, log = tmp_path / "engine.sock", tmp_path / "server.log"
+    path, log = short_socket_path(tmp_path, "engine.sock"), tmp_path / "server.log"
     env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
     with log.open("w") as out:
         process = subprocess.Popen(
@@ -164,3 +165,32 @@ def test_code_changed_on_disk_is_never_forked_stale(server: Server, tmp_path: Pa
     # ... and the server, with no run left, exits for its supervisor to start it afresh.
     server.process.wait(timeout=30)
     assert "code changed on disk" in server.log.read_text()
+
+
+def test_the_shipyard_command_runs_release_as_a_fork_and_answers_as_it_would_itself(
+    server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`shipyard release` with the stack's engine server up is a fork of it: the same output on
+    the same streams, the same exit code as the command run in its own process; other
+    commands, and a client of another install, run in their own process."""
+    shipyard = str(Path(sys.executable).parent / "shipyard")
+    env = {**os.environ, "SHIPYARD_STACK_DIR": str(tmp_path)}
+    for argv in (["release", "--help"], ["release", "examples/x", "--strategy", "sideways"]):
+        forked = run([shipyard, *argv], env)
+        itself = run([shipyard, *argv], {**env, "SHIPYARD_NO_FORK": "1"})
+        assert (forked.returncode, forked.stdout, forked.stderr) == (
+            itself.returncode,
+            itself.stdout,
+            itself.stderr,
+        )
+    assert forked.returncode == 2 and "sideways" in forked.stderr
+    assert server.log.read_text().count("engine-server: shipyard release: pid") == 2
+    assert run([shipyard, "audit", "--help"], env).returncode == 0
+    assert "shipyard audit" not in server.log.read_text()
+
+    monkeypatch.setattr(engine_client, "PACKAGE", str(tmp_path / "another-install"))
+    assert (
+        engine_client.forward(str(server.socket), "shipyard.launcher", ["release", "--help"])
+        is None
+    )
+    assert "another install's client" in server.log.read_text()
