@@ -176,6 +176,15 @@ def run_engine(request: dict[str, object], fds: list[int]) -> int:
     return 0
 
 
+def decline(conn: socket.socket, fds: list[int], answer: str) -> None:
+    """Tell the client to run it itself (`refused`, `stale`), and let go of its descriptors."""
+    for fd in fds:
+        os.close(fd)
+    with contextlib.suppress(OSError):
+        conn.sendall(f"{answer}\n".encode())
+    conn.close()
+
+
 class Server:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -223,21 +232,13 @@ class Server:
         reason = refused(request)
         if reason is not None:
             print(f"engine-server: not forking: {reason}", file=sys.stderr, flush=True)
-            for fd in fds:
-                os.close(fd)
-            with contextlib.suppress(OSError):
-                conn.sendall(b"refused\n")
-            conn.close()
+            decline(conn, fds, "refused")
             return
         if self.stale or changed(loaded):
             if not self.stale:
                 print("engine-server: code changed on disk; exits once its runs end", flush=True)
             self.stale = True
-            for fd in fds:
-                os.close(fd)
-            with contextlib.suppress(OSError):
-                conn.sendall(b"stale\n")
-            conn.close()
+            decline(conn, fds, "stale")
             return
         sys.stdout.flush()
         sys.stderr.flush()
