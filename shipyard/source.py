@@ -36,6 +36,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from shipyard.errors import SourceError
+from shipyard.locks import exclusive
 from shipyard.manifest import MANIFEST_NAME
 
 _URL = re.compile(r"^(file|https?|ssh|git)://|^[\w.-]+@[\w.-]+:")
@@ -273,21 +274,27 @@ def _working_tree(source: str, local: Path, subdir: str | None) -> Checkout:
 
 
 def _mirror(url: str, root: Path, auth: GitAuth | None) -> Path:
-    """The local mirror of `url`, fetched now (created on first use)."""
+    """The local mirror of `url`, fetched now (created on first use). Releases that share the
+    checkouts directory (two workers, two commits pushed at once) clone or fetch one mirror in
+    turn, under its lock: two `git clone` into one path, or two fetches updating one ref, fail."""
     mirror = root / "mirrors" / hashlib.sha256(url.encode()).hexdigest()[:16]
-    if mirror.is_dir():
-        _git("remote", "update", "--prune", cwd=mirror, auth=auth, url=url)
+    with exclusive(mirror.with_name(mirror.name + ".lock")):
+        if mirror.is_dir():
+            _git("remote", "update", "--prune", cwd=mirror, auth=auth, url=url)
+            return mirror
+        # Cloned aside, then renamed: a clone killed half-way never passes for a mirror.
+        partial = Path(tempfile.mkdtemp(prefix=f".{mirror.name}-", dir=mirror.parent))
+        try:
+            _git("clone", "--mirror", "--quiet", url, str(partial), auth=auth, url=url)
+            partial.rename(mirror)
+        except SourceError as e:
+            raise SourceError(
+                f"Cannot clone {redact(url)!r}: {e}. Check the URL, and that its token (if it "
+                "needs one) may read it."
+            ) from None
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)  # gone already when renamed
         return mirror
-    mirror.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        _git("clone", "--mirror", "--quiet", url, str(mirror), auth=auth, url=url)
-    except SourceError as e:
-        shutil.rmtree(mirror, ignore_errors=True)
-        raise SourceError(
-            f"Cannot clone {redact(url)!r}: {e}. Check the URL, and that its token (if it "
-            "needs one) may read it."
-        ) from None
-    return mirror
 
 
 def _branch_commit(mirror: Path, branch: str, where: str) -> str:

@@ -40,6 +40,32 @@ def test_a_new_commit_on_the_branch_is_fetched(sklearn_repo: Path, tmp_path: Pat
     assert after.commit == after_sha != before.commit
 
 
+def _checkout_main(url: str, root: str) -> str:
+    return checkout(url, "main", None, Path(root)).commit or ""
+
+
+def test_releases_starting_at_once_share_one_mirror(sklearn_repo: Path, tmp_path: Path) -> None:
+    """Two workers that release one repository at once (one checkouts directory) used to race
+    on its first clone: the second `git clone` found the first one's directory and failed."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    url, root = sklearn_repo.as_uri(), str(tmp_path / "co")
+    with ProcessPoolExecutor(6) as pool:
+        commits = list(pool.map(_checkout_main, [url] * 12, [root] * 12))
+    assert set(commits) == {git(sklearn_repo, "rev-parse", "HEAD")}
+    mirrors = tmp_path / "co" / "mirrors"
+    assert [p.name for p in mirrors.iterdir() if p.is_dir()] == [
+        p.stem for p in mirrors.glob("*.lock")
+    ]  # one mirror, no clone left aside
+
+
+def test_a_failed_clone_leaves_no_directory_behind(tmp_path: Path) -> None:
+    for _ in range(2):  # the second attempt fails the same way, not on a half-made mirror
+        with pytest.raises(SourceError, match="Cannot clone"):
+            checkout((tmp_path / "nowhere.git").as_uri(), "main", None, tmp_path / "co")
+    assert not [p for p in (tmp_path / "co" / "mirrors").iterdir() if p.is_dir()]
+
+
 def test_unknown_ref_names_the_ref_and_the_known_ones(sklearn_repo: Path, tmp_path: Path) -> None:
     with pytest.raises(SourceError) as e:
         checkout(sklearn_repo.as_uri(), "no-such-branch", None, tmp_path / "co")

@@ -14,14 +14,13 @@ and base, and tagged by both.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
@@ -38,6 +37,7 @@ from shipyard import errors, warmup
 from shipyard.engine import base_image, engine
 from shipyard.errors import ImageError, ProjectError, StackError
 from shipyard.image.context import build_on_base, wheelhouse
+from shipyard.locks import exclusive
 from shipyard.settings import Settings
 
 HERE = files("shipyard.sandbox")
@@ -64,17 +64,6 @@ def image_tag() -> str:
     process that would pick another base for release images (another HOME, another
     SHIPYARD_BASE_IMAGE) still runs project code in the same environment."""
     return f"{REPOSITORY}:{lock_digest()}"
-
-
-@contextlib.contextmanager
-def _exclusive(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
-        fcntl.lockf(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.lockf(handle, fcntl.LOCK_UN)
 
 
 PROJECT_LOCK = "requirements.lock"
@@ -104,7 +93,7 @@ def project_image(
     with contextlib.suppress(ImageNotFound):
         client.images.get(tag)
         return tag
-    with _exclusive(settings.stack_dir / "sandbox-build.lock"):
+    with exclusive(settings.stack_dir / "sandbox-build.lock"):
         say(f"sandbox: adding the project's {PROJECT_LOCK} ({digest}) to {image}")
         try:
             wheels = wheelhouse(settings.wheelhouse_dir, lock)
@@ -133,7 +122,7 @@ def environment_image(
         client.images.get(tag)
         return tag
     base = base or base_image(settings)
-    with _exclusive(settings.stack_dir / "sandbox-build.lock"):
+    with exclusive(settings.stack_dir / "sandbox-build.lock"):
         with contextlib.suppress(ImageNotFound):
             client.images.get(tag)
             return tag
