@@ -321,12 +321,51 @@ def test_a_team_server_configured_in_the_environment_is_used_not_started(
     assert own == {"prefect-server", "mlflow-server", "engine-server", "prefect-worker", "webhook"}
 
 
+@pytest.mark.services
+def test_a_docker_pool_run_reads_its_secrets_from_their_blocks(prefect_server: str) -> None:
+    """What `stack up --pool docker` saves, a run's command reads into its environment; a
+    missing block stops the run with a message naming it, the variable and the fix."""
+    from prefect.blocks.system import Secret
+    from pydantic import SecretStr
+
+    from shipyard.stack import docker_pool, pool_run
+
+    key = "k-carried-" + os.urandom(4).hex()
+    Secret(value=SecretStr(key)).save(
+        docker_pool.block_name("SHIPYARD_SERVE_API_KEY"), overwrite=True
+    )
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": prefect_server,
+        pool_run.ENV_FROM_BLOCKS: "SHIPYARD_SERVE_API_KEY=shipyard-env-shipyard-serve-api-key",
+    }
+    show = "import os; print(os.environ['SHIPYARD_SERVE_API_KEY'], 'SHIPYARD_ENV_FROM_BLOCKS' in os.environ)"
+    ran = subprocess.run(
+        [sys.executable, "-m", "shipyard.stack.pool_run", "--", sys.executable, "-c", show],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    assert ran.stdout.split() == [key, "False"]
+
+    env[pool_run.ENV_FROM_BLOCKS] = "MLFLOW_TRACKING_TOKEN=shipyard-env-no-such-block"
+    missing = subprocess.run(
+        [sys.executable, "-m", "shipyard.stack.pool_run", "--", "true"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert missing.returncode == 1
+    assert (
+        "MLFLOW_TRACKING_TOKEN: cannot read Prefect Secret block 'shipyard-env-no-such-block'"
+        in missing.stderr
+    )
+    assert "run it again with MLFLOW_TRACKING_TOKEN set" in missing.stderr
+
+
 @pytest.mark.unit
 def test_the_docker_pool_is_chosen_recorded_and_keeps_secrets_out_of_its_runs_template(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     from shipyard.errors import StackError
-    from shipyard.stack import docker_pool, services
+    from shipyard.stack import docker_pool, pool_run, services
 
     monkeypatch.setenv("SHIPYARD_WEBHOOK_SECRET", "s")
     settings = Settings(state_dir=tmp_path / "state", stack_dir=tmp_path / "stack")
@@ -352,9 +391,15 @@ def test_the_docker_pool_is_chosen_recorded_and_keeps_secrets_out_of_its_runs_te
     assert env["SHIPYARD_STATE_DIR"] == str((tmp_path / "state").resolve())
     assert "pw" not in env.values() and "HOME" not in env
     assert not any(name.startswith("PREFECT_API") for name in env)  # the worker passes its own
-    with pytest.raises(StackError, match="SHIPYARD_SERVE_API_KEY set") as refused:
-        docker_pool.run_env({"SHIPYARD_SERVE_API_KEY": "k-secret"}, worker)
-    assert "k-secret" not in str(refused.value)
+    # A secret a run needs is named with its Secret block, never given as a value.
+    given = {"SHIPYARD_SERVE_API_KEY": "k-secret", "MLFLOW_TRACKING_PASSWORD": "m-secret"}
+    env = docker_pool.run_env(given, worker)
+    assert "k-secret" not in json.dumps(env) and "m-secret" not in json.dumps(env)
+    assert env[pool_run.ENV_FROM_BLOCKS] == (
+        "MLFLOW_TRACKING_PASSWORD=shipyard-env-mlflow-tracking-password,"
+        "SHIPYARD_SERVE_API_KEY=shipyard-env-shipyard-serve-api-key"
+    )
+    assert docker_pool.secrets(given, worker) == dict(sorted(given.items()))
 
     mounts = docker_pool.volumes(settings, tmp_path)
     assert "/var/run/docker.sock:/var/run/docker.sock" in mounts

@@ -16,9 +16,11 @@ What every run's container gets, from the pool's base job template (the UI shows
   mean the same in the run and on the host. Workers on other machines need those paths too (a
   shared filesystem);
 - Shipyard's settings from `stack up`'s environment. Secrets are not written into the template:
-  the registry password is a Prefect Secret block (`SHIPYARD_REGISTRY_PASSWORD_BLOCK`), and any
-  other secret setting is refused with a message. Prefect's own settings (the API and its
-  credentials) the worker passes itself.
+  the registry password is a Prefect Secret block (`SHIPYARD_REGISTRY_PASSWORD_BLOCK`), and
+  every other secret setting a run needs (`SHIPYARD_SERVE_API_KEY`, `MLFLOW_TRACKING_PASSWORD`
+  or `_TOKEN`) one of its own (`shipyard-env-<name>`), which the run's command reads into its
+  environment (`shipyard.stack.pool_run`). Prefect's own settings (the API and its credentials)
+  the worker passes itself.
 
 Per-model exclusion holds across workers because it is Prefect's global concurrency limits
 (`build-<model>`, `deploy-<model>`), kept by the server; the caches are the state directory and
@@ -48,6 +50,7 @@ from shipyard.errors import StackError
 from shipyard.image.context import build_on_base, server_wheel, source_wheel, wheelhouse
 from shipyard.processes import RUNTIME_DIR
 from shipyard.settings import Settings
+from shipyard.stack.pool_run import ENV_FROM_BLOCKS
 
 Say = Callable[[str], None]
 
@@ -63,8 +66,24 @@ CARRIED = ("SHIPYARD_", "MLFLOW_")
 """The environment a run gets from `stack up`'s: Shipyard's settings and MLflow's client's."""
 SECRET = re.compile(r"PASSWORD|SECRET|TOKEN|API_KEY|_KEY$")
 HANDLED = frozenset({"SHIPYARD_REGISTRY_PASSWORD", "SHIPYARD_WEBHOOK_SECRET"})
-"""Secrets a run does not need in its environment: the registry password reaches it as a
-Secret block; the webhook's secret is the receiver's only."""
+"""Secrets a run does not need in its environment: the registry password reaches it as the
+registry's own Secret block; the webhook's secret is the receiver's only."""
+
+
+def secrets(environ: Mapping[str, str], worker_env: Mapping[str, str]) -> dict[str, str]:
+    """The secret settings a run needs (`SHIPYARD_SERVE_API_KEY`, MLflow's password or token):
+    carried as Secret blocks, never as values in the pool's template."""
+    given = {**environ, **worker_env}
+    return {
+        name: value
+        for name, value in sorted(given.items())
+        if name.startswith(CARRIED) and SECRET.search(name) and name not in HANDLED and value
+    }
+
+
+def block_name(variable: str) -> str:
+    """The Secret block carrying `variable` (block names are lower-case, digits and dashes)."""
+    return "shipyard-env-" + variable.lower().replace("_", "-")
 
 
 def worker_image(
@@ -122,29 +141,18 @@ def fetch_for_runs(settings: Settings) -> None:
 
 def run_env(environ: Mapping[str, str], worker_env: Mapping[str, str]) -> dict[str, str]:
     """The environment the pool's template gives every run: the worker's Shipyard and MLflow
-    settings and those of `environ` (`stack up`'s), with no secret in it. A secret a run would
-    need and that only the environment carries is refused: the template is stored in Prefect's
-    database and shown in its UI."""
+    settings and those of `environ` (`stack up`'s), with no secret in it (the template is
+    stored in Prefect's database and shown in its UI): a secret is named, with its block."""
     given = {**environ, **worker_env}
-    refused = sorted(
-        name
-        for name in given
-        if name.startswith(CARRIED) and SECRET.search(name) and name not in HANDLED
-    )
-    if refused:
-        raise StackError(
-            f"{', '.join(refused)} set: the docker pool does not put secrets into its runs' "
-            "environment (the pool's job template is stored in Prefect's database and shown in "
-            "its UI). Unset them for `stack up --pool docker`, or keep the process pool "
-            "(`stack up --pool process`), whose runs inherit the worker's environment."
-        )
     env = {
         name: value
         for name, value in given.items()
         if name.startswith(CARRIED) and not SECRET.search(name)
     }
+    carried = ",".join(f"{name}={block_name(name)}" for name in secrets(environ, worker_env))
     return {
         **env,
+        **({ENV_FROM_BLOCKS: carried} if carried else {}),
         "PREFECT_UI_URL": worker_env.get("PREFECT_UI_URL", ""),
         "SHIPYARD_REGISTRY_PASSWORD_BLOCK": PASSWORD_BLOCK,
         # The engine is the host's: the sandbox mounts a copy of Shipyard under the builds
@@ -167,10 +175,13 @@ def volumes(settings: Settings, cwd: Path) -> list[str]:
     return [f"{socket}:{socket}", *(f"{path}:{path}" for path in sorted(shared))]
 
 
-def save_blocks(api_env: Mapping[str, str], login: RegistryLogin) -> str:
-    """The registry's password as a Secret block (for the runs' pushes) and its credentials as
-    a DockerRegistryCredentials block (for pulls on other machines), on the Prefect API in
-    `api_env`; returns the credentials block's id."""
+def save_blocks(
+    api_env: Mapping[str, str], login: RegistryLogin, carried: Mapping[str, str]
+) -> str:
+    """On the Prefect API in `api_env`: the registry's password as a Secret block (for the
+    runs' pushes) and its credentials as a DockerRegistryCredentials block (for pulls on other
+    machines); each `carried` secret as the Secret block its run reads (`block_name`). Returns
+    the credentials block's id."""
     from prefect.blocks.system import Secret
     from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
     from prefect_docker.credentials import DockerRegistryCredentials
@@ -180,6 +191,8 @@ def save_blocks(api_env: Mapping[str, str], login: RegistryLogin) -> str:
         updates[PREFECT_API_AUTH_STRING] = api_env["PREFECT_API_AUTH_STRING"]
     with temporary_settings(updates=updates):
         Secret(value=SecretStr(login.password)).save(PASSWORD_BLOCK, overwrite=True)
+        for variable, value in carried.items():
+            Secret(value=SecretStr(value)).save(block_name(variable), overwrite=True)
         credentials = DockerRegistryCredentials(
             username=login.username, password=login.password, registry_url=login.address
         )
@@ -202,6 +215,8 @@ def pool_template(image: str, env: dict[str, str], mounts: list[str], credential
         "labels": {f"{LABEL}.role": ROLE},
         "auto_remove": True,
         "stream_output": True,
+        # Reads the carried secrets from their blocks, then runs Prefect's engine.
+        "command": "python -m shipyard.stack.pool_run",
     }
     for name, value in defaults.items():
         template["variables"]["properties"][name]["default"] = value

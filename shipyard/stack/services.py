@@ -540,7 +540,8 @@ def docker_pool_template(settings: Settings, say: Say) -> Any:
     client, login = engine(settings), registry_login(settings)
     image = docker_pool.worker_image(settings, client, base_image(settings), login, say)
     docker_pool.fetch_for_runs(settings)
-    credentials = docker_pool.save_blocks(_prefect_env(settings), login)
+    carried = docker_pool.secrets(os.environ, worker_env(settings))
+    credentials = docker_pool.save_blocks(_prefect_env(settings), login, carried)
     return docker_pool.pool_template(
         image, env, docker_pool.volumes(settings, Path.cwd()), credentials
     )
@@ -604,8 +605,6 @@ def up(
     URLs."""
     chosen = backend or postgres.backend(settings)
     runs_on = runs_on or pool(settings)
-    if runs_on.kind == "docker":
-        docker_pool.run_env(os.environ, worker_env(settings, chosen))  # refuse secrets first
     services = plan(settings, chosen, runs_on)
     api = prefect_api(settings)
     if not own_prefect(settings):
