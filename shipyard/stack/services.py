@@ -44,6 +44,8 @@ from shipyard.waiting import TimedOut, wait_until
 
 # By module, with this interpreter: whatever directory its scripts were installed in.
 PREFECT = [sys.executable, "-m", "prefect"]
+PROMPT_WORKER = [sys.executable, "-m", "shipyard.stack.prompt_worker"]
+"""Prefect's worker, woken by its pool's scheduled-run events as well as by its poll."""
 MLFLOW = [sys.executable, "-m", "mlflow"]
 SHIPYARD = [sys.executable, "-m", "shipyard"]
 LAUNCH = [sys.executable, "-m", "shipyard.stack.launch"]
@@ -223,9 +225,7 @@ def _workers(settings: Settings, chosen: Pool, env: dict[str, str]) -> list[Serv
             Service(
                 f"{DOCKER_WORKER}{i}",
                 [
-                    *PREFECT,
-                    "worker",
-                    "start",
+                    *PROMPT_WORKER,
                     "--pool",
                     docker_pool.POOL,
                     "--type",
@@ -258,7 +258,7 @@ def _workers(settings: Settings, chosen: Pool, env: dict[str, str]) -> list[Serv
         ),
         Service(
             "prefect-worker",
-            [*PREFECT, "worker", "start", "--pool", "shipyard", "--type", "process"],
+            [*PROMPT_WORKER, "--pool", "shipyard", "--type", "process"],
             "",
             "pool shipyard",
             env,

@@ -1,0 +1,99 @@
+"""A Prefect worker that takes a run the moment it is scheduled, not at its next poll.
+
+`python -m shipyard.stack.prompt_worker --pool NAME --type process|docker [--name N] [--limit L]`
+runs Prefect's own worker of that type (`prefect worker start`'s class, loops and signal
+handling: it polls every `PREFECT_WORKER_QUERY_SECONDS` and heartbeats as usual) and, beside
+it, subscribes to the server's event stream (`/api/events/out`, the websocket the UI's event
+feed uses) for `prefect.flow-run.Scheduled` on its pool. Each such event makes the worker poll
+at once, so a pushed commit's run is submitted within the event's delivery (milliseconds here)
+instead of up to a polling interval later. The poll stays the fallback: a dropped event stream
+(reconnected after a pause) or a run that became due later (a cron run created ahead of its
+time) is taken at the next poll, as by `prefect worker start`. Submission is Prefect's own, so a
+run seen by both paths is submitted once (the worker skips a run it is submitting), and other
+pools' runs never wake it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from typing import Any
+
+import anyio
+
+SCHEDULED = "prefect.flow-run.Scheduled"
+RETRY_S = 5.0
+log = logging.getLogger("shipyard.prompt_worker")
+
+
+def for_pool(event: Any, pool: str) -> bool:
+    """Whether `event` concerns a flow run of work pool `pool`."""
+    return any(
+        related.get("prefect.resource.role") == "work-pool"
+        and related.get("prefect.resource.name") == pool
+        for related in event.related
+    )
+
+
+async def react(worker: Any, pool: str) -> None:
+    """Poll at once whenever a run of `pool` is scheduled; resubscribe after a failure."""
+    from prefect.events.clients import get_events_subscriber
+    from prefect.events.filters import EventFilter, EventNameFilter
+
+    wanted = EventFilter(event=EventNameFilter(name=[SCHEDULED]))
+    while True:
+        try:
+            async with get_events_subscriber(
+                filter=wanted, reconnect_on_clean_close=True
+            ) as events:
+                async for event in events:
+                    if for_pool(event, pool):
+                        log.info("%s scheduled: polling now", event.resource.name)
+                        await worker.get_and_submit_flow_runs()
+        except Exception as e:  # the stream is an accelerator: the worker's poll goes on
+            log.warning("event stream: %s; polling only for %.0f s", e, RETRY_S)
+        await anyio.sleep(RETRY_S)
+
+
+async def serve(worker_type: str, pool: str, name: str | None, limit: int | None) -> None:
+    from prefect.plugins import load_prefect_collections
+    from prefect.settings import PREFECT_WORKER_HEARTBEAT_SECONDS
+    from prefect.utilities.dispatch import lookup_type
+    from prefect.utilities.processutils import setup_signal_handlers_worker
+    from prefect.workers.base import BaseWorker
+
+    load_prefect_collections()  # the docker worker comes with prefect-docker
+    try:
+        worker_class: Any = lookup_type(BaseWorker, worker_type)  # a concrete subclass
+    except KeyError:
+        raise SystemExit(
+            f"--type {worker_type}: no Prefect worker of that type is installed."
+        ) from None
+    setup_signal_handlers_worker(os.getpid(), f"the {worker_type} worker", print)
+    worker = worker_class(
+        name=name,
+        work_pool_name=pool,
+        limit=limit,
+        heartbeat_interval_seconds=int(PREFECT_WORKER_HEARTBEAT_SECONDS.value()),
+    )
+    async with anyio.create_task_group() as group:
+        group.start_soon(react, worker, pool)
+        await worker.start(printer=print)
+        group.cancel_scope.cancel()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pool", required=True)
+    parser.add_argument("--type", required=True, dest="worker_type")
+    parser.add_argument("--name")
+    parser.add_argument("--limit", type=int)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    log.setLevel(logging.INFO)
+    anyio.run(serve, args.worker_type, args.pool, args.name, args.limit)
+
+
+if __name__ == "__main__":
+    main()
