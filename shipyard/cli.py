@@ -96,6 +96,9 @@ def _quiet(verbose: bool, backend: Backend | None = None) -> None:
 
         prefect.context.refresh_global_settings_context()
         prefect.logging.configuration.setup_logging()
+    from shipyard.stack import plain_http
+
+    plain_http.skip_ca_bundle()
 
 
 def _fail(message: str, as_json: bool, summary: dict[str, Any] | None = None) -> None:

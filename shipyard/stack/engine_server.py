@@ -160,6 +160,9 @@ def run_engine(request: dict[str, object], fds: list[int]) -> int:
 
         prefect.context.refresh_global_settings_context()
         prefect.logging.configuration.setup_logging()
+        from shipyard.stack import plain_http
+
+        plain_http.skip_ca_bundle()
     # runpy warns that the module it runs as __main__ is imported already: here, on purpose.
     warnings.filterwarnings("ignore", f"'{module}' found in sys.modules", RuntimeWarning)
     try:

@@ -44,6 +44,9 @@ def main(argv: list[str]) -> None:
     load_secrets()
     if argv[:1] == ["--"] and len(argv) > 1:
         os.execvp(argv[1], argv[1:])
+    from shipyard.stack import plain_http
+
+    plain_http.skip_ca_bundle()
     sys.argv = [sys.argv[0]]
     runpy.run_module("prefect.engine", run_name="__main__", alter_sys=True)
 
