@@ -194,6 +194,21 @@ def test_two_docker_workers_run_two_models_at_once_and_one_model_in_turn(
         ):
             assert time.monotonic() < deadline, [(c.name, c.status) for c in left]
             time.sleep(1)
+
+        # Back to the process pool: the docker workers stop, the process worker and its engine
+        # server run, and the deployments are on the `shipyard` pool again.
+        shipyard("stack", "up", "--pool", "process")
+        status = json.loads(shipyard("stack", "status").stdout)
+        assert status["pool"].startswith("process: shipyard"), status["pool"]
+        assert not any(name.startswith("prefect-docker-worker") for name in status), status
+        deadline = time.monotonic() + 60
+        while not status["prefect-worker"].startswith("running"):
+            assert time.monotonic() < deadline, status["prefect-worker"]
+            time.sleep(1)
+            status = json.loads(shipyard("stack", "status").stdout)
+        assert status["engine-server"].startswith("running"), status["engine-server"]
+        deployment = prefect.get(f"{api}/deployments/name/release/release").json()
+        assert deployment["work_pool_name"] == "shipyard"
     finally:
         prefect.close()
         subprocess.run([SHIPYARD, "stack", "down"], env=env, capture_output=True, timeout=120)
