@@ -45,6 +45,7 @@ from shipyard.waiting import TimedOut, wait_until
 # By module, with this interpreter: whatever directory its scripts were installed in.
 PREFECT = [sys.executable, "-m", "prefect"]
 PROMPT_WORKER = [sys.executable, "-m", "shipyard.stack.prompt_worker"]
+WORKER_POLL_SECONDS = "5"
 """Prefect's worker, woken by its pool's scheduled-run events as well as by its poll."""
 MLFLOW = [sys.executable, "-m", "mlflow"]
 SHIPYARD = [sys.executable, "-m", "shipyard"]
@@ -195,8 +196,10 @@ def worker_env(settings: Settings, backend: postgres.Backend | None = None) -> d
     prefect_url = prefect_api(settings).removesuffix("/api")
     return {
         **base_env,
-        # Prefect's default is 10 s: a pushed commit would wait that long to start.
-        "PREFECT_WORKER_QUERY_SECONDS": "1",
+        # A scheduled run wakes the worker (shipyard.stack.prompt_worker); the poll is the
+        # fallback for runs due later (cron, retries). Each poll also writes the pool's and
+        # deployments' last-polled time: on SQLite, every write may collide with another.
+        "PREFECT_WORKER_QUERY_SECONDS": WORKER_POLL_SECONDS,
         "SHIPYARD_STATE_DIR": str(settings.state_dir.resolve()),
         "SHIPYARD_MLFLOW_UI_URL": mlflow_ui(settings, backend),
         "PREFECT_UI_URL": prefect_url,
