@@ -44,9 +44,7 @@ from shipyard.waiting import TimedOut, wait_until
 
 # By module, with this interpreter: whatever directory its scripts were installed in.
 PREFECT = [sys.executable, "-m", "prefect"]
-PROMPT_WORKER = [sys.executable, "-m", "shipyard.stack.prompt_worker"]
-WORKER_POLL_SECONDS = "5"
-"""Prefect's worker, woken by its pool's scheduled-run events as well as by its poll."""
+WORKER_POLL_SECONDS = "1"
 MLFLOW = [sys.executable, "-m", "mlflow"]
 SHIPYARD = [sys.executable, "-m", "shipyard"]
 LAUNCH = [sys.executable, "-m", "shipyard.stack.launch"]
@@ -196,9 +194,7 @@ def worker_env(settings: Settings, backend: postgres.Backend | None = None) -> d
     prefect_url = prefect_api(settings).removesuffix("/api")
     return {
         **base_env,
-        # A scheduled run wakes the worker (shipyard.stack.prompt_worker); the poll is the
-        # fallback for runs due later (cron, retries). Each poll also writes the pool's and
-        # deployments' last-polled time: on SQLite, every write may collide with another.
+        # Prefect's default is 10 s: a pushed commit would wait that long to start.
         "PREFECT_WORKER_QUERY_SECONDS": WORKER_POLL_SECONDS,
         "SHIPYARD_STATE_DIR": str(settings.state_dir.resolve()),
         "SHIPYARD_MLFLOW_UI_URL": mlflow_ui(settings, backend),
@@ -228,7 +224,9 @@ def _workers(settings: Settings, chosen: Pool, env: dict[str, str]) -> list[Serv
             Service(
                 f"{DOCKER_WORKER}{i}",
                 [
-                    *PROMPT_WORKER,
+                    *PREFECT,
+                    "worker",
+                    "start",
                     "--pool",
                     docker_pool.POOL,
                     "--type",
@@ -261,7 +259,7 @@ def _workers(settings: Settings, chosen: Pool, env: dict[str, str]) -> list[Serv
         ),
         Service(
             "prefect-worker",
-            [*PROMPT_WORKER, "--pool", "shipyard", "--type", "process"],
+            [*PREFECT, "worker", "start", "--pool", "shipyard", "--type", "process"],
             "",
             "pool shipyard",
             env,
