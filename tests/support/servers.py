@@ -27,13 +27,15 @@ KEY = "test-key-0123456789"
 
 
 class Server:
-    def __init__(self, process: subprocess.Popen[bytes], url: str) -> None:
-        self.process, self.url = process, url
+    def __init__(self, process: subprocess.Popen[bytes], url: str, log: Path) -> None:
+        self.process, self.url, self.log = process, url, log
 
     def stop(self) -> int:
         if self.process.poll() is None:
             self.process.terminate()
-        return self.process.wait(timeout=30)
+        code = self.process.wait(timeout=30)
+        self.log.unlink(missing_ok=True)
+        return code
 
 
 def start_server(bundle: Path, env: Mapping[str, str] | None = None, **settings: object) -> Server:
@@ -55,25 +57,28 @@ def start_server(bundle: Path, env: Mapping[str, str] | None = None, **settings:
         }
     )
     environment.update({f"SHIPYARD_SERVE_{k.upper()}": str(v) for k, v in settings.items()})
-    log = tempfile.NamedTemporaryFile(prefix="shipyard-serve-", suffix=".log", delete=False)  # noqa: SIM115
-    process = subprocess.Popen(
-        [sys.executable, "-m", "shipyard_serving"],
-        env=environment,
-        stdout=subprocess.DEVNULL,
-        stderr=log,
-    )
-    url = f"http://127.0.0.1:{port}"
+    with tempfile.NamedTemporaryFile(prefix="shipyard-serve-", suffix=".log", delete=False) as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "shipyard_serving"],
+            env=environment,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
+    server = Server(process, f"http://127.0.0.1:{port}", Path(log.name))
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"server exited: {Path(log.name).read_text()}")
+            said = server.log.read_text()
+            server.stop()
+            raise RuntimeError(f"server exited: {said}")
         try:
             # 401: up, with health behind a key
-            if httpx.get(f"{url}/v2/health/ready", timeout=1).status_code in (200, 401):
-                return Server(process, url)
+            if httpx.get(f"{server.url}/v2/health/ready", timeout=1).status_code in (200, 401):
+                return server
         except httpx.HTTPError:
             time.sleep(0.2)
     process.kill()
+    server.stop()
     raise RuntimeError("server not ready within 60 s")
 
 
