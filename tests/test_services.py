@@ -6,9 +6,11 @@ what it started."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -66,7 +68,8 @@ def ui_page(
     as a user logged in sees it: the UI keeps the auth string it asked for, base64, in local
     storage under `prefect-password`; it is put there before the page's own scripts run
     (through the DevTools socket, never on Chromium's command line)."""
-    profile = Path(tempfile.mkdtemp(prefix="chromium-"))
+    scratch = Path(tempfile.mkdtemp(prefix="chromium-"))
+    profile = scratch / "profile"
     browser = subprocess.Popen(
         [
             chromium_binary(),
@@ -81,6 +84,8 @@ def ui_page(
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        env={**os.environ, "TMPDIR": str(scratch)},  # its org.chromium.Chromium.* files too
+        start_new_session=True,
     )
     try:
         active = profile / "DevToolsActivePort"
@@ -118,7 +123,9 @@ def ui_page(
     finally:
         browser.terminate()
         browser.wait(timeout=30)
-        shutil.rmtree(profile, ignore_errors=True)
+        with contextlib.suppress(ProcessLookupError):  # its helpers, still writing the profile
+            os.killpg(browser.pid, signal.SIGKILL)
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 @pytest.mark.e2e
