@@ -9,6 +9,7 @@ Runs last (marker `chaos`): it restarts the engine the other tests use.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -136,6 +137,7 @@ class Stack:
     def flow_run(self, run_id: str, timeout_s: float) -> dict[str, Any]:
         """The flow run once it is final (answers from a server that may be restarting)."""
         deadline = time.monotonic() + timeout_s
+        run: dict[str, Any] = {}
         while time.monotonic() < deadline:
             try:
                 run = self.get(f"/flow_runs/{run_id}")
@@ -144,7 +146,21 @@ class Stack:
             except (httpx.HTTPError, ValueError, KeyError):
                 pass
             time.sleep(1)
-        pytest.fail(f"flow run {run_id} did not finish within {timeout_s} s")
+        pytest.fail(f"flow run {run_id} did not finish within {timeout_s} s\n{self.why(run)}")
+
+    def why(self, run: dict[str, Any]) -> str:
+        """What a stuck run and the worker were doing: its states, the programs, the log's end."""
+        lines = [f"last seen: {json.dumps(run.get('state'), default=str)[:600]}"]
+        with contextlib.suppress(httpx.HTTPError, ValueError):
+            states = self.get(f"/flow_run_states/?flow_run_id={run.get('id', '')}")
+            lines += [f"  {s['timestamp']} {s['type']} {s['name']}" for s in states]
+        for program in ("prefect-worker", "engine-server", "prefect-server"):
+            info = supervisor.info(self.settings, program)
+            lines.append(f"{program}: {info.get('statename')}, {info.get('description')}")
+        log = self.settings.stack_dir / "prefect-worker.log"
+        if log.is_file():
+            lines += ["prefect-worker.log, its end:", *log.read_text().splitlines()[-40:]]
+        return "\n".join(lines)
 
     def release_runs(self, timeout_s: float = 60) -> list[dict[str, Any]]:
         """The release flow runs, from a server that may answer slowly: the stack's Prefect on
