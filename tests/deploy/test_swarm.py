@@ -286,3 +286,46 @@ def test_a_worker_node_killed_under_load_its_replicas_come_back_on_the_others(
     print(f"node {victim} killed: {replicas} replicas again after {restored:.1f} s; {counts}")
     assert counts["sent"] > 100, counts
     assert counts["failed"] <= counts["sent"] * 0.001, counts
+
+
+def test_stack_up_brings_a_dead_node_back_and_new_replicas_land_on_it(
+    served: Served, docker_stack: dict[str, str]
+) -> None:
+    """After the test above (or a machine that went down): what `stack up --nodes 2` runs
+    starts the node container again, which comes back as the same swarm node (its state is on
+    the host's disk), ready. Swarm moves no running replica back to it; a scale-up places the new
+    ones on it (the emptiest node), under load, failing none."""
+    settings = served.settings
+    client = engine.engine(settings)
+    victim = f"{PREFIX}-2"
+    node = client.containers.get(victim)
+    if node.status == "running":  # run alone: take the node down as a dead machine is
+        node.kill()
+        wait_until(lambda: {n.name: n.state for n in nodes.nodes(client)}[victim] == "down", 60)
+    ids = {n.id for n in client.nodes.list() if n.attrs["Description"]["Hostname"] == victim}
+    d = served.deployment()
+    service = client.services.get(specs.service_name(NAME, d.port, d.live or ""))
+    desired = service.attrs["Spec"]["Mode"]["Replicated"]["Replicas"]
+
+    def rescheduled() -> bool:  # every replica runs on the nodes left
+        placed = served.per_node()
+        return not placed.get(victim) and sum(placed.values()) == desired
+
+    wait_until(rescheduled, 180, 0.5)
+    with steady_load(served.url, rate=40) as counts:
+        started = time.monotonic()
+        found = nodes.up(settings, 2, docker_stack["base_image"], print, prefix=PREFIX)
+        back_s = time.monotonic() - started
+        assert {n.name: (n.role, n.state) for n in found}[victim] == ("worker", "ready"), found
+        assert {
+            n.id for n in client.nodes.list() if n.attrs["Description"]["Hostname"] == victim
+        } == ids
+        before = served.per_node()
+        total = sum(before.values()) + 2
+        assert cli(settings, "scale", NAME, str(total)).returncode == 0
+        placed = served.per_node()
+        time.sleep(1)
+    print(f"node {victim} back and ready after {back_s:.1f} s; replicas {placed}; {counts}")
+    assert placed.get(victim, 0) - before.get(victim, 0) == 2, (before, placed)
+    assert sum(placed.values()) == total, placed
+    assert counts["sent"] > 100 and counts["failed"] == 0, counts
