@@ -180,6 +180,37 @@ def test_a_version_failing_the_smoke_gate_is_removed_and_traffic_stays(served: S
     assert not [s for s in client.services.list() if s.name == idle]
 
 
+def test_a_recreate_that_fails_its_gate_restarts_the_old_version_and_one_that_passes_serves(
+    served: Served,
+) -> None:
+    """`recreate` removes the serving service before it starts the new one (a gap, by design).
+    When the new one fails a gate, the version it replaced is started again and serves; when it
+    passes, it serves alone."""
+    first, second = served.targets["first"], served.targets["second"]
+    serving = served.deployment()
+    assert serving.live is not None
+    old = serving.instances[serving.live].version
+    wrong = Target(NAME, second.version, second.image, first.golden)
+    with pytest.raises(DeployError, match=r"Gate 'smoke' failed: .* golden labels differ"):
+        rollout(wrong, "recreate", served.policy, served.settings, record_policy=True)
+    d = served.deployment()
+    assert d.live is not None and d.instances[d.live].version == old and d.replaced is None
+    answer = httpx.post(f"{served.url}/v2/models/{MODEL}/infer", json=BODY, timeout=10)
+    assert answer.status_code == 200, answer.text
+    new = second if old == first.version else first
+    rollout(new, "recreate", served.policy, served.settings, record_policy=True)
+    d = served.deployment()
+    assert d.live is not None and d.instances[d.live].version == new.version
+    assert list(d.instances) == [d.live] and d.replaced is None
+    answer = httpx.post(f"{served.url}/v2/models/{MODEL}/infer", json=BODY, timeout=10)
+    assert answer.status_code == 200, answer.text
+    client = engine.engine(served.settings)
+    left = [s.name for s in client.services.list() if s.name.startswith(f"shipyard-{NAME}-")]
+    assert sorted(left) == sorted(
+        [specs.service_name(NAME, d.port, d.live), f"shipyard-{NAME}-{d.port}-proxy"]
+    )
+
+
 def test_scale_refuses_a_docker_target_endpoint(_deployed: Endpoint) -> None:
     done = cli(_deployed.settings, "scale", MODEL, "2")
     assert done.returncode != 0
