@@ -45,6 +45,8 @@ from shipyard.waiting import TimedOut, wait_until
 # By module, with this interpreter: whatever directory its scripts were installed in.
 PREFECT = [sys.executable, "-m", "prefect"]
 WORKER_POLL_SECONDS = "1"
+CRASH_LOOP_STARTS = 3
+"""A service started this many times without answering has failed to start."""
 MLFLOW = [sys.executable, "-m", "mlflow"]
 SHIPYARD = [sys.executable, "-m", "shipyard"]
 LAUNCH = [sys.executable, "-m", "shipyard.stack.launch"]
@@ -455,12 +457,18 @@ def _start(settings: Settings, service: Service, say: Say) -> None:
         ),
     )
     hopeless: list[str] = []
+    pids: set[int] = set()
 
     def give_up() -> bool:
         if service.hopeless is not None and (reason := service.hopeless()):
             hopeless.append(reason)
             return True
-        return supervisor.info(settings, service.name).get("statename") in ("FATAL", "BACKOFF")
+        info = supervisor.info(settings, service.name)
+        if info.get("pid"):
+            pids.add(int(info["pid"]))
+        # A program that exits after its first seconds is started again for ever, never FATAL:
+        # its third start is a crash loop (e.g. Prefect's server refused by its database).
+        return info.get("statename") in ("FATAL", "BACKOFF") or len(pids) >= CRASH_LOOP_STARTS
 
     try:
         wait_until(
@@ -475,9 +483,10 @@ def _start(settings: Settings, service: Service, say: Say) -> None:
             raise StackError(
                 f"{hopeless[0]} ({service.name} is stopped: restarting it would not help.)"
             ) from None
+        looped = f", started {len(pids)} times" if len(pids) >= CRASH_LOOP_STARTS else ""
         raise StackError(
-            f"{service.name} did not come up ({service.health or service.url}); see {log}: "
-            + log.read_text(errors="replace")[-600:].strip()
+            f"{service.name} did not come up ({service.health or service.url}{looped}); see "
+            f"{log}: " + log.read_text(errors="replace")[-600:].strip()
         ) from None
     state = supervisor.describe(settings, service.name)
     say(
@@ -666,21 +675,25 @@ def start_stores(
     runs_on: Pool | None = None,
 ) -> None:
     """Start `stores` (Postgres, then the servers on it) and only then record `chosen`: a
-    start that fails leaves the recorded backend as it was, and says how to retry or go back."""
+    start that fails leaves the recorded backend as it was, starts the servers it had already
+    moved (and the one that failed) on that backend again, and says how to retry or go back."""
     previous = postgres.backend(settings)
+    moved: list[str] = []
     try:
         for service in stores:
             if service.name == "postgres":
                 start_postgres(settings, say)
                 continue
+            moved.append(service.name)  # its program is rewritten first: started or not
             _start(settings, service, say)
             if service.name == "prefect-server":
                 register_deployments(settings, say, runs_on)
     except StackError as e:
         if chosen != previous:
+            back = _move_back(settings, moved, previous, say, runs_on)
             raise StackError(
                 f"The stack did not start on {chosen}, so it stays on {previous} (recorded in "
-                f"{settings.stack_file}): {e} Once that is fixed, run `shipyard stack up "
+                f"{settings.stack_file}): {e} {back} Once that is fixed, run `shipyard stack up "
                 f"--backend {chosen}` again; `shipyard stack up --backend {previous}` goes back."
             ) from e
         if chosen == "postgres":
@@ -692,6 +705,29 @@ def start_stores(
     if chosen != previous:
         postgres.record_backend(settings, chosen)
         say(f"backend: {chosen}, recorded in {settings.stack_file} (was {previous})")
+
+
+def _move_back(
+    settings: Settings, moved: list[str], backend: postgres.Backend, say: Say, runs_on: Pool | None
+) -> str:
+    """Start the servers named in `moved` on `backend` again (a switch that failed half-way
+    leaves none on the new one); what happened, for the error."""
+    if not moved:
+        return ""
+    back: list[str] = []
+    by_name = {service.name: service for service in plan(settings, backend, runs_on)}
+    for name in moved:
+        if name not in by_name:  # a team's own server: nothing of ours to move back
+            continue
+        try:
+            _start(settings, by_name[name], say)  # its deployments are in its database still
+        except StackError as e:
+            return (
+                f"Starting {name} on {backend} again failed too ({e}); `shipyard stack status` "
+                "shows what runs."
+            )
+        back.append(name)
+    return f"{' and '.join(back)} run on {backend} again." if back else ""
 
 
 def _loopback(host: str) -> bool:

@@ -1,6 +1,7 @@
 """`stack up --backend postgres` starting the stack's own cluster, with Debian's PostgreSQL and a
-real supervisord: the backend is recorded only once Postgres and the servers on it answer, and
-a cluster left by an earlier stack that refuses this stack's password fails with the fix."""
+real supervisord: the backend is recorded only once Postgres and the servers on it answer, a
+cluster left by an earlier stack that refuses this stack's password fails with the fix, and a
+switch that fails half-way moves what it moved back."""
 
 from __future__ import annotations
 
@@ -39,6 +40,8 @@ def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settin
         stack_dir=tmp_path / "stack",
         state_dir=tmp_path / "state",
         postgres_port=free_port("127.0.0.1"),
+        prefect_port=free_port("127.0.0.1"),
+        mlflow_port=free_port("127.0.0.1"),
     )
     try:
         yield stack
@@ -163,3 +166,40 @@ def test_stack_up_refuses_a_backend_it_cannot_start_on_before_starting_or_record
         assert done.returncode == 1, done.stderr
         assert expected in json.loads(done.stdout)["error"]
         assert not (tmp_path / "stack").exists()
+
+
+@pytest.mark.unit
+def test_a_switch_to_postgres_that_fails_half_way_starts_prefect_on_sqlite_again(
+    settings: Settings,
+) -> None:
+    """The stack runs on SQLite; `stack up --backend postgres` starts Postgres, but Prefect's
+    server is refused by its database (connections to `prefect` are not allowed) and exits each
+    time it starts. The switch gives up after its third start, not after the 90 s wait, starts
+    Prefect on SQLite again (the program supervisord runs has no Postgres URL) and records
+    nothing."""
+    import psycopg
+
+    said: list[str] = []
+    program = settings.stack_dir / "supervisor.d" / "prefect-server.conf"
+    services.start(settings, "prefect-server", said.append)  # on the recorded backend: SQLite
+    assert "PREFECT_SERVER_DATABASE_CONNECTION_URL" not in program.read_text()
+    services.start_postgres(settings, said.append)
+    with psycopg.connect(**postgres.connect_args(settings), autocommit=True) as connection:  # type: ignore[arg-type]
+        connection.execute("ALTER DATABASE prefect ALLOW_CONNECTIONS false")
+    stores = [s for s in services.plan(settings, "postgres") if s.name in services.STORE_SERVERS]
+
+    with pytest.raises(StackError) as failed:
+        services.start_stores(settings, stores, "postgres", said.append)
+
+    message = str(failed.value)
+    assert message.startswith(
+        f"The stack did not start on postgres, so it stays on sqlite (recorded in "
+        f"{settings.stack_file}): prefect-server did not come up ("
+    ), message
+    assert f", started {services.CRASH_LOOP_STARTS} times)" in message
+    assert "prefect-server run on sqlite again." in message
+    assert postgres.password(settings) not in message + "\n".join(said)
+    assert recorded(settings) is None and postgres.backend(settings) == "sqlite"
+    assert "PREFECT_SERVER_DATABASE_CONNECTION_URL" not in program.read_text()
+    assert supervisor.info(settings, "prefect-server")["statename"] == "RUNNING"
+    assert "mlflow-server" not in supervisor.programs(settings)  # never moved
