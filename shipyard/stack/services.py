@@ -691,9 +691,10 @@ def start_stores(
     except StackError as e:
         if chosen != previous:
             back = _move_back(settings, moved, previous, say, runs_on)
+            then = f"{back} " if back else ""
             raise StackError(
                 f"The stack did not start on {chosen}, so it stays on {previous} (recorded in "
-                f"{settings.stack_file}): {e} {back} Once that is fixed, run `shipyard stack up "
+                f"{settings.stack_file}): {e} {then}Once that is fixed, run `shipyard stack up "
                 f"--backend {chosen}` again; `shipyard stack up --backend {previous}` goes back."
             ) from e
         if chosen == "postgres":
