@@ -367,6 +367,44 @@ def test_a_docker_pool_run_reads_its_secrets_from_their_blocks(prefect_server: s
     assert "run it again with MLFLOW_TRACKING_TOKEN set" in missing.stderr
 
 
+@pytest.mark.services
+def test_saving_the_pools_blocks_deletes_those_of_secrets_no_longer_set(
+    prefect_server: str,
+) -> None:
+    """`stack up --pool docker` again without a secret set: its block, and the value in it, is
+    deleted from Prefect's database; the blocks of secrets still set, and Secret blocks that are
+    not the pool's, stay."""
+    from prefect.blocks.system import Secret
+    from prefect.client.orchestration import get_client
+    from pydantic import SecretStr
+
+    from shipyard.engine import RegistryLogin
+    from shipyard.stack import docker_pool
+
+    login = RegistryLogin("127.0.0.1:5000", "shipyard", "p-" + os.urandom(4).hex())
+    api = {"PREFECT_API_URL": prefect_server}
+    team = "team-secret-" + os.urandom(4).hex()
+    Secret(value=SecretStr("theirs")).save(team, overwrite=True)
+    said: list[str] = []
+    token = "t-" + os.urandom(4).hex()
+    both = {"SHIPYARD_SERVE_API_KEY": "k1", "MLFLOW_TRACKING_TOKEN": token}
+    docker_pool.save_blocks(api, login, both, said.append)
+    assert Secret.load("shipyard-env-mlflow-tracking-token").get() == token
+
+    docker_pool.save_blocks(api, login, {"SHIPYARD_SERVE_API_KEY": "k2"}, said.append)
+
+    with get_client(sync_client=True) as client:
+        names = {d.name for d in client.read_block_documents_by_type("secret")}
+    assert "shipyard-env-mlflow-tracking-token" not in names
+    assert {"shipyard-env-shipyard-serve-api-key", team, "shipyard-registry-password"} <= names
+    assert Secret.load("shipyard-env-shipyard-serve-api-key").get() == "k2"
+    assert said == [
+        "docker pool: deleted the Secret block shipyard-env-mlflow-tracking-token (its setting "
+        "is not set)"
+    ]
+    assert not any(token in line or login.password in line for line in said)
+
+
 @pytest.mark.unit
 def test_the_docker_pool_is_chosen_recorded_and_keeps_secrets_out_of_its_runs_template(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path

@@ -81,9 +81,12 @@ def secrets(environ: Mapping[str, str], worker_env: Mapping[str, str]) -> dict[s
     }
 
 
+BLOCK_PREFIX = "shipyard-env-"
+
+
 def block_name(variable: str) -> str:
     """The Secret block carrying `variable` (block names are lower-case, digits and dashes)."""
-    return "shipyard-env-" + variable.lower().replace("_", "-")
+    return BLOCK_PREFIX + variable.lower().replace("_", "-")
 
 
 def worker_image(
@@ -176,13 +179,17 @@ def volumes(settings: Settings, cwd: Path) -> list[str]:
 
 
 def save_blocks(
-    api_env: Mapping[str, str], login: RegistryLogin, carried: Mapping[str, str]
+    api_env: Mapping[str, str],
+    login: RegistryLogin,
+    carried: Mapping[str, str],
+    say: Say,
 ) -> str:
     """On the Prefect API in `api_env`: the registry's password as a Secret block (for the
     runs' pushes) and its credentials as a DockerRegistryCredentials block (for pulls on other
-    machines); each `carried` secret as the Secret block its run reads (`block_name`). Returns
-    the credentials block's id."""
+    machines); each `carried` secret as the Secret block its run reads (`block_name`), and the
+    blocks of secrets no longer set deleted. Returns the credentials block's id."""
     from prefect.blocks.system import Secret
+    from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
     from prefect_docker.credentials import DockerRegistryCredentials
 
@@ -191,8 +198,17 @@ def save_blocks(
         updates[PREFECT_API_AUTH_STRING] = api_env["PREFECT_API_AUTH_STRING"]
     with temporary_settings(updates=updates):
         Secret(value=SecretStr(login.password)).save(PASSWORD_BLOCK, overwrite=True)
+        kept = {block_name(variable) for variable in carried}
         for variable, value in carried.items():
             Secret(value=SecretStr(value)).save(block_name(variable), overwrite=True)
+        # A secret unset since the last `stack up --pool docker` reaches no run; its value
+        # should not stay in Prefect's database either.
+        with get_client(sync_client=True) as client:
+            for document in client.read_block_documents_by_type("secret", include_secrets=False):
+                name = document.name or ""
+                if name.startswith(BLOCK_PREFIX) and name not in kept:
+                    client.delete_block_document(document.id)
+                    say(f"docker pool: deleted the Secret block {name} (its setting is not set)")
         credentials = DockerRegistryCredentials(
             username=login.username, password=login.password, registry_url=login.address
         )

@@ -552,7 +552,7 @@ def docker_pool_template(settings: Settings, say: Say) -> Any:
     image = docker_pool.worker_image(settings, client, base_image(settings), login, say)
     docker_pool.fetch_for_runs(settings)
     carried = docker_pool.secrets(os.environ, workers)
-    credentials = docker_pool.save_blocks(_prefect_env(settings), login, carried)
+    credentials = docker_pool.save_blocks(_prefect_env(settings), login, carried, say)
     return docker_pool.pool_template(
         image, env, docker_pool.volumes(settings, Path.cwd()), credentials
     )
