@@ -4,12 +4,13 @@ version, split by stage.
 Run: `make bench-webhook` (after `shipyard stack up`: it uses the stack's engine and registry).
 Like the stack, it runs a Prefect server, `prefect deploy --all` of prefect.yaml, an MLflow
 server on the state directory's SQLite store, the engine server and a process worker polling
-every second on a pool whose command is the engine client, and the webhook receiver, here on
-free ports with a state directory of their own. A git repository holding examples/digits-sklearn gets a first commit, pushed and
-served (cold: nothing cached), then RUNS commits that each change the seed (a new model:
-retrained, exported, optimized, validated, registered, built, pushed, rolled out). For each it
-prints the receiver's answer, the run's creation and start, every stage's start and duration,
-and the first answer from the new version, all from the moment the push was sent. The last
+as the stack's does (services.WORKER_POLL_SECONDS) on a pool whose command is the engine client,
+and the webhook receiver, here on free ports with a state directory of their own. A git
+repository holding examples/digits-sklearn gets a first commit, pushed and served (cold:
+nothing cached), then RUNS commits that each change the seed (a new model: retrained, exported,
+optimized, validated, registered, built, pushed, rolled out). For each it prints the receiver's
+answer, the run's creation and start, every stage's start and duration, and the first answer
+from the new version, all from the moment the push was sent. The last
 DEFAULT_RUNS commits run on the pool with Prefect's own command (workspace supervisor, then
 `python -m prefect.engine`), for the run start side by side.
 """
@@ -206,7 +207,7 @@ def main() -> None:
             "SHIPYARD_ALLOWED_FILE_ROOT": str(root),
             "SHIPYARD_WEBHOOK_SECRET": SECRET,
             "SHIPYARD_WEBHOOK_DELIVERIES_FILE": str(root / "deliveries"),
-            "PREFECT_WORKER_QUERY_SECONDS": "1",
+            "PREFECT_WORKER_QUERY_SECONDS": services.WORKER_POLL_SECONDS,
         }
         processes: list[subprocess.Popen[bytes]] = [server]
         port = free_port()

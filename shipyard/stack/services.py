@@ -713,8 +713,6 @@ def _move_back(
 ) -> str:
     """Start the servers named in `moved` on `backend` again (a switch that failed half-way
     leaves none on the new one); what happened, for the error."""
-    if not moved:
-        return ""
     back: list[str] = []
     by_name = {service.name: service for service in plan(settings, backend, runs_on)}
     for name in moved:
