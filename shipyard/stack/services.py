@@ -46,6 +46,7 @@ from shipyard.waiting import TimedOut, wait_until
 PREFECT = [sys.executable, "-m", "prefect"]
 WORKER_POLL_SECONDS = "1"
 CRASH_LOOP_STARTS = 3
+LEASE_STORAGE = "prefect.server.concurrency.lease_storage.filesystem"
 """A service started this many times without answering has failed to start."""
 MLFLOW = [sys.executable, "-m", "mlflow"]
 SHIPYARD = [sys.executable, "-m", "shipyard"]
@@ -301,6 +302,10 @@ def plan(
                 **base_env,
                 **credentials.server_env(settings),
                 "PREFECT_UI_API_URL": api,
+                # Concurrency slots' leases on disk (PREFECT_HOME): the default keeps them in
+                # memory, so a server restart lost the lease of a run holding `build-<model>`
+                # and the slot was never given back; the next release waited for ever.
+                "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": LEASE_STORAGE,
                 **(_prefect_database_env(settings) if on_postgres else {}),
             },
         ),
