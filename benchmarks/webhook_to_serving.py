@@ -3,8 +3,9 @@ version, split by stage.
 
 Run: `make bench-webhook` (after `shipyard stack up`: it uses the stack's engine and registry).
 Like the stack, it runs a Prefect server, `prefect deploy --all` of prefect.yaml, an MLflow
-server on the state directory's SQLite store, the engine server and a process worker polling
-as the stack's does (services.WORKER_POLL_SECONDS) on a pool whose command is the engine client,
+server on the state directory's SQLite store, the engine server and the stack's process worker
+(woken by its pool's scheduled-run events, polling every services.WORKER_POLL_SECONDS besides)
+on a pool whose command is the engine client,
 and the webhook receiver, here on free ports with a state directory of their own. A git
 repository holding examples/digits-sklearn gets a first commit, pushed and served (cold:
 nothing cached), then RUNS commits that each change the seed (a new model: retrained, exported,
@@ -264,15 +265,7 @@ def main() -> None:
             )
             processes.append(
                 subprocess.Popen(
-                    [
-                        str(BIN / "prefect"),
-                        "worker",
-                        "start",
-                        "--pool",
-                        "shipyard",
-                        "--type",
-                        "process",
-                    ],
+                    [*services.PROMPT_WORKER, "--pool", "shipyard", "--type", "process"],
                     cwd=ROOT,
                     env=env,
                     stdout=log,

@@ -1,7 +1,8 @@
 """Release runs in containers, on any number of workers: a Prefect docker work pool
 (`prefect-docker`), chosen with `shipyard stack up --pool docker --workers N`.
 
-Each worker is `prefect worker start --type docker` under the stack's supervisord and takes one
+Each worker is Prefect's docker worker (`shipyard.stack.prompt_worker --type docker`: woken by
+its pool's scheduled runs, polling besides) under the stack's supervisord and takes one
 run at a time (`--limit 1`): N workers run N releases at once. A run is a container of the
 worker image, which the stack builds offline on its base: git from Debian, the hash-locked
 environment (`worker/requirements.lock`, the same versions as the host's, so a release's

@@ -44,10 +44,13 @@ from shipyard.waiting import TimedOut, wait_until
 
 # By module, with this interpreter: whatever directory its scripts were installed in.
 PREFECT = [sys.executable, "-m", "prefect"]
-WORKER_POLL_SECONDS = "1"
+PROMPT_WORKER = [sys.executable, "-m", "shipyard.stack.prompt_worker"]
+"""Prefect's worker, woken by its pool's scheduled-run events as well as by its poll."""
+WORKER_POLL_SECONDS = "5"
+"""The workers' poll: the fallback for runs due later (cron) and for a dropped event stream."""
 CRASH_LOOP_STARTS = 3
-LEASE_STORAGE = "prefect.server.concurrency.lease_storage.filesystem"
 """A service started this many times without answering has failed to start."""
+LEASE_STORAGE = "prefect.server.concurrency.lease_storage.filesystem"
 MLFLOW = [sys.executable, "-m", "mlflow"]
 SHIPYARD = [sys.executable, "-m", "shipyard"]
 LAUNCH = [sys.executable, "-m", "shipyard.stack.launch"]
@@ -197,7 +200,9 @@ def worker_env(settings: Settings, backend: postgres.Backend | None = None) -> d
     prefect_url = prefect_api(settings).removesuffix("/api")
     return {
         **base_env,
-        # Prefect's default is 10 s: a pushed commit would wait that long to start.
+        # A scheduled run wakes the worker (shipyard.stack.prompt_worker); the poll is the
+        # fallback. Each poll also writes the pool's and deployments' last-polled time: on
+        # SQLite, every write may collide with another, so it is not every second.
         "PREFECT_WORKER_QUERY_SECONDS": WORKER_POLL_SECONDS,
         "SHIPYARD_STATE_DIR": str(settings.state_dir.resolve()),
         "SHIPYARD_MLFLOW_UI_URL": mlflow_ui(settings, backend),
@@ -227,9 +232,7 @@ def _workers(settings: Settings, chosen: Pool, env: dict[str, str]) -> list[Serv
             Service(
                 f"{DOCKER_WORKER}{i}",
                 [
-                    *PREFECT,
-                    "worker",
-                    "start",
+                    *PROMPT_WORKER,
                     "--pool",
                     docker_pool.POOL,
                     "--type",
@@ -262,7 +265,7 @@ def _workers(settings: Settings, chosen: Pool, env: dict[str, str]) -> list[Serv
         ),
         Service(
             "prefect-worker",
-            [*PREFECT, "worker", "start", "--pool", "shipyard", "--type", "process"],
+            [*PROMPT_WORKER, "--pool", "shipyard", "--type", "process"],
             "",
             "pool shipyard",
             env,
