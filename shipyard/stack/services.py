@@ -306,8 +306,9 @@ def plan(
                 **credentials.server_env(settings),
                 "PREFECT_UI_API_URL": api,
                 # Concurrency slots' leases on disk (PREFECT_HOME): the default keeps them in
-                # memory, so a server restart lost the lease of a run holding `build-<model>`
-                # and the slot was never given back; the next release waited for ever.
+                # memory, so a server restart lost the lease of a run holding `build-<model>`:
+                # its release found no lease and freed nothing, and every later release of the
+                # model waited for the slot (LOCK_WAIT_S, 30 min) and failed.
                 "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": LEASE_STORAGE,
                 **(_prefect_database_env(settings) if on_postgres else {}),
             },

@@ -22,6 +22,7 @@ from shipyard import audit, registry
 from shipyard.deploy import containers
 from shipyard.deploy.endpoint import undeploy
 from shipyard.settings import Settings
+from shipyard.stack import services
 from tests.support.projects import ROOT, commit_all
 from tests.support.webhooks import allowed_env, signed_push
 
@@ -87,9 +88,10 @@ def deployed(env: dict[str, str]) -> Iterator[dict[str, str]]:
 def worker(env: dict[str, str], deployed: dict[str, str], tmp_path: Path) -> Iterator[None]:
     log = (tmp_path / "worker.log").open("w")
     process = subprocess.Popen(
-        [str(BIN / "prefect"), "worker", "start", "--pool", "shipyard", "--type", "process"],
+        # The stack's worker: the push's run is taken when it is scheduled, not at a poll.
+        [*services.PROMPT_WORKER, "--pool", "shipyard", "--type", "process"],
         cwd=ROOT,
-        env={**env, "PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_WORKER_PREFETCH_SECONDS": "1"},
+        env={**env, "PREFECT_WORKER_QUERY_SECONDS": services.WORKER_POLL_SECONDS},
         stdout=log,
         stderr=subprocess.STDOUT,
     )
