@@ -15,6 +15,8 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import WorkPoolCreate
 
+from tests.support.workers import stop_worker
+
 POLL_S = 120
 """The worker's polling interval here: longer than the test, so only an event explains a pickup
 after the first poll."""
@@ -75,5 +77,7 @@ def test_a_scheduled_run_wakes_the_worker_of_its_pool_only(
         assert elsewhere_name not in text  # another pool's run neither woke nor went to it
         assert _state(elsewhere) == "SCHEDULED"
     finally:
-        worker.terminate()
-        worker.wait(timeout=30)
+        stop_worker(worker, log)
+    # SIGTERM stops it cleanly, a run just submitted or not (supervisor's `stop` sends SIGTERM).
+    assert "Received SIGTERM: stopping the process worker" in log.read_text()
+    assert worker.returncode == 0, log.read_text()[-3000:]

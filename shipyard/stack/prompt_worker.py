@@ -1,8 +1,8 @@
 """A Prefect worker that takes a run the moment it is scheduled, not at its next poll.
 
 `python -m shipyard.stack.prompt_worker --pool NAME --type process|docker [--name N] [--limit L]`
-runs Prefect's own worker of that type (`prefect worker start`'s class, loops and signal
-handling: it polls every `PREFECT_WORKER_QUERY_SECONDS` and heartbeats as usual) and, beside
+runs Prefect's own worker of that type (`prefect worker start`'s class and loops: it polls
+every `PREFECT_WORKER_QUERY_SECONDS` and heartbeats as usual) and, beside
 it, subscribes to the server's event stream (`/api/events/out`, the websocket the UI's event
 feed uses) for `prefect.flow-run.Scheduled` on its pool. Each such event makes the worker poll
 at once, so a pushed commit's run is submitted within the event's delivery (milliseconds here)
@@ -11,6 +11,13 @@ instead of up to a polling interval later. The poll stays the fallback: a droppe
 time) is taken at the next poll, as by `prefect worker start`. Submission is Prefect's own, so a
 run seen by both paths is submitted once (the worker skips a run it is submitting), and other
 pools' runs never wake it.
+
+SIGTERM or SIGINT stops it: the worker's task group is cancelled, and a second signal kills it
+at once (as `prefect worker start` does). Prefect's own handling turns SIGTERM into a SIGINT, on
+which asyncio cancels the main task once; when that one cancellation landed while the worker
+finished a crashed run, it was lost and the worker polled on, never exiting (seen in tests under
+load: "Received SIGINT" logged, the process idle in its loop 15 minutes later). A cancel scope's
+cancellation holds until the scope has exited.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 from typing import Any
 
 import anyio
@@ -56,11 +64,21 @@ async def react(worker: Any, pool: str) -> None:
         await anyio.sleep(RETRY_S)
 
 
+async def stop_on_signal(scope: anyio.CancelScope, worker_type: str) -> None:
+    """Cancel `scope` at the first SIGTERM or SIGINT; kill this process at the second."""
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            if scope.cancel_called:
+                print(f"Received {signal.Signals(signum).name} again: killing the worker")
+                os.kill(os.getpid(), signal.SIGKILL)
+            print(f"Received {signal.Signals(signum).name}: stopping the {worker_type} worker")
+            scope.cancel()
+
+
 async def serve(worker_type: str, pool: str, name: str | None, limit: int | None) -> None:
     from prefect.plugins import load_prefect_collections
     from prefect.settings import PREFECT_WORKER_HEARTBEAT_SECONDS
     from prefect.utilities.dispatch import lookup_type
-    from prefect.utilities.processutils import setup_signal_handlers_worker
     from prefect.workers.base import BaseWorker
 
     load_prefect_collections()  # the docker worker comes with prefect-docker
@@ -70,7 +88,6 @@ async def serve(worker_type: str, pool: str, name: str | None, limit: int | None
         raise SystemExit(
             f"--type {worker_type}: no Prefect worker of that type is installed."
         ) from None
-    setup_signal_handlers_worker(os.getpid(), f"the {worker_type} worker", print)
     worker = worker_class(
         name=name,
         work_pool_name=pool,
@@ -78,6 +95,7 @@ async def serve(worker_type: str, pool: str, name: str | None, limit: int | None
         heartbeat_interval_seconds=int(PREFECT_WORKER_HEARTBEAT_SECONDS.value()),
     )
     async with anyio.create_task_group() as group:
+        group.start_soon(stop_on_signal, group.cancel_scope, worker_type)
         group.start_soon(react, worker, pool)
         await worker.start(printer=print)
         group.cancel_scope.cancel()

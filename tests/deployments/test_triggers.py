@@ -25,6 +25,7 @@ from shipyard.settings import Settings
 from shipyard.stack import services
 from tests.support.projects import ROOT, commit_all
 from tests.support.webhooks import allowed_env, signed_push
+from tests.support.workers import stop_worker
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("prefect_server")]
 
@@ -86,18 +87,18 @@ def deployed(env: dict[str, str]) -> Iterator[dict[str, str]]:
 
 @pytest.fixture
 def worker(env: dict[str, str], deployed: dict[str, str], tmp_path: Path) -> Iterator[None]:
-    log = (tmp_path / "worker.log").open("w")
-    process = subprocess.Popen(
-        # The stack's worker: the push's run is taken when it is scheduled, not at a poll.
-        [*services.PROMPT_WORKER, "--pool", "shipyard", "--type", "process"],
-        cwd=ROOT,
-        env={**env, "PREFECT_WORKER_QUERY_SECONDS": services.WORKER_POLL_SECONDS},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    log = tmp_path / "worker.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            # The stack's worker: the push's run is taken when it is scheduled, not at a poll.
+            [*services.PROMPT_WORKER, "--pool", "shipyard", "--type", "process"],
+            cwd=ROOT,
+            env={**env, "PREFECT_WORKER_QUERY_SECONDS": services.WORKER_POLL_SECONDS},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     yield
-    process.terminate()
-    process.wait(timeout=30)
+    stop_worker(process, log)
 
 
 @pytest.fixture
