@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: install stack demo test test-fast lint bench bench-all bench-serving bench-floor bench-image bench-webhook bench-rollout bench-base bench-swarm lock clean
+.PHONY: install stack demo test test-engine test-others test-fast lint bench bench-all bench-serving bench-floor bench-image bench-webhook bench-rollout bench-base bench-swarm lock clean
 
 # Everything is pinned by constraints.txt (regenerate: make lock). torch 2.13.0 is the CPU
 # wheel pip finds on this machine's disk; an unpinned torch would pull a multi-GB CUDA build.
@@ -34,7 +34,18 @@ demo: stack
 test: lint install
 	$(BIN)/shipyard stack up --no-services
 	@command -v chromium >/dev/null || { echo "installing chromium"; apt-get update -qq && apt-get install -y -qq chromium; }
-	$(BIN)/pytest
+	$(MAKE) --no-print-directory -k -j2 -O test-engine test-others
+	$(BIN)/pytest -m chaos
+
+# The two halves of `make test` that run side by side (-O prints each one's output whole when it
+# ends). The tests that use the engine (tiers docker and e2e) run one after another, as they
+# share the engine, the registry and the models' images; those that do not (unit, services) run
+# in a second pytest beside them. The chaos test restarts the engine: alone, afterwards.
+test-engine: install
+	$(BIN)/pytest -m "(docker or e2e) and not chaos"
+
+test-others: install
+	$(BIN)/pytest -m "unit or services" -p no:cacheprovider
 
 # The fast tier: no engine, no Prefect server, no browser (pytest -m unit); seconds, not minutes.
 test-fast: install
