@@ -14,10 +14,9 @@ pools' runs never wake it.
 
 SIGTERM or SIGINT stops it: the worker's task group is cancelled, and a second signal kills it
 at once (as `prefect worker start` does). Prefect's own handling turns SIGTERM into a SIGINT, on
-which asyncio cancels the main task once; when that one cancellation landed while the worker
-finished a crashed run, it was lost and the worker polled on, never exiting (seen in tests under
-load: "Received SIGINT" logged, the process idle in its loop 15 minutes later). A cancel scope's
-cancellation holds until the scope has exited.
+which asyncio cancels the main task once; in tests run side by side that one cancellation was
+lost, and the worker polled on, never exiting ("Received SIGINT" logged, the process idle in its
+loop 15 minutes later). A cancel scope's cancellation holds until the scope has exited.
 """
 
 from __future__ import annotations
