@@ -14,9 +14,9 @@ pools' runs never wake it.
 
 SIGTERM or SIGINT stops it: the worker's task group is cancelled, and a second signal kills it
 at once (as `prefect worker start` does). Prefect's own handling turns SIGTERM into a SIGINT, on
-which asyncio cancels the main task once; in tests run side by side that one cancellation was
-lost, and the worker polled on, never exiting ("Received SIGINT" logged, the process idle in its
-loop 15 minutes later). A cancel scope's cancellation holds until the scope has exited.
+which asyncio cancels the main task once; in tests run side by side that did not end the worker
+("Received SIGINT" logged, then 15 minutes later its main thread idle in its event loop, no
+child process left). A cancel scope's cancellation holds until the scope has exited.
 """
 
 from __future__ import annotations
@@ -63,15 +63,17 @@ async def react(worker: Any, pool: str) -> None:
         await anyio.sleep(RETRY_S)
 
 
-async def stop_on_signal(scope: anyio.CancelScope, worker_type: str) -> None:
-    """Cancel `scope` at the first SIGTERM or SIGINT; kill this process at the second."""
+async def stop_on_signal(worker_scope: anyio.CancelScope, worker_type: str) -> None:
+    """Cancel `worker_scope` at the first SIGTERM or SIGINT; kill this process at the second
+    (the worker may wait, shielded, for a run's process to exit)."""
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for signum in signals:
-            if scope.cancel_called:
-                print(f"Received {signal.Signals(signum).name} again: killing the worker")
+            name = signal.Signals(signum).name
+            if worker_scope.cancel_called:
+                print(f"Received {name} again: killing the worker", flush=True)
                 os.kill(os.getpid(), signal.SIGKILL)
-            print(f"Received {signal.Signals(signum).name}: stopping the {worker_type} worker")
-            scope.cancel()
+            print(f"Received {name}: stopping the {worker_type} worker", flush=True)
+            worker_scope.cancel()
 
 
 async def serve(worker_type: str, pool: str, name: str | None, limit: int | None) -> None:
@@ -93,11 +95,16 @@ async def serve(worker_type: str, pool: str, name: str | None, limit: int | None
         limit=limit,
         heartbeat_interval_seconds=int(PREFECT_WORKER_HEARTBEAT_SECONDS.value()),
     )
-    async with anyio.create_task_group() as group:
-        group.start_soon(stop_on_signal, group.cancel_scope, worker_type)
-        group.start_soon(react, worker, pool)
-        await worker.start(printer=print)
-        group.cancel_scope.cancel()
+    # The signal receiver sits outside the scope it cancels, so it still hears a second signal.
+    async with anyio.create_task_group() as outer:
+        stopping = anyio.CancelScope()
+        outer.start_soon(stop_on_signal, stopping, worker_type)
+        with stopping:
+            async with anyio.create_task_group() as group:
+                group.start_soon(react, worker, pool)
+                await worker.start(printer=print)
+                group.cancel_scope.cancel()
+        outer.cancel_scope.cancel()
 
 
 def main(argv: list[str] | None = None) -> None:
