@@ -28,12 +28,14 @@ from shipyard import registry
 from shipyard.settings import Settings
 
 TIERS = ("unit", "services", "docker", "e2e")
-NEEDS_SERVICES = {"prefect_server", "docker_stack", "image_settings", "endpoint"}
+NEEDS_ENGINE = {"docker_stack", "image_settings", "endpoint"}
+NEEDS_SERVICES = {"prefect_server", *NEEDS_ENGINE}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Every test names its tier, and a `unit` test uses no service: `make test-fast` (-m unit)
-    must never start a Prefect server or touch the engine."""
+    """Every test names its tier, a `unit` test uses no service (`make test-fast`, -m unit,
+    must never start a Prefect server or touch the engine), and a `services` test does not use
+    the engine (`make test` runs those beside the engine's tests)."""
     problems = []
     for item in items:
         tiers = [t for t in TIERS if item.get_closest_marker(t)]
@@ -42,6 +44,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         elif tiers == ["unit"] and NEEDS_SERVICES & set(getattr(item, "fixturenames", ())):
             used = sorted(NEEDS_SERVICES & set(item.fixturenames))  # type: ignore[attr-defined]
             problems.append(f"{item.nodeid}: marked unit but uses {used}; mark it services/docker")
+        elif tiers == ["services"] and NEEDS_ENGINE & set(getattr(item, "fixturenames", ())):
+            used = sorted(NEEDS_ENGINE & set(item.fixturenames))  # type: ignore[attr-defined]
+            problems.append(f"{item.nodeid}: marked services but uses {used}; mark it docker")
     if problems:
         raise pytest.UsageError("Test tiers:\n" + "\n".join(problems))
     # The chaos test restarts the engine and the registry: after every other test.
