@@ -49,6 +49,14 @@ TLS_GLOBAL = (
     "    ssl-default-bind-options ssl-min-ver TLSv1.2 no-tls-tickets",
 )
 
+LOG_GLOBAL = ("    log stdout format raw local0",)
+"""HAProxy logs requests to its container's output (`docker logs`, `docker service logs`)."""
+
+LOG_FRONTEND = ("    log global", "    option httplog", "    option dontlog-normal")
+"""In the endpoint's frontend only: the requests that did not end normally (an error, a retry,
+a timeout, a closed connection), with their timers and termination state. Backends have no
+logger, so servers going up or down are written once, as HAProxy's warnings on stderr."""
+
 
 @dataclass(frozen=True)
 class Slot:
@@ -90,6 +98,7 @@ def render(bind: str, slots: dict[str, Slot], socket_path: Path, pem: Path | Non
             f"    stats socket {socket_path} mode 600 level admin",
             "    maxconn 4096",
             *(TLS_GLOBAL if pem else ()),
+            *LOG_GLOBAL,
             "",
             "defaults",
             "    mode http",
@@ -104,6 +113,7 @@ def render(bind: str, slots: dict[str, Slot], socket_path: Path, pem: Path | Non
             "",
             "frontend endpoint",
             f"    bind {bind}" + (f" ssl crt {pem} alpn h2,http/1.1" if pem else ""),
+            *LOG_FRONTEND,
             f"    default_backend {BACKEND}",
             "",
             f"backend {BACKEND}",

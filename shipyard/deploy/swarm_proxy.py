@@ -33,7 +33,16 @@ from docker.errors import APIError
 from docker.types import EndpointSpec, Mount, RestartPolicy, ServiceMode
 
 from shipyard.deploy.containers import LABEL
-from shipyard.deploy.proxy import BACKEND, COLORS, PROXY_IMAGE, TLS_GLOBAL, Proxy, Slot
+from shipyard.deploy.proxy import (
+    BACKEND,
+    COLORS,
+    LOG_FRONTEND,
+    LOG_GLOBAL,
+    PROXY_IMAGE,
+    TLS_GLOBAL,
+    Proxy,
+    Slot,
+)
 from shipyard.deploy.swarm_specs import PORT, find_service, remove_service, tasks
 from shipyard.errors import DeployError
 from shipyard.manifest import Tls
@@ -81,6 +90,7 @@ def render(
         f"    stats socket {socket_path} mode 600 level admin",
         "    maxconn 4096",
         *(TLS_GLOBAL if pem else ()),
+        *LOG_GLOBAL,
         "",
         "resolvers docker",
         "    nameserver swarm 127.0.0.11:53",
@@ -120,6 +130,7 @@ def render(
         "",
         "frontend endpoint",
         f"    bind :{port}" + (f" ssl crt {pem} alpn h2,http/1.1" if pem else ""),
+        *LOG_FRONTEND,
         f"    default_backend {BACKEND}",
         "",
         f"backend {BACKEND}",
