@@ -28,7 +28,9 @@ from typing import Any, Literal
 from shipyard.errors import Superseded
 from shipyard.settings import Settings
 
-Action = Literal["release", "promote", "rollback", "undeploy", "nightly-redeploy", "scale"]
+Action = Literal[
+    "release", "promote", "rollback", "undeploy", "nightly-redeploy", "scale", "rebalance"
+]
 _CREDENTIALS = re.compile(r"(://)[^/@\s:]+(:[^/@\s]*)?@")
 _AUTHORIZATION = re.compile(r"(Authorization:\s*\w+\s+)\S+", re.IGNORECASE)
 

@@ -365,6 +365,34 @@ def scale(
 
 
 @app.command()
+def rebalance(
+    model: Annotated[str, typer.Argument(help="Deployed model name (target swarm).")],
+) -> None:
+    """Spread the replicas of the version that serves MODEL on Swarm over the nodes ready now
+    (Swarm moves none by itself, e.g. onto a node that came back): each replaced in turn, the
+    new one healthy before the old one stops; no rollout, the same image."""
+    _quiet(False)
+    from prefect.concurrency.sync import concurrency
+
+    from shipyard import audit
+    from shipyard.deploy.targets import rebalance as rebalance_endpoint
+    from shipyard.flows.rollout import LOCK_WAIT_S, rollout_lock
+
+    settings = Settings()
+    try:
+        with (
+            audit.audited(settings, "rebalance", model, audit.who()),
+            concurrency(  # never in the middle of a rollout of the same model
+                rollout_lock(model), occupy=1, timeout_seconds=LOCK_WAIT_S, strict=True
+            ),
+        ):
+            placed = rebalance_endpoint(settings, model, _say)
+    except ShipyardError as e:
+        _fail(str(e), False)
+    print(f"{model}: " + ", ".join(f"{n} on {k}" for k, n in placed.items()))
+
+
+@app.command()
 def audit(
     model: Annotated[str | None, typer.Argument(help="Only this model's entries.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,

@@ -24,6 +24,7 @@ from typing import Any
 
 import docker
 import httpx
+from docker.models.services import Service
 
 from shipyard import engine
 from shipyard.deploy import checks, state, swarm_gates
@@ -282,15 +283,59 @@ class SwarmEndpoint(Endpoint):
     def scale(self, replicas: int) -> None:
         """The serving version's service to `replicas` tasks, without a rollout; returns once
         they all run and HAProxy routes to them."""
-        d = self.deployment
         if not 1 <= replicas <= SLOTS:
             raise DeployError(
                 f"Replicas {replicas}: expected 1 to {SLOTS} (the servers HAProxy keeps per slot)."
             )
+        d = self.deployment
+        service = self._serving_service("scale")
+        specs.scale(self.client, service, replicas)
+        self.recorded = self.recorded.model_copy(update={"replicas": replicas})
+        self.deployment.policy = self.deployment.policy.model_copy(update={"replicas": replicas})
+        self._save()
+        self._routed(replicas)
+        self.say(f"scale: {d.model} v{d.instances[d.live or ''].version}: {replicas} replica(s)")
+
+    def rebalance(self) -> None:
+        """The serving version's replicas replaced one at a time, a new one healthy before the
+        old one stops, so Swarm places them over the nodes ready now (it moves no running task
+        by itself, e.g. onto a node that came back); no rollout, the same image. Returns once
+        they all run and HAProxy routes to them."""
+        d = self.deployment
+        service = self._serving_service("rebalance")
+        count = specs.replicas(service)
+        specs.restart_tasks(self.client, service)
+        # Each task: started, healthy, then watched for Swarm's update monitor (5 s).
+        limit = count * (d.policy.ready_seconds + 10)
+
+        def updated() -> bool:
+            service.reload()
+            state = specs.update_state(service)
+            if state in ("paused", "rollback_started", "rollback_paused", "rollback_completed"):
+                message = (service.attrs.get("UpdateStatus") or {}).get("Message", "")
+                raise DeployError(
+                    f"{d.model}: Swarm stopped replacing the replicas of {service.name} ({state}: "
+                    f"{message}); `shipyard status {d.model}` shows what runs."
+                )
+            return state == "completed"
+
+        try:
+            wait_until(updated, limit, 0.5)
+        except TimedOut:
+            raise DeployError(
+                f"{d.model}: the replicas of {service.name} were not all replaced within "
+                f"{limit:.0f} s ({count} × (deploy.ready_seconds + 10 s)); `shipyard status "
+                f"{d.model}` shows what runs."
+            ) from None
+        self._routed(count)
+        self.say(f"rebalance: {d.model} v{d.instances[d.live or ''].version}: {count} replica(s)")
+
+    def _serving_service(self, verb: str) -> Service:
+        d = self.deployment
         if d.live is None or d.candidate is not None:
             raise DeployError(
                 f"{d.model}: nothing serves, or a rollout is under way (candidate "
-                f"{d.candidate}); scale once `shipyard status {d.model}` shows one version."
+                f"{d.candidate}); {verb} once `shipyard status {d.model}` shows one version."
             )
         service = specs.find_service(self.client, self._service(d.live))
         if service is None:
@@ -298,15 +343,15 @@ class SwarmEndpoint(Endpoint):
                 f"{d.model}: the service {self._service(d.live)} is missing: `shipyard stack up` "
                 "recovers recorded endpoints."
             )
-        specs.scale(self.client, service, replicas)
-        self.recorded = self.recorded.model_copy(update={"replicas": replicas})
-        self.deployment.policy = self.deployment.policy.model_copy(update={"replicas": replicas})
-        self._save()
-        self.wait_replicas(d.live, replicas, d.policy.ready_seconds)
-        # Replicas leaving are dropped from DNS and fail their checks; new ones come UP.
+        return service
+
+    def _routed(self, replicas: int) -> None:
+        """Every replica of the serving slot running; HAProxy's checks see them UP (replicas
+        leaving are dropped from DNS and fail their checks; new ones come UP)."""
+        live = self.deployment.live or ""
+        self.wait_replicas(live, replicas, self.deployment.policy.ready_seconds)
         with contextlib.suppress(TimedOut):
-            wait_until(lambda: len(self.proxy.up(d.live or "")) == replicas, 30, 0.2)
-        self.say(f"scale: {d.model} v{d.instances[d.live].version}: {replicas} replica(s)")
+            wait_until(lambda: len(self.proxy.up(live)) == replicas, 30, 0.2)
 
     def describe(self) -> dict[str, Any]:
         """What `shipyard status` shows: per slot its service, replicas running per node, weight,

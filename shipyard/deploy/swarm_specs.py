@@ -196,23 +196,48 @@ def scale(client: docker.DockerClient, service: Service, count: int) -> None:
     """Set the service's replica count, and nothing else. (docker-py's `Service.scale` sends
     the task template back with an empty DNS config where there was none: Swarm sees a new
     template and replaces every task, one by one.)"""
+    _update(client, service, f"scale {service.name} to {count}", Replicated={"Replicas": count})
+
+
+def restart_tasks(client: docker.DockerClient, service: Service) -> None:
+    """Replace every task of the service with the same spec, as `docker service update --force`
+    does: one at a time, the new task started (and healthy) before the old one stops (the
+    service's start-first update config), so the scheduler places each new task on the node
+    with the fewest of them now."""
+    template = dict(service.attrs["Spec"]["TaskTemplate"])
+    template["ForceUpdate"] = int(template.get("ForceUpdate", 0)) + 1
+    _update(client, service, f"restart the tasks of {service.name}", template)
+
+
+def _update(
+    client: docker.DockerClient,
+    service: Service,
+    what: str,
+    task_template: dict[str, Any] | None = None,
+    **mode: Any,
+) -> None:
+    """Send the service's spec back with only `task_template` or `mode` changed."""
     spec = service.attrs["Spec"]
     try:
         client.api.update_service(
             service.id,
             service.version,
-            task_template=spec["TaskTemplate"],
+            task_template=task_template or spec["TaskTemplate"],
             name=spec["Name"],
             labels=spec.get("Labels"),
-            mode={"Replicated": {"Replicas": count}},
+            mode=mode or spec["Mode"],
             update_config=spec.get("UpdateConfig"),
             rollback_config=spec.get("RollbackConfig"),
             endpoint_spec=spec.get("EndpointSpec"),
         )
     except APIError as e:
-        raise DeployError(
-            f"Swarm refused to scale {spec['Name']} to {count}: {e.explanation}"
-        ) from e
+        raise DeployError(f"Swarm refused to {what}: {e.explanation}") from e
+
+
+def update_state(service: Service) -> str | None:
+    """The state of the service's last update (`updating`, `completed`, `paused`, …), if any."""
+    status = service.attrs.get("UpdateStatus") or {}
+    return status.get("State")
 
 
 def replicas(service: Service) -> int:

@@ -77,15 +77,32 @@ def scale(
 ) -> dict[str, int]:
     """`shipyard scale`: the serving version of `model` (target swarm) to `replicas` tasks;
     returns its running tasks by node."""
+    endpoint = _swarm_endpoint(settings, model, "scale", say)
+    endpoint.scale(replicas)
+    return _placed(endpoint)
+
+
+def rebalance(settings: Settings, model: str, say: Say = lambda _: None) -> dict[str, int]:
+    """`shipyard rebalance`: the serving version's replicas of `model` (target swarm) replaced
+    one at a time, so they spread over the nodes ready now; returns them by node."""
+    endpoint = _swarm_endpoint(settings, model, "rebalance", say)
+    endpoint.rebalance()
+    return _placed(endpoint)
+
+
+def _swarm_endpoint(settings: Settings, model: str, command: str, say: Say) -> SwarmEndpoint:
     if state.load(settings.deploy_dir, model) is None:
         raise DeployError(f"{model} is not deployed: `shipyard release SOURCE` deploys it.")
     if not is_swarm(settings, model):
         raise DeployError(
-            f"{model} serves on the docker target, one container per version: `scale` needs "
-            "deploy.target: swarm (then `shipyard undeploy` and release again)."
+            f"{model} serves on the docker target, one container per version: `{command}` "
+            "needs deploy.target: swarm (then `shipyard undeploy` and release again)."
         )
-    endpoint = SwarmEndpoint.open(settings, model, None, say)
-    endpoint.scale(replicas)
+    return SwarmEndpoint.open(settings, model, None, say)
+
+
+def _placed(endpoint: SwarmEndpoint) -> dict[str, int]:
+    """The serving version's running tasks by node."""
     live = endpoint.deployment.live
     assert live is not None
     service = specs.find_service(endpoint.client, endpoint._service(live))

@@ -2,7 +2,8 @@
 
 Threads send one-row V2 inference requests over keep-alive connections until SIGTERM, the
 time limit or the request limit; then one JSON line: requests sent and failed, failures by
-kind, and how many answers each model version gave.
+kind, when the failed requests were sent (Unix time, the first 100), and how many answers each
+model version gave.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ def main() -> None:
     lock = threading.Lock()
     counts: collections.Counter[str] = collections.Counter()
     versions: collections.Counter[str] = collections.Counter()
+    failed_at: list[float] = []
     body = {
         "inputs": [{"name": "pixels", "shape": [1, 64], "datatype": "FP32", "data": [0.5] * 64}]
     }
@@ -50,6 +52,7 @@ def main() -> None:
                     if counts["sent"] >= args.max_requests:
                         return
                     counts["sent"] += 1
+                sent = time.time()
                 try:
                     answer = client.post(f"/v2/models/{args.model}/infer", json=body)
                     outcome = "ok" if answer.status_code == 200 else f"http {answer.status_code}"
@@ -60,6 +63,8 @@ def main() -> None:
                     counts[outcome] += 1
                     if version:
                         versions[version] += 1
+                    if outcome != "ok" and len(failed_at) < 100:
+                        failed_at.append(round(sent, 3))
 
     threads = [threading.Thread(target=worker) for _ in range(args.threads)]
     for t in threads:
@@ -75,6 +80,7 @@ def main() -> None:
                 "ok": counts["ok"],
                 "failed": sum(failures.values()),
                 "failures": failures,
+                "failed_at": sorted(failed_at),
                 "versions": dict(versions),
             }
         ),
