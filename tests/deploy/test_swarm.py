@@ -29,7 +29,14 @@ from shipyard.settings import Settings
 from shipyard.stack import nodes
 from shipyard.stack.certs import ensure_dev_certs
 from shipyard.waiting import wait_until
-from tests.support.endpoints import MODEL, Endpoint, cli, register_copy, steady_load
+from tests.support.endpoints import (
+    MODEL,
+    Endpoint,
+    cli,
+    register_copy,
+    serving_containers,
+    steady_load,
+)
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("prefect_server")]
 
@@ -211,10 +218,13 @@ def test_a_recreate_that_fails_its_gate_restarts_the_old_version_and_one_that_pa
     )
 
 
-def test_scale_refuses_a_docker_target_endpoint(_deployed: Endpoint) -> None:
-    done = cli(_deployed.settings, "scale", MODEL, "2")
-    assert done.returncode != 0
-    assert "deploy.target: swarm" in done.stderr
+def test_scale_and_rebalance_refuse_a_docker_target_endpoint(_deployed: Endpoint) -> None:
+    before = serving_containers(_deployed.settings)
+    for args in (["scale", MODEL, "2"], ["rebalance", MODEL]):
+        done = cli(_deployed.settings, *args)
+        assert done.returncode != 0
+        assert f"`{args[0]}` needs deploy.target: swarm" in done.stderr, done.stderr
+    assert serving_containers(_deployed.settings) == before
 
 
 def test_the_swarm_engine_keeps_serving_the_docker_target(
