@@ -30,9 +30,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_prefect(home: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start_prefect(
+    home: Path, extra_env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
+    """A Prefect server on a free port, its home in `home` (on SQLite there, unless
+    `extra_env` names another database)."""
     port = free_port()
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(home),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        **(extra_env or {}),
+    }
     server = subprocess.Popen(
         [
             str(Path(sys.executable).parent / "prefect"),

@@ -14,10 +14,16 @@ answer, the run's creation and start, every stage's start and duration, and the 
 from the new version, all from the moment the push was sent. The last
 DEFAULT_RUNS commits run on the pool with Prefect's own command (workspace supervisor, then
 `python -m prefect.engine`), for the run start side by side.
+
+All of it runs twice: Prefect's server on SQLite (the stack's default), then on a Postgres
+cluster of its own (`stack up --backend postgres`'s way; MLflow stays on SQLite), and the new
+commits' run creation, run start and serving times are printed side by side. On SQLite, a write
+that meets another (SQLITE_BUSY) is answered 503, and Prefect's client retries it after 2 s.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -29,6 +35,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -39,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from release_variants import free_port, start_prefect
 
 from shipyard.settings import Settings
-from shipyard.stack import services
+from shipyard.stack import postgres, services
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -48,7 +55,10 @@ REPOSITORY = "bench/digits-sklearn"
 SECRET = "benchmark-webhook-secret"
 RUNS = 3
 DEFAULT_RUNS = 2
-"""Commits released with Prefect's own process-pool command, after RUNS with the engine server."""
+"""Commits released with Prefect's own process-pool command, after RUNS with the engine server
+(on SQLite only)."""
+BACKENDS = ("sqlite", "postgres")
+"""Prefect's server on each in turn, each with a cold commit and RUNS new ones."""
 LOG = Path(tempfile.gettempdir()) / "webhook_to_serving.services.log"
 """The worker's and the receiver's output (kept after the run, to read where time went)."""
 
@@ -190,11 +200,67 @@ def wait_for(url: str, seconds: float = 120) -> None:
             time.sleep(0.2)
 
 
+@contextlib.contextmanager
+def prefect_database(root: Path, backend: str) -> Iterator[dict[str, str]]:
+    """The environment that puts Prefect's server on `backend`: SQLite in its home (Prefect's
+    default, the stack's default), or a Postgres cluster of its own, run as `shipyard stack up
+    --backend postgres` runs the stack's (Debian's postgresql, installed if missing)."""
+    if backend == "sqlite":
+        yield {}
+        return
+    (root / "pg-stack").mkdir(mode=0o700)
+    settings = Settings(stack_dir=root / "pg-stack", postgres_port=free_port())
+    programs = postgres.bin_dir(print)
+    postgres.init_cluster(settings, print)
+    postgres.write_passfile(settings)
+    server = subprocess.Popen(
+        postgres.server_args(settings, programs),
+        user=postgres.system_user(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not postgres.answers(settings):
+            if time.monotonic() > deadline or server.poll() is not None:
+                raise SystemExit(f"Postgres did not start on port {settings.postgres_port}")
+            time.sleep(0.2)
+        postgres.ensure_databases(settings, print)
+        yield {
+            "PREFECT_SERVER_DATABASE_CONNECTION_URL": postgres.url(settings, "prefect", "asyncpg"),
+            "PGPASSFILE": str(postgres.passfile(settings)),
+        }
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        shutil.rmtree(postgres.cluster_dir(settings), ignore_errors=True)
+
+
 def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # clean up on kill too
-    with tempfile.TemporaryDirectory() as tmp:
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for backend in BACKENDS:
+        print(f"\n#### Prefect's server on {backend}")
+        runs[backend] = run(backend, DEFAULT_RUNS if backend == "sqlite" else 0)
+    print("\nPrefect on SQLite and on Postgres, side by side (new commits, engine server pool):")
+    print(
+        "  backend    push → run created       push → run running       push → new version serving"
+    )
+    for backend, results in runs.items():
+        row = [
+            "  ".join(f"{r[key]:5.2f}" for r in results)
+            for key in ("created", "started", "serving")
+        ]
+        print((f"  {backend:9}  " + "   ".join(f"{cell:22}" for cell in row)).rstrip())
+
+
+def run(backend: str, default_runs: int) -> list[dict[str, Any]]:
+    """A cold commit, then RUNS new commits with the engine server's pool, then `default_runs`
+    with Prefect's own command; returns the new commits' figures on the engine server's pool."""
+    new: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp, prefect_database(Path(tmp), backend) as database:
         root = Path(tmp)
-        server, api = start_prefect(root / "prefect")
+        server, api = start_prefect(root / "prefect", database)
         repo = root / "repo"
         shutil.copytree(ROOT / "examples" / MODEL, repo)
         git(repo, "init", "-q", "-b", "main")
@@ -286,7 +352,7 @@ def main() -> None:
             wait_for(f"{receiver}/health")
             report("cold (first commit)", release_once(api, receiver, repo, port, 0))
             starts: dict[str, list[float]] = {name: [] for name in templates}
-            for seed in range(1, RUNS + DEFAULT_RUNS + 1):
+            for seed in range(1, RUNS + default_runs + 1):
                 name = "engine server" if seed <= RUNS else "prefect default"
                 if seed == RUNS + 1:
                     subprocess.run(
@@ -296,10 +362,13 @@ def main() -> None:
                     )  # fmt: skip
                 r = release_once(api, receiver, repo, port, seed)
                 starts[name].append(r["started"] - r["created"])
+                if name == "engine server":
+                    new.append(r)
                 report(f"new commit {seed} (seed {seed}, run started by the {name})", r)
             print("\nflow run created to running, new commits:")
             for name, seconds in starts.items():
-                print(f"  {name:16} " + "  ".join(f"{s:.2f} s" for s in seconds))
+                if seconds:
+                    print(f"  {name:16} " + "  ".join(f"{s:.2f} s" for s in seconds))
         finally:
             subprocess.run(
                 [str(BIN / "shipyard"), "undeploy", MODEL],
@@ -311,6 +380,7 @@ def main() -> None:
             for process in reversed(processes):
                 process.terminate()
                 process.wait(timeout=30)
+    return new
 
 
 if __name__ == "__main__":
