@@ -10,7 +10,9 @@ instead of up to a polling interval later. The poll stays the fallback: a droppe
 (reconnected after a pause) or a run that became due later (a cron run created ahead of its
 time) is taken at the next poll, as by `prefect worker start`. Submission is Prefect's own, so a
 run seen by both paths is submitted once (the worker skips a run it is submitting), and other
-pools' runs never wake it.
+pools' runs never wake it. With `--limit`, a slot that frees (a run ended, or another worker
+took the run this one was submitting) makes it poll at once too, so a run scheduled while every
+slot was taken does not wait for the next poll.
 
 SIGTERM or SIGINT stops it: the worker's task group is cancelled, and a second signal kills it
 at once (as `prefect worker start` does). Prefect's own handling turns SIGTERM into a SIGINT, on
@@ -22,12 +24,14 @@ child process left). A cancel scope's cancellation holds until the scope has exi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
 from typing import Any
 
 import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream
 
 SCHEDULED = "prefect.flow-run.Scheduled"
 RETRY_S = 5.0
@@ -61,6 +65,35 @@ async def react(worker: Any, pool: str) -> None:
         except Exception as e:  # the stream is an accelerator: the worker's poll goes on
             log.warning("event stream: %s; polling only for %.0f s", e, RETRY_S)
         await anyio.sleep(RETRY_S)
+
+
+def poll_when_a_slot_frees(worker: Any) -> MemoryObjectReceiveStream[None]:
+    """Wake-ups, one each time the worker frees one of its `--limit` slots: a run ended, or a
+    submission was refused (another worker took the run first). A run scheduled while every
+    slot was taken is then taken at once, not at the next poll.
+
+    Prefect's worker has no hook for this; it frees slots in `_release_limit_slot` (Prefect
+    3.8), which this wraps on the instance. `tests/test_prompt_worker.py` fails if that changes.
+    """
+    send, receive = anyio.create_memory_object_stream[None](1)
+    release = worker._release_limit_slot
+
+    def released(flow_run_id: Any) -> None:
+        release(flow_run_id)
+        with contextlib.suppress(anyio.WouldBlock):  # one wake-up pending is enough
+            send.send_nowait(None)
+
+    worker._release_limit_slot = released
+    return receive
+
+
+async def poll_on_wake(worker: Any, wakes: MemoryObjectReceiveStream[None]) -> None:
+    async for _ in wakes:
+        log.info("a slot is free: polling now")
+        try:
+            await worker.get_and_submit_flow_runs()
+        except Exception as e:  # as for an event: the worker's own poll goes on
+            log.warning("polling after a freed slot: %s", e)
 
 
 async def stop_on_signal(worker_scope: anyio.CancelScope, worker_type: str) -> None:
@@ -102,6 +135,8 @@ async def serve(worker_type: str, pool: str, name: str | None, limit: int | None
         with stopping:
             async with anyio.create_task_group() as group:
                 group.start_soon(react, worker, pool)
+                if limit:
+                    group.start_soon(poll_on_wake, worker, poll_when_a_slot_frees(worker))
                 await worker.start(printer=print)
                 group.cancel_scope.cancel()
         outer.cancel_scope.cancel()
