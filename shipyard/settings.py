@@ -161,7 +161,9 @@ class Settings(BaseSettings):
     )
     deploy_host: str = Field(
         default="127.0.0.1",
-        description="Address the stable endpoints and the serving containers' ports bind to.",
+        description="Address the stable endpoints and the serving containers' ports bind to. "
+        "On Swarm (which publishes on every address): loopback admits this machine only, "
+        "any other address admits all.",
     )
     serve_api_key: SecretStr | None = Field(
         default=None,

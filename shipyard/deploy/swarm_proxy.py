@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import docker
-from docker.errors import APIError
+from docker.errors import APIError, NotFound
 from docker.types import EndpointSpec, Mount, RestartPolicy, ServiceMode
 
 from shipyard.deploy.containers import LABEL
@@ -73,10 +73,12 @@ def render(
     socket_path: Path,
     gates: dict[str, Path],
     pem: Path | None = None,
+    only_from: str | None = None,
 ) -> str:
     """The HAProxy config of one Swarm endpoint; `services`: color → service name. With `pem`
     (certificate chain and key, `deploy.tls`), the endpoint answers HTTPS only, as on the Docker
-    target; the gate sockets stay plain HTTP (no network: a file of mode 600)."""
+    target; the gate sockets stay plain HTTP (no network: a file of mode 600). With `only_from`,
+    the endpoint closes every connection from another source address at once."""
 
     def templates(backend_weights: dict[str, int]) -> list[str]:
         return [
@@ -130,6 +132,7 @@ def render(
         "",
         "frontend endpoint",
         f"    bind :{port}" + (f" ssl crt {pem} alpn h2,http/1.1" if pem else ""),
+        *([f"    tcp-request connection reject unless {{ src {only_from} }}"] if only_from else []),
         *LOG_FRONTEND,
         f"    default_backend {BACKEND}",
         "",
@@ -179,8 +182,30 @@ def weigh_commands(weights: dict[str, int]) -> list[str]:
     ]
 
 
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+"""Deploy hosts that mean "this machine only" (`SHIPYARD_DEPLOY_HOST`'s default is the first)."""
+
+
+def local_source(client: docker.DockerClient) -> str:
+    """The source address of this machine's own connections to a port published in host mode:
+    Docker's NAT sends them from the gateway of the engine's `docker_gwbridge` network (a
+    connection from another machine keeps its own address)."""
+    try:
+        return str(client.networks.get("docker_gwbridge").attrs["IPAM"]["Config"][0]["Gateway"])
+    except (NotFound, KeyError, IndexError, TypeError):
+        raise DeployError(
+            "This engine has no docker_gwbridge network with a gateway, which Swarm creates on "
+            "each node: is it in swarm mode (`shipyard stack up`)?"
+        ) from None
+
+
 class SwarmProxy(Proxy):
-    """One Swarm endpoint's HAProxy, a service of one task on a manager (this machine)."""
+    """One Swarm endpoint's HAProxy, a service of one task on a manager (this machine).
+
+    Swarm publishes a host-mode port on every address of the node, whatever the deploy host. With
+    a loopback deploy host (the default), the service runs on this engine's node and HAProxy
+    closes connections from any source but this machine's (`local_source`); with any other, the
+    endpoint answers every address of the manager that runs it."""
 
     def __init__(
         self,
@@ -206,8 +231,19 @@ class SwarmProxy(Proxy):
         self.directory.mkdir(parents=True, exist_ok=True)
         pem = self.pem if self.tls else None
         self.config.write_text(
-            render(self.port, self.services, weights, self.socket, self.gates, pem)
+            render(
+                self.port, self.services, weights, self.socket, self.gates, pem, self.only_from()
+            )
         )
+
+    def only_from(self) -> str | None:
+        """The one source address the endpoint admits, or None for all."""
+        return local_source(self.client) if self.host in LOCAL_HOSTS else None
+
+    def access(self) -> str:
+        """Who may connect, as the service's label records it."""
+        source = self.only_from()
+        return f"this machine ({source})" if source else "all addresses"
 
     def ensure_service(self, weights: dict[str, int], say: Callable[[str], None]) -> None:
         """Write the PEM and the config; create the HAProxy service if it does not exist (or
@@ -216,13 +252,21 @@ class SwarmProxy(Proxy):
         self.directory.mkdir(parents=True, exist_ok=True)
         tls = self._write_pem()
         self.write_config(weights)
+        access = self.access()
         service = find_service(self.client, self.name)
         if service is not None:
             labels = service.attrs["Spec"].get("Labels", {})
-            if labels.get(f"{LABEL}.tls", "off") == tls:
+            # A service from before access was recorded admitted all addresses.
+            was = {
+                "TLS": labels.get(f"{LABEL}.tls", "off"),
+                "access": labels.get(f"{LABEL}.access", "all addresses"),
+            }
+            now = {"TLS": tls, "access": access}
+            changed = [f"{k} {now[k]}" for k in now if was[k] != now[k]]
+            if not changed:
                 self._wait()
                 return
-            say(f"proxy: TLS of {self.url} changed ({tls}); starting HAProxy's service again")
+            say(f"proxy: {', '.join(changed)} on {self.url}; starting HAProxy's service again")
             self.stop()
         private_parent(self.socket)
         self.socket.unlink(missing_ok=True)
@@ -236,7 +280,12 @@ class SwarmProxy(Proxy):
                 mounts=[Mount(str(m), str(m), type="bind") for m in sorted(mounts)],
                 networks=[self.network],
                 mode=ServiceMode("replicated", replicas=1),
-                constraints=["node.role==manager"],
+                # Where its host-mode port is: this machine for a local endpoint.
+                constraints=[
+                    f"node.id=={self.client.info()['Swarm']['NodeID']}"
+                    if self.only_from()
+                    else "node.role==manager"
+                ],
                 endpoint_spec=EndpointSpec(
                     mode="dnsrr", ports={self.port: (self.port, "tcp", "host")}
                 ),
@@ -249,6 +298,7 @@ class SwarmProxy(Proxy):
                     f"{LABEL}.model": self.directory.name,
                     f"{LABEL}.endpoint": f"{self.host}:{self.port}",
                     f"{LABEL}.tls": tls,
+                    f"{LABEL}.access": access,
                 },
                 log_driver="json-file",
                 log_driver_options={"max-size": "10m", "max-file": "3"},
@@ -258,7 +308,10 @@ class SwarmProxy(Proxy):
                 f"Swarm refused the HAProxy service {self.name}: {e.explanation}"
             ) from e
         self._wait()
-        say(f"proxy: HAProxy runs as the Swarm service {self.name} on {self.url} (host mode)")
+        say(
+            f"proxy: HAProxy runs as the Swarm service {self.name} on {self.url} (host mode; "
+            f"it admits {access})"
+        )
 
     def _wait(self) -> None:  # type: ignore[override]
         try:

@@ -4,11 +4,18 @@ under a steady load, through the endpoint's HAProxy service."""
 
 from __future__ import annotations
 
+import contextlib
+import csv
+import http.server
+import io
 import json
 import os
 import stat
+import subprocess
+import threading
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -286,6 +293,88 @@ def test_deploy_tls_on_swarm_answers_https_verified_by_the_stack_ca_and_not_http
             httpx.get(f"{url}/v2/health/ready", verify=str(certs.ca), timeout=5)
     finally:
         undeploy(settings, TLS_NAME)
+
+
+def test_a_local_endpoint_answers_this_machine_and_closes_on_another(
+    served: Served, swarm: list[nodes.Node]
+) -> None:
+    """Host-mode publishing binds every address of the node. With the default deploy host
+    (127.0.0.1), the endpoint answers this machine, and closes a connection from another
+    machine at once: here a network namespace on a veth pair (as a machine on another link),
+    which reaches a server of this machine on the same address."""
+    port = served.deployment().port
+    bridge = next(n.address for n in swarm if n.role == "manager")
+    for url in (served.url, f"http://{bridge}:{port}"):
+        assert httpx.get(f"{url}/v2/health/ready", timeout=5).status_code == 200, url
+    proxy = SwarmEndpoint.open(served.settings, NAME, None).proxy
+
+    def denied() -> int:  # connections the endpoint's tcp-request rule closed
+        rows = csv.DictReader(io.StringIO(proxy.command("show stat").lstrip("# ")))
+        return next(
+            int(r["dcon"] or 0)
+            for r in rows
+            if r["pxname"] == "endpoint" and r["svname"] == "FRONTEND"
+        )
+
+    with other_machine() as (here, run_there):
+
+        def get(to: int) -> str:
+            request = "GET /v2/health/ready HTTP/1.0\\r\\nHost: x\\r\\n\\r\\n"
+            return run_there(
+                f"exec 3<>/dev/tcp/{here}/{to} && echo connected && printf '{request}' >&3; "
+                "timeout 5 cat <&3"
+            )
+
+        # The control: a server of this machine on that address answers the other machine.
+        control = http.server.ThreadingHTTPServer((here, 0), http.server.BaseHTTPRequestHandler)
+        threading.Thread(target=control.serve_forever, daemon=True).start()
+        try:
+            assert "HTTP/1.0 501" in get(control.server_address[1])  # it has no GET handler
+        finally:
+            control.shutdown()
+        before = denied()
+        answer = get(port)
+    assert answer.startswith("connected") and "HTTP/" not in answer, answer
+    assert denied() == before + 1
+
+
+@contextlib.contextmanager
+def other_machine() -> Iterator[tuple[str, Callable[[str], str]]]:
+    """A network namespace joined to this machine by a veth pair (198.51.100.0/30): this
+    machine's address on that link, and a function running a bash script in the namespace."""
+    tag = uuid.uuid4().hex[:6]
+    ns, host_end, ns_end = f"shipyard-other-{tag}", f"sy{tag}h", f"sy{tag}n"
+    here, there = "198.51.100.1", "198.51.100.2"
+
+    def ip(*args: str) -> None:
+        subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
+
+    try:
+        ip("netns", "add", ns)
+        ip("link", "add", host_end, "type", "veth", "peer", "name", ns_end)
+        ip("link", "set", ns_end, "netns", ns)
+        ip("addr", "add", f"{here}/30", "dev", host_end)
+        ip("link", "set", host_end, "up")
+        for args in (
+            ["addr", "add", f"{there}/30", "dev", ns_end],
+            ["link", "set", ns_end, "up"],
+            ["route", "add", "default", "via", here],
+        ):
+            ip("netns", "exec", ns, "ip", *args)
+
+        def run_there(script: str) -> str:
+            done = subprocess.run(
+                ["ip", "netns", "exec", ns, "bash", "-c", script],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            return done.stdout + done.stderr
+
+        yield here, run_there
+    finally:
+        subprocess.run(["ip", "link", "del", host_end], capture_output=True, timeout=30)
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
 
 
 def test_a_worker_node_killed_under_load_its_replicas_come_back_on_the_others(
