@@ -333,7 +333,8 @@ class SwarmProxy(Proxy):
         if service is None:
             return "down (no proxy service)"
         running = len(tasks(service))
-        return f"service {self.name}, {running} task(s) running"
+        admits = service.attrs["Spec"].get("Labels", {}).get(f"{LABEL}.access", "all addresses")
+        return f"service {self.name}, {running} task(s) running, admits {admits}"
 
     def servers(self, backend: str = BACKEND) -> list[Server]:
         rows = csv.DictReader(io.StringIO(self.command("show stat").lstrip("# ")))

@@ -306,7 +306,9 @@ def test_a_local_endpoint_answers_this_machine_and_closes_on_another(
     bridge = next(n.address for n in swarm if n.role == "manager")
     for url in (served.url, f"http://{bridge}:{port}"):
         assert httpx.get(f"{url}/v2/health/ready", timeout=5).status_code == 200, url
-    proxy = SwarmEndpoint.open(served.settings, NAME, None).proxy
+    endpoint = SwarmEndpoint.open(served.settings, NAME, None)
+    proxy = endpoint.proxy
+    assert "admits this machine (" in endpoint.describe()["proxy"]  # what `status` shows
 
     def denied() -> int:  # connections the endpoint's tcp-request rule closed
         rows = csv.DictReader(io.StringIO(proxy.command("show stat").lstrip("# ")))
