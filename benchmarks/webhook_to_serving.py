@@ -60,7 +60,8 @@ DEFAULT_RUNS = 2
 BACKENDS = ("sqlite", "postgres")
 """Prefect's server on each in turn, each with a cold commit and RUNS new ones."""
 LOG = Path(tempfile.gettempdir()) / "webhook_to_serving.services.log"
-"""The worker's and the receiver's output (kept after the run, to read where time went)."""
+"""The worker's and the receiver's output, one file per backend (`….services.sqlite.log`), kept
+after the run, to read where time went."""
 
 
 def git(repo: Path, *args: str) -> str:
@@ -210,16 +211,17 @@ def prefect_database(root: Path, backend: str) -> Iterator[dict[str, str]]:
         return
     (root / "pg-stack").mkdir(mode=0o700)
     settings = Settings(stack_dir=root / "pg-stack", postgres_port=free_port())
-    programs = postgres.bin_dir(print)
-    postgres.init_cluster(settings, print)
-    postgres.write_passfile(settings)
-    server = subprocess.Popen(
-        postgres.server_args(settings, programs),
-        user=postgres.system_user(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    server: subprocess.Popen[bytes] | None = None
     try:
+        programs = postgres.bin_dir(print)
+        postgres.init_cluster(settings, print)
+        postgres.write_passfile(settings)
+        server = subprocess.Popen(
+            postgres.server_args(settings, programs),
+            user=postgres.system_user(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + 60
         while not postgres.answers(settings):
             if time.monotonic() > deadline or server.poll() is not None:
@@ -231,9 +233,16 @@ def prefect_database(root: Path, backend: str) -> Iterator[dict[str, str]]:
             "PGPASSFILE": str(postgres.passfile(settings)),
         }
     finally:
-        server.terminate()
-        server.wait(timeout=30)
-        shutil.rmtree(postgres.cluster_dir(settings), ignore_errors=True)
+        try:
+            if server is not None:
+                server.send_signal(signal.SIGINT)  # Postgres's fast shutdown
+                try:
+                    server.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    server.kill()
+                    server.wait(timeout=30)
+        finally:
+            shutil.rmtree(postgres.cluster_dir(settings), ignore_errors=True)
 
 
 def main() -> None:
@@ -299,7 +308,7 @@ def run(backend: str, default_runs: int) -> list[dict[str, Any]]:
                     check=True,
                     capture_output=True,
                 )
-            log = LOG.open("w")
+            log = LOG.with_name(f"{LOG.stem}.{backend}{LOG.suffix}").open("w")
             # The stack's MLflow server on the same SQLite store: the runs reach it through it.
             state = root / "state"
             state.mkdir()

@@ -91,6 +91,11 @@ class Endpoint:
                 f"endpoint: {model} already serves on port {existing.port}; deploy.port "
                 f"{policy.port} applies after `shipyard undeploy {model}`"
             )
+        if existing.host != settings.deploy_host:
+            say(
+                f"endpoint: {model} is recorded on host {existing.host}; SHIPYARD_DEPLOY_HOST "
+                f"{settings.deploy_host} applies after `shipyard undeploy {model}`"
+            )
         recorded = (policy if keep else existing.policy).model_copy(update={"port": existing.port})
         existing.policy = policy.model_copy(update={"port": existing.port})
         proxy = Proxy(

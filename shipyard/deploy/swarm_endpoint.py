@@ -67,6 +67,11 @@ class SwarmEndpoint(Endpoint):
                 f"endpoint: {model} already serves on port {existing.port}; deploy.port "
                 f"{policy.port} applies after `shipyard undeploy {model}`"
             )
+        if existing.host != settings.deploy_host:
+            say(
+                f"endpoint: {model} is recorded on host {existing.host}; SHIPYARD_DEPLOY_HOST "
+                f"{settings.deploy_host} applies after `shipyard undeploy {model}`"
+            )
         recorded = (policy if keep else existing.policy).model_copy(update={"port": existing.port})
         existing.policy = policy.model_copy(update={"port": existing.port})
         _login(settings, client)
@@ -324,8 +329,10 @@ class SwarmEndpoint(Endpoint):
         except TimedOut:
             raise DeployError(
                 f"{d.model}: the replicas of {service.name} were not all replaced within "
-                f"{limit:.0f} s ({count} × (deploy.ready_seconds + 10 s)); `shipyard status "
-                f"{d.model}` shows what runs."
+                f"{limit:.0f} s ({count} × (deploy.ready_seconds + 10 s)). Swarm goes on "
+                f"replacing them: wait until `docker service inspect {service.name}` shows "
+                f"UpdateStatus completed before another rollout; `shipyard status {d.model}` "
+                "shows what runs."
             ) from None
         self._routed(count)
         self.say(f"rebalance: {d.model} v{d.instances[d.live or ''].version}: {count} replica(s)")

@@ -35,6 +35,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 
 SCHEDULED = "prefect.flow-run.Scheduled"
 RETRY_S = 5.0
+WAKE_POLL_GAP_S = 0.5
 log = logging.getLogger("shipyard.prompt_worker")
 
 
@@ -88,12 +89,15 @@ def poll_when_a_slot_frees(worker: Any) -> MemoryObjectReceiveStream[None]:
 
 
 async def poll_on_wake(worker: Any, wakes: MemoryObjectReceiveStream[None]) -> None:
+    """Poll once per wake-up, at most every WAKE_POLL_GAP_S: a claim that keeps failing (the
+    API erring) frees its slot each time, and must not turn into a tight loop."""
     async for _ in wakes:
         log.info("a slot is free: polling now")
         try:
             await worker.get_and_submit_flow_runs()
         except Exception as e:  # as for an event: the worker's own poll goes on
             log.warning("polling after a freed slot: %s", e)
+        await anyio.sleep(WAKE_POLL_GAP_S)
 
 
 async def stop_on_signal(worker_scope: anyio.CancelScope, worker_type: str) -> None:
