@@ -6,8 +6,9 @@ about 2 s importing, and its stages another 1.6 s.
 `python -m shipyard.stack.engine_server SOCKET`, under the stack's supervisord. The process pool's
 command (`services.process_pool_template`) is `engine_client.py SOCKET`: the client sends its
 stdin, stdout and stderr (SCM_RIGHTS), its environment and directory; the server forks; the child
-takes them, re-reads Prefect's settings and logging from that environment and runs
-`prefect.engine` as `python -m` would. The server answers `pid N`, then `exit CODE` (or
+takes them, re-reads Prefect's settings from that environment (and its logging, where what that
+is made from differs from the server's: `reread_prefect_settings`) and runs `prefect.engine` as
+`python -m` would. The server answers `pid N`, then `exit CODE` (or
 `signal N`) when the run ends. A client that dies (SIGKILL) takes its run with it, as the engine process it replaces
 would. The server never starts a thread, so forking it is safe.
 
@@ -139,10 +140,44 @@ def refused(request: dict[str, object]) -> str | None:
     return None
 
 
-def run_engine(request: dict[str, object], fds: list[int]) -> int:
+def logging_inputs() -> tuple[dict[str, str], int | None]:
+    """What Prefect's logging set-up reads besides its settings: `PREFECT_LOGGING_…` variables
+    (each overrides a key of the logging config) and the config file's modification time."""
+    from prefect.settings import PREFECT_LOGGING_SETTINGS_PATH
+
+    try:
+        stamp: int | None = PREFECT_LOGGING_SETTINGS_PATH.value().stat().st_mtime_ns
+    except OSError:
+        stamp = None
+    return {k: v for k, v in os.environ.items() if k.startswith("PREFECT_LOGGING_")}, stamp
+
+
+def reread_prefect_settings(server_logging: tuple[dict[str, str], int | None]) -> None:
+    """In the forked child, with the run's environment set: Prefect's settings read from it (once:
+    the certificate-file choice is made on the environment first), and its logging set up again
+    only if what that is made from differs from the server's. It is the same in nearly every
+    run (the server runs with the worker's environment), and setting it up costs about 70 ms
+    here, in the time before a run is Running."""
+    import prefect.context
+    import prefect.logging.configuration
+    from prefect.settings.context import get_current_settings
+
+    from shipyard.stack import plain_http
+
+    plain_http.no_ca_in(os.environ)
+    inherited = get_current_settings()  # the server's, as the fork left them
+    prefect.context.refresh_global_settings_context()
+    plain_http.skip_ca_bundle()  # an http:// API from a profile rather than the environment
+    if get_current_settings() != inherited or logging_inputs() != server_logging:
+        prefect.logging.configuration.setup_logging()
+
+
+def run_engine(
+    request: dict[str, object], fds: list[int], server_logging: tuple[dict[str, str], int | None]
+) -> int:
     """In the forked child: become `python -m MODULE` (the run's engine, or the `shipyard`
     command) with the client's descriptors, directory, environment and umask. Returns its exit
-    code."""
+    code. `server_logging` is the server's `logging_inputs()`."""
     for target, fd in enumerate(fds):
         os.dup2(fd, target)
         os.close(fd)
@@ -155,14 +190,7 @@ def run_engine(request: dict[str, object], fds: list[int]) -> int:
     name = module if module == "prefect.engine" else str(request.get("argv0", module))
     sys.argv = [name, *map(str, request["argv"])]  # type: ignore[call-overload]
     if module == "prefect.engine":  # the command re-reads them once it has set its own
-        import prefect.context
-        import prefect.logging.configuration
-
-        prefect.context.refresh_global_settings_context()
-        prefect.logging.configuration.setup_logging()
-        from shipyard.stack import plain_http
-
-        plain_http.skip_ca_bundle()
+        reread_prefect_settings(server_logging)
     # runpy warns that the module it runs as __main__ is imported already: here, on purpose.
     warnings.filterwarnings("ignore", f"'{module}' found in sys.modules", RuntimeWarning)
     try:
@@ -196,6 +224,7 @@ class Server:
         self.selector = selectors.DefaultSelector()
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.wake_r, self.wake_w = os.pipe()
+        self.logging = logging_inputs()  # what the preloaded Prefect set its logging up from
 
     def start(self) -> None:
         self.path.unlink(missing_ok=True)
@@ -278,7 +307,7 @@ class Server:
                 other.close()
             os.close(self.wake_r)
             os.close(self.wake_w)
-            code = run_engine(request, fds)
+            code = run_engine(request, fds, self.logging)
         finally:
             with contextlib.suppress(BaseException):
                 atexit._run_exitfuncs()
@@ -318,6 +347,11 @@ class Server:
 def main() -> None:
     if len(sys.argv) != 2:
         sys.exit("usage: python -m shipyard.stack.engine_server SOCKET")
+    # The runs name the certificate file the same way before they read Prefect's settings:
+    # with that, the server's settings are what a run's usually are (`reread_prefect_settings`).
+    from shipyard.stack import plain_http
+
+    plain_http.no_ca_in(os.environ)
     gc.disable()
     preload()
     gc.freeze()  # the imports' objects stay shared with every fork (copy-on-write)

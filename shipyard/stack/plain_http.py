@@ -14,9 +14,21 @@ loads in about a millisecond. An `https://` API, or a configured file, is left a
 from __future__ import annotations
 
 import os
+from collections.abc import MutableMapping
 from importlib.resources import files
 
 NO_CA = str(files("shipyard.stack").joinpath("no-ca.pem"))
+
+
+def no_ca_in(environ: MutableMapping[str, str]) -> bool:
+    """Name `NO_CA` in `environ` when its `PREFECT_API_URL` is plain HTTP and no certificate file
+    is set: the same choice as `skip_ca_bundle`, made before Prefect's settings are read, so that
+    they are read once. True if it did."""
+    url = environ.get("PREFECT_API_URL", "")
+    if not url.startswith("http://") or environ.get("PREFECT_API_SSL_CERT_FILE"):
+        return False
+    environ["PREFECT_API_SSL_CERT_FILE"] = NO_CA
+    return True
 
 
 def skip_ca_bundle() -> bool:

@@ -133,6 +133,19 @@ def test_a_forked_engine_answers_as_python_m_prefect_engine_does(
     assert "engine pid" in server.log.read_text().split("not-a-uuid")[1]  # its exit, reaped
 
 
+def test_a_forked_engine_logs_as_its_runs_environment_says_not_as_the_servers(
+    server: Server,
+) -> None:
+    """The fork sets Prefect's logging up again when the run's settings or logging variables
+    differ from the server's: here the run's level hides the error the first test's run logs.
+    (`python -m prefect.engine` logs that one error whatever the level, so it is not compared.)"""
+    env = {**os.environ, "PREFECT__FLOW_RUN_ID": "not-a-uuid", "PREFECT_LOGGING_LEVEL": "CRITICAL"}
+    forked = run([*CLIENT, str(server.socket)], env)
+    assert forked.returncode == 1, forked
+    assert "Invalid flow run id" not in forked.stderr + forked.stdout, forked
+    assert "flow run not-a-uuid: engine pid" in server.log.read_text()
+
+
 def test_a_killed_run_process_takes_its_engine_and_sigterm_reaches_it(
     server: Server, silent_api: str
 ) -> None:
