@@ -141,9 +141,11 @@ def test_the_stack_runs_a_release_the_ui_shows_and_down_stops_only_its_services(
     env, ports = stack_env(tmp_path, docker_stack["base_image"])
 
     def run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        # From tmp_path: the worker's runs resolve a relative source from there.
         done = subprocess.run(
-            [SHIPYARD, *args], capture_output=True, text=True, env=env, timeout=timeout
-        )
+            [SHIPYARD, *args], capture_output=True, text=True, env=env, timeout=timeout,
+            cwd=tmp_path,
+        )  # fmt: skip
         assert done.returncode == 0, done.stderr[-3000:]
         return done
 
@@ -173,9 +175,11 @@ def test_the_stack_runs_a_release_the_ui_shows_and_down_stops_only_its_services(
         assert status["prefect-worker"].startswith("running")
         assert "nothing" not in status["engine"]
 
-        # Start a release the way the UI's "Run" button does: on the registered deployment.
+        # Start a release the way the UI's "Run" button does: on the registered deployment,
+        # with a source relative to the directory `stack up` ran in.
+        source = sklearn_repo.relative_to(tmp_path)
         started = subprocess.run(
-            [PREFECT, "deployment", "run", "release/release", "--param", f"source={sklearn_repo.as_uri()}",
+            [PREFECT, "deployment", "run", "release/release", "--param", f"source={source}",
              "--param", "ref=main"],
             capture_output=True, text=True, env={**env, "PREFECT_API_URL": api, "PREFECT_API_AUTH_STRING": auth}, timeout=120,
         )  # fmt: skip
