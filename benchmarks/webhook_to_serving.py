@@ -295,16 +295,19 @@ def run(backend: str, default_runs: int) -> list[dict[str, Any]]:
             for name, forked in (("engine server", True), ("prefect default", False)):
                 templates[name] = root / f"pool-{name.replace(' ', '-')}.json"
                 templates[name].write_text(
-                    json.dumps(services.process_pool_template(stack, forked))
+                    json.dumps(services.process_pool_template(stack, forked, ROOT))
                 )
+            # The stack's deployments, as `stack up` registers them on its forked pool.
+            spec = root / "prefect.yaml"
+            spec.write_text(json.dumps(services.deployment_spec("shipyard", forked=True)))
             for args in (
                 [*services.POOL_CREATE, "--base-job-template", str(templates["engine server"])],
-                ["--no-prompt", "deploy", "--all"],
+                ["--no-prompt", "deploy", "--all", "--prefect-file", str(spec)],
             ):
                 subprocess.run(
                     [str(BIN / "prefect"), *args],
                     cwd=ROOT,
-                    env=env,
+                    env={**env, "PWD": str(ROOT)},
                     check=True,
                     capture_output=True,
                 )
