@@ -26,6 +26,7 @@ import io
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import docker
@@ -232,17 +233,19 @@ class SwarmProxy(Proxy):
         pem = self.pem if self.tls else None
         self.config.write_text(
             render(
-                self.port, self.services, weights, self.socket, self.gates, pem, self.only_from()
+                self.port, self.services, weights, self.socket, self.gates, pem, self.only_from
             )
         )
 
+    @cached_property
     def only_from(self) -> str | None:
-        """The one source address the endpoint admits, or None for all."""
+        """The one source address the endpoint admits, or None for all (the engine's gateway is
+        looked up once per proxy object)."""
         return local_source(self.client) if self.host in LOCAL_HOSTS else None
 
     def access(self) -> str:
         """Who may connect, as the service's label records it."""
-        source = self.only_from()
+        source = self.only_from
         return f"this machine ({source})" if source else "all addresses"
 
     def ensure_service(self, weights: dict[str, int], say: Callable[[str], None]) -> None:
@@ -283,7 +286,7 @@ class SwarmProxy(Proxy):
                 # Where its host-mode port is: this machine for a local endpoint.
                 constraints=[
                     f"node.id=={self.client.info()['Swarm']['NodeID']}"
-                    if self.only_from()
+                    if self.only_from
                     else "node.role==manager"
                 ],
                 endpoint_spec=EndpointSpec(
