@@ -295,11 +295,11 @@ def run(backend: str, default_runs: int) -> list[dict[str, Any]]:
             for name, forked in (("engine server", True), ("prefect default", False)):
                 templates[name] = root / f"pool-{name.replace(' ', '-')}.json"
                 templates[name].write_text(
-                    json.dumps(services.process_pool_template(stack, forked, ROOT))
+                    json.dumps(services.process_pool_template(stack, forked))
                 )
             # The stack's deployments, as `stack up` registers them on its forked pool.
             spec = root / "prefect.yaml"
-            spec.write_text(json.dumps(services.deployment_spec("shipyard", forked=True)))
+            spec.write_text(json.dumps(services.deployment_spec("shipyard", fork_from=ROOT)))
             for args in (
                 [*services.POOL_CREATE, "--base-job-template", str(templates["engine server"])],
                 ["--no-prompt", "deploy", "--all", "--prefect-file", str(spec)],

@@ -195,9 +195,18 @@ def test_the_stack_runs_a_release_the_ui_shows_and_down_stops_only_its_services(
         # The worker's run reached the SQLite store through the stack's MLflow server.
         served = tmp_path / "stack" / "mlflow-server.log"
         assert "POST /api/2.0/mlflow/model-versions/create" in served.read_text()
-        # Its engine was forked by the stack's engine server, not started as a new interpreter.
+        # Its engine was forked by the stack's engine server, not started as a new interpreter,
+        # and loaded the flow from its entrypoint without the pull step (its directory came
+        # from the deployment: the relative source above resolved).
         forked = (tmp_path / "stack" / "engine-server.log").read_text()
         assert f"flow run {run_id}: engine pid" in forked, forked[-2000:]
+        logs = prefect.post(
+            f"{api}/logs/filter",
+            json={"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200},
+            timeout=10,
+        ).json()
+        assert any("Beginning flow run" in entry["message"] for entry in logs), logs[:5]
+        assert not [entry for entry in logs if "pull step" in entry["message"]]
 
         # The server's scheduler turned prefect.yaml's nightly cron into runs at 03:00 UTC.
         deadline = time.monotonic() + 90

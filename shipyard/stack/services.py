@@ -532,9 +532,7 @@ def engine_socket(settings: Settings) -> Path:
     return short_socket_path(settings.stack_dir, "engine.sock")
 
 
-def process_pool_template(
-    settings: Settings, forked: bool = True, working_dir: Path | None = None
-) -> dict[str, Any]:
+def process_pool_template(settings: Settings, forked: bool = True) -> dict[str, Any]:
     """Prefect's process pool template, whose runs are forked by the stack's engine server.
 
     With no command, Prefect 3.8's process worker starts a workspace supervisor (an interpreter
@@ -543,37 +541,15 @@ def process_pool_template(
     standard-library script that has `shipyard.stack.engine_server` fork the run's engine with
     everything imported (under 1 s), or runs `python -m prefect.engine` itself when that server
     does not answer. A run's own `command` job variable still wins; `forked=False` keeps
-    Prefect's own. `working_dir` is where the forked runs start (the directory the deployments'
-    pull step would change to: `deployment_spec`), rather than a new temporary one."""
+    Prefect's own."""
     from prefect.workers.process import ProcessWorker
 
     template = ProcessWorker.get_default_base_job_template()
     if forked:
         client = Path(engine_client.__file__).resolve()
         command = f"{sys.executable} -I -S {client} {engine_socket(settings)}"
-        variables = template["variables"]["properties"]
-        variables["command"]["default"] = command
-        if working_dir is not None:
-            variables["working_dir"]["default"] = str(working_dir)
+        template["variables"]["properties"]["command"]["default"] = command
     return template
-
-
-def deployment_spec(pool_name: str, forked: bool) -> dict[str, Any]:
-    """The stack's deployments (package prefect.yaml) on work pool `pool_name`.
-
-    On the forked process pool, each also names its entrypoint in its runs' environment
-    (`PREFECT__FLOW_ENTRYPOINT`, from which Prefect's engine loads the flow, as its own workspace
-    supervisor has it do). A run's engine then imports the flow at once, without reading the
-    deployment and running its pull step (about 0.1 s before the run is Running); the pool's
-    `working_dir` is the directory that step changes to (`process_pool_template`). Elsewhere
-    (the docker pool, a team's Prefect) the pull step stays."""
-    spec: dict[str, Any] = yaml.safe_load(PREFECT_YAML.read_text())
-    for deployment in spec["deployments"]:
-        deployment["work_pool"] = {**deployment["work_pool"], "name": pool_name}
-        if forked:
-            entrypoint = {"PREFECT__FLOW_ENTRYPOINT": deployment["entrypoint"]}
-            deployment["work_pool"]["job_variables"] = {"env": entrypoint}
-    return spec
 
 
 def docker_pool_template(settings: Settings, say: Say) -> Any:
@@ -591,6 +567,28 @@ def docker_pool_template(settings: Settings, say: Say) -> Any:
     )
 
 
+def deployment_spec(pool_name: str, fork_from: Path | None = None) -> dict[str, Any]:
+    """The stack's deployments (package prefect.yaml) on work pool `pool_name`.
+
+    With `fork_from` (the stack's own forked process pool, where `stack up` ran), each also
+    names its entrypoint in its runs' environment (`PREFECT__FLOW_ENTRYPOINT`, from which
+    Prefect's engine loads the flow, as Prefect's own workspace supervisor has it do) and starts
+    its runs in `fork_from` (`working_dir`, the directory the pull step changes to). A run's
+    engine then imports the flow at once, without reading the deployment and running the pull
+    step: about 0.1 s before the run is Running. Only these deployments' runs start there;
+    other deployments on the pool keep Prefect's temporary directory per run. Elsewhere (the
+    docker pool, a team's Prefect) the pull step stays."""
+    spec: dict[str, Any] = yaml.safe_load(PREFECT_YAML.read_text())
+    for deployment in spec["deployments"]:
+        deployment["work_pool"] = {**deployment["work_pool"], "name": pool_name}
+        if fork_from is not None:
+            deployment["work_pool"]["job_variables"] = {
+                "env": {"PREFECT__FLOW_ENTRYPOINT": deployment["entrypoint"]},
+                "working_dir": str(fork_from),
+            }
+    return spec
+
+
 def register_deployments(settings: Settings, say: Say, chosen: Pool | None = None) -> None:
     """`prefect deploy --all` from prefect.yaml, on the `chosen` pool (else the recorded one):
     the `shipyard` process pool, or the `shipyard-docker` docker pool."""
@@ -600,9 +598,6 @@ def register_deployments(settings: Settings, say: Say, chosen: Pool | None = Non
     env = {**os.environ, **_prefect_env(settings), "PWD": str(Path.cwd())}
     stack_state.private_dir(settings)
     template = settings.stack_dir / f"{chosen.kind}-pool-template.json"
-    if chosen.kind == "docker":
-        create = ["work-pool", "create", chosen.name, "--type", "docker", "--overwrite"]
-        template.write_text(json.dumps(docker_pool_template(settings, say)))
     # A team's pool may have workers on other machines: it keeps Prefect's own command.
     forked = chosen.kind == "process" and own_prefect(settings)
     if chosen.kind == "docker":
@@ -610,9 +605,10 @@ def register_deployments(settings: Settings, say: Say, chosen: Pool | None = Non
         template.write_text(json.dumps(docker_pool_template(settings, say)))
     else:
         create = POOL_CREATE
-        template.write_text(json.dumps(process_pool_template(settings, forked, Path.cwd())))
+        template.write_text(json.dumps(process_pool_template(settings, forked)))
     prefect_yaml = settings.stack_dir / "prefect.yaml"
-    prefect_yaml.write_text(yaml.safe_dump(deployment_spec(chosen.name, forked), sort_keys=False))
+    spec = deployment_spec(chosen.name, Path.cwd() if forked else None)
+    prefect_yaml.write_text(yaml.safe_dump(spec, sort_keys=False))
     for args in (
         [*create, "--base-job-template", str(template)],
         ["--no-prompt", "deploy", "--all", "--prefect-file", str(prefect_yaml)],
