@@ -140,24 +140,35 @@ def refused(request: dict[str, object]) -> str | None:
     return None
 
 
+CONSOLE_VARIABLES = frozenset(
+    {"TERM", "COLORTERM", "NO_COLOR", "FORCE_COLOR", "COLUMNS", "LINES", "TTY_COMPATIBLE",
+     "TTY_INTERACTIVE", "JUPYTER_COLUMNS", "JUPYTER_LINES"}
+)  # fmt: skip
+"""What rich, under Prefect's console handler, reads from the environment when it is made."""
+
+
 def logging_inputs() -> tuple[dict[str, str], int | None]:
     """What Prefect's logging set-up reads besides its settings: `PREFECT_LOGGING_…` variables
-    (each overrides a key of the logging config) and the config file's modification time."""
+    (each overrides a key of the logging config), the console's variables and the config file's
+    modification time."""
     from prefect.settings import PREFECT_LOGGING_SETTINGS_PATH
 
     try:
         stamp: int | None = PREFECT_LOGGING_SETTINGS_PATH.value().stat().st_mtime_ns
     except OSError:
         stamp = None
-    return {k: v for k, v in os.environ.items() if k.startswith("PREFECT_LOGGING_")}, stamp
+    read = {k: v for k, v in os.environ.items() if k.startswith("PREFECT_LOGGING_")}
+    return read | {k: v for k, v in os.environ.items() if k in CONSOLE_VARIABLES}, stamp
 
 
 def reread_prefect_settings(server_logging: tuple[dict[str, str], int | None]) -> None:
     """In the forked child, with the run's environment set: Prefect's settings read from it (once:
     the certificate-file choice is made on the environment first), and its logging set up again
-    only if what that is made from differs from the server's. It is the same in nearly every
-    run (the server runs with the worker's environment), and setting it up costs about 70 ms
-    here, in the time before a run is Running."""
+    only if what that is made from differs from the server's, then whole (handlers, formatters
+    and extra loggers made anew, not only levels changed), as a fresh `python -m prefect.engine`
+    would have it. It is the same in nearly every run (the server runs with the worker's
+    environment), and setting it up costs about 70 ms here, in the time before a run is
+    Running."""
     import prefect.context
     import prefect.logging.configuration
     from prefect.settings.context import get_current_settings
@@ -169,7 +180,7 @@ def reread_prefect_settings(server_logging: tuple[dict[str, str], int | None]) -
     prefect.context.refresh_global_settings_context()
     plain_http.skip_ca_bundle()  # an http:// API from a profile rather than the environment
     if get_current_settings() != inherited or logging_inputs() != server_logging:
-        prefect.logging.configuration.setup_logging()
+        prefect.logging.configuration.setup_logging(incremental=False)
 
 
 def run_engine(
