@@ -232,9 +232,7 @@ class SwarmProxy(Proxy):
         self.directory.mkdir(parents=True, exist_ok=True)
         pem = self.pem if self.tls else None
         self.config.write_text(
-            render(
-                self.port, self.services, weights, self.socket, self.gates, pem, self.only_from
-            )
+            render(self.port, self.services, weights, self.socket, self.gates, pem, self.only_from)
         )
 
     @cached_property
