@@ -309,6 +309,10 @@ def test_the_stack_runs_a_release_the_ui_shows_and_down_stops_only_its_services(
         assert "engine-server: shipyard release: pid" in forked, forked[-2000:]
     finally:
         prefect.close()
+        # A failure above may leave the release's endpoint running: no containers stay behind.
+        subprocess.run(
+            [SHIPYARD, "undeploy", MODEL], env=env, capture_output=True, timeout=120, cwd=tmp_path
+        )
         subprocess.run([SHIPYARD, "stack", "down"], env=env, capture_output=True, timeout=120)
 
     for name in ("prefect", "mlflow", "webhook"):
