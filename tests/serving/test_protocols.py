@@ -125,10 +125,12 @@ def test_numeric_rows_as_sent_convert_as_the_checked_path_does(digits: Dataset) 
         {"inputs": rows(digits, 3)},
         {"inputs": [[int(v) for v in row] for row in rows(digits, 2)]},
         {"inputs": [[-1.5e-3] * 64]},
+        {"inputs": [[3e38, -3e38] * 32]},  # finite, though their squares overflow float32
     ]
     bad = [
         {"inputs": [[0] * 64, [0] * 63]},
         {"inputs": [[1e39] * 64]},
+        {"inputs": [[1.0] * 63 + [-1e39]]},
         {"inputs": [[0] * 64] * 65},
         {"inputs": []},
         {"inputs": 7},
@@ -145,3 +147,18 @@ def test_numeric_rows_as_sent_convert_as_the_checked_path_does(digits: Dataset) 
         else:
             assert fast == checked, body
     assert all(isinstance(parsed(b, orjson.dumps(b)), np.ndarray) for b in good)
+
+
+@pytest.mark.parametrize("size", [1, 64, protocol._DOT_CHECK_MAX, protocol._DOT_CHECK_MAX + 1])
+def test_a_non_finite_value_is_found_wherever_it_is(size: int) -> None:
+    """The quick check (one dot product) and the exact one agree: every inf and NaN is found,
+    and large finite values whose squares overflow are not taken for one."""
+    rng = np.random.default_rng(size)
+    assert protocol._finite(rng.normal(size=size).astype(np.float32))
+    assert protocol._finite(np.full(size, 3e38, dtype=np.float32))
+    for bad in (np.inf, -np.inf, np.nan):
+        for at in {0, size // 2, size - 1}:
+            values = rng.normal(size=size).astype(np.float32)
+            values[at] = bad
+            assert not protocol._finite(values), (bad, at)
+            assert not protocol._finite(values.reshape(1, -1)[:, ::-1]), (bad, at)  # a strided view
