@@ -58,7 +58,8 @@ def run(settings: ServeSettings) -> None:
             host=settings.host,
             port=settings.port,
             loop="uvloop",
-            http="httptools",
+            # httptools, with each answer's head and body in one write (wire.py)
+            http="shipyard_serving.wire:OneWriteProtocol",
             lifespan="on",
             access_log=False,
             # Nothing reads the client's address (no access log): skip the X-Forwarded-* layer.
