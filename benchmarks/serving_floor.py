@@ -8,9 +8,12 @@ first 200 on /v2/health/ready, then drives each with wrk at two shapes (1 row wi
 connections, 32 rows with 8) on MLflow's /invocations contract, and prints requests/s, p50 and
 p99, and Shipyard's requests/s and p99 over the floor's.
 
-Each case runs BENCH_SECONDS (10) per server, in BENCH_ROUNDS (5) slices that alternate between
+Each case runs BENCH_SECONDS (10) per server, in BENCH_ROUNDS (10) slices that alternate between
 the two servers, so that other work on the machine weighs on both alike: requests/s is over all
-of a server's slices, p50 and p99 are the medians of its slices' values.
+of a server's slices, p50 and p99 are the medians of its slices' values. wrk shares the machine's
+cores with the servers, so requests/s also moves with the machine's speed from run to run; the
+servers' own CPU time per request (their processes' user and system time from /proc over the
+slices, divided by the requests answered) moves less, and is printed beside it.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from serving_vs_mlflow import KEY, SECONDS, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKERS = int(os.environ.get("BENCH_WORKERS", "2"))
-ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "10"))
 SHAPES = [("1 row", 1, 16), ("32 rows", 32, 8)]  # name, rows per request, connections
 # wrk's summary as numbers: requests, seconds, non-2xx answers, socket errors, p50 and p99 (µs).
 REPORT = """
@@ -87,6 +90,15 @@ def start(
     raise SystemExit(f"{url} not ready in 120 s")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system time of process `pid` and its children (uvicorn's workers) so far."""
+    total = 0
+    for task in [pid, *map(int, Path(f"/proc/{pid}/task/{pid}/children").read_text().split())]:
+        fields = Path(f"/proc/{task}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (proc(5), from field 3 on)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def wrk(url: str, body: dict, connections: int, seconds: int) -> dict[str, float]:
     """One wrk run posting `body`: requests, seconds, p50 and p99 (ms)."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
@@ -113,20 +125,27 @@ def wrk(url: str, body: dict, connections: int, seconds: int) -> dict[str, float
     return {"requests": requests, "seconds": duration, "p50": p50 / 1000, "p99": p99 / 1000}
 
 
-def load(urls: dict[str, str], body: dict, connections: int) -> dict[str, dict[str, float]]:
-    """Each server's requests/s, p50 and p99 over ROUNDS alternating slices of a wrk run."""
+def load(
+    urls: dict[str, str], pids: dict[str, int], body: dict, connections: int
+) -> dict[str, dict[str, float]]:
+    """Each server's requests/s, p50, p99 and CPU µs per request over ROUNDS alternating slices
+    of a wrk run."""
     runs: dict[str, list[dict[str, float]]] = {server: [] for server in urls}
     seconds = max(1, round(SECONDS / ROUNDS))
     for url in urls.values():  # warm-up, not counted
         wrk(url, body, connections, 1)
     for i in range(ROUNDS):
         for server in list(urls)[:: 1 if i % 2 == 0 else -1]:
-            runs[server].append(wrk(urls[server], body, connections, seconds))
+            before = cpu_seconds(pids[server])
+            run = wrk(urls[server], body, connections, seconds)
+            run["cpu"] = cpu_seconds(pids[server]) - before
+            runs[server].append(run)
     return {
         server: {
             "rps": sum(r["requests"] for r in slices) / sum(r["seconds"] for r in slices),
             "p50": statistics.median(r["p50"] for r in slices),
             "p99": statistics.median(r["p99"] for r in slices),
+            "cpu_us": 1e6 * sum(r["cpu"] for r in slices) / sum(r["requests"] for r in slices),
         }
         for server, slices in runs.items()
     }
@@ -171,9 +190,10 @@ def main() -> None:
             server: f"http://127.0.0.1:{port}/invocations"
             for server, port in (("floor", floor_port), ("shipyard", ours_port))
         }
+        pids = {"floor": floor.pid, "shipyard": ours.pid}
         results = {}
         for name, n, connections in SHAPES:
-            for server, r in load(urls, {"inputs": x[:n]}, connections).items():
+            for server, r in load(urls, pids, {"inputs": x[:n]}, connections).items():
                 results[server, name] = r
         metrics = httpx.get(
             f"http://127.0.0.1:{ours_port}/metrics", headers={"X-API-Key": KEY}
@@ -189,7 +209,7 @@ def main() -> None:
         print(f"start to ready: floor {floor_start:.2f} s, shipyard {ours_start:.2f} s\n")
         print(
             f"{'request':<22}{'server':<10}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}"
-            f"{'req/s ×':>10}{'p99 ×':>8}"
+            f"{'CPU µs/req':>12}{'req/s ×':>10}{'p99 ×':>8}{'CPU ×':>8}"
         )
         for name, _, connections in SHAPES:
             base = results["floor", name]
@@ -197,12 +217,14 @@ def main() -> None:
                 r = results[server, name]
                 ratios = (
                     f"{r['rps'] / base['rps']:>10.2f}{r['p99'] / base['p99']:>8.2f}"
+                    f"{r['cpu_us'] / base['cpu_us']:>8.2f}"
                     if server != "floor"
                     else ""
                 )
                 case = f"{name}, {connections} conns"
                 print(
-                    f"{case:<22}{server:<10}{r['rps']:>9.0f}{r['p50']:>9.2f}{r['p99']:>9.2f}{ratios}"
+                    f"{case:<22}{server:<10}{r['rps']:>9.0f}{r['p50']:>9.2f}{r['p99']:>9.2f}"
+                    f"{r['cpu_us']:>12.1f}{ratios}"
                 )
     finally:
         for server in servers:
