@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: install stack demo test test-engine test-others test-fast lint bench bench-all bench-serving bench-floor bench-image bench-webhook bench-rollout bench-base bench-swarm lock clean
+.PHONY: install stack demo test test-engine test-others test-fast lint bench bench-all bench-serving bench-floor bench-image bench-webhook bench-rollout bench-base bench-swarm bench-warm lock clean
 
 # Everything is pinned by constraints.txt (regenerate: make lock). torch 2.13.0 is the CPU
 # wheel pip finds on this machine's disk; an unpinned torch would pull a multi-GB CUDA build.
@@ -90,6 +90,10 @@ bench-swarm: install
 bench-rollout: install
 	$(BIN)/shipyard stack up --no-services
 	$(BIN)/python benchmarks/rollout_strategies.py
+
+# `shipyard release` of unchanged inputs through the stack's engine server and in its own process.
+bench-warm: install
+	$(BIN)/python benchmarks/warm_release.py
 
 bench-serving: install
 	@command -v wrk >/dev/null || { echo "installing wrk"; apt-get update -qq && apt-get install -y -qq wrk; }

@@ -24,6 +24,10 @@ BENCHMARKS = [
     ("Rollout strategies under a steady load", "rollout_strategies.py"),
     ("Base image: two clean builds, the same digest", "base_digest.py"),
     ("Swarm target against the Docker target under the same load", "swarm_target.py"),
+    (
+        "Warm release on the stack: forked by the engine server, and in its own process",
+        "warm_release.py",
+    ),
 ]
 
 
