@@ -31,10 +31,10 @@ def free_port() -> int:
 
 
 def start_prefect(
-    home: Path, extra_env: dict[str, str] | None = None
+    home: Path, extra_env: dict[str, str] | None = None, command: list[str] | None = None
 ) -> tuple[subprocess.Popen[bytes], str]:
     """A Prefect server on a free port, its home in `home` (on SQLite there, unless
-    `extra_env` names another database)."""
+    `extra_env` names another database), run by `command` (else Prefect's `prefect`)."""
     port = free_port()
     env = {
         **os.environ,
@@ -44,7 +44,7 @@ def start_prefect(
     }
     server = subprocess.Popen(
         [
-            str(Path(sys.executable).parent / "prefect"),
+            *(command or [str(Path(sys.executable).parent / "prefect")]),
             "server",
             "start",
             "--host",

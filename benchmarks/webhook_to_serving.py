@@ -17,8 +17,10 @@ DEFAULT_RUNS commits run on the pool with Prefect's own command (workspace super
 
 All of it runs twice: Prefect's server on SQLite (the stack's default), then on a Postgres
 cluster of its own (`stack up --backend postgres`'s way; MLflow stays on SQLite), and the new
-commits' run creation, run start and serving times are printed side by side. On SQLite, a write
-that meets another (SQLITE_BUSY) is answered 503, and Prefect's client retries it after 2 s.
+commits' run creation, run start and serving times are printed side by side. The server is the
+stack's command (`shipyard.stack.prefect_server`: SQLite write transactions begun IMMEDIATE);
+`BENCH_PREFECT=prefect` runs Prefect's own `prefect server start`, on which a write that met
+another on SQLite was answered 503 and retried by Prefect's client 2 s later.
 """
 
 from __future__ import annotations
@@ -269,7 +271,11 @@ def run(backend: str, default_runs: int) -> list[dict[str, Any]]:
     new: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp, prefect_database(Path(tmp), backend) as database:
         root = Path(tmp)
-        server, api = start_prefect(root / "prefect", database)
+        server, api = start_prefect(
+            root / "prefect",
+            database,
+            None if os.environ.get("BENCH_PREFECT") == "prefect" else services.PREFECT_SERVER,
+        )
         repo = root / "repo"
         shutil.copytree(ROOT / "examples" / MODEL, repo)
         git(repo, "init", "-q", "-b", "main")

@@ -44,6 +44,8 @@ from shipyard.waiting import TimedOut, wait_until
 
 # By module, with this interpreter: whatever directory its scripts were installed in.
 PREFECT = [sys.executable, "-m", "prefect"]
+PREFECT_SERVER = [sys.executable, "-m", "shipyard.stack.prefect_server"]
+"""`prefect`, with the server's SQLite write transactions begun IMMEDIATE (prefect_server.py)."""
 PROMPT_WORKER = [sys.executable, "-m", "shipyard.stack.prompt_worker"]
 """Prefect's worker, woken by its pool's scheduled-run events as well as by its poll."""
 WORKER_POLL_SECONDS = "5"
@@ -291,7 +293,7 @@ def plan(
         Service(
             "prefect-server",
             [
-                *PREFECT,
+                *PREFECT_SERVER,
                 "server",
                 "start",
                 "--host",
