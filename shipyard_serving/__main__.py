@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from typing import Any
 
 from shipyard_serving.config import ServeSettings
 
@@ -50,25 +51,31 @@ def run(settings: ServeSettings) -> None:
         _fork_workers()
     import uvicorn
 
+    from shipyard_serving import listen
+
+    options: dict[str, Any] = dict(
+        factory=True,
+        workers=settings.workers,
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        # httptools, with each answer's head and body in one write (wire.py)
+        http="shipyard_serving.wire:OneWriteProtocol",
+        lifespan="on",
+        access_log=False,
+        # Nothing reads the client's address (no access log): skip the X-Forwarded-* layer.
+        proxy_headers=False,
+        server_header=False,  # no `server: uvicorn` on every answer
+        log_level="warning",
+        # On SIGTERM uvicorn stops accepting and lets in-flight requests finish.
+        timeout_graceful_shutdown=int(settings.request_timeout_s) + 5,
+    )
+    app = "shipyard_serving.app:create_app"
     try:
-        uvicorn.run(
-            "shipyard_serving.app:create_app",
-            factory=True,
-            workers=settings.workers,
-            host=settings.host,
-            port=settings.port,
-            loop="uvloop",
-            # httptools, with each answer's head and body in one write (wire.py)
-            http="shipyard_serving.wire:OneWriteProtocol",
-            lifespan="on",
-            access_log=False,
-            # Nothing reads the client's address (no access log): skip the X-Forwarded-* layer.
-            proxy_headers=False,
-            server_header=False,  # no `server: uvicorn` on every answer
-            log_level="warning",
-            # On SIGTERM uvicorn stops accepting and lets in-flight requests finish.
-            timeout_graceful_shutdown=int(settings.request_timeout_s) + 5,
-        )
+        if settings.workers > 1 and settings.reuse_port and listen.available():
+            listen.run(uvicorn.Config(app, **options))  # each worker on its own socket
+        else:
+            uvicorn.run(app, **options)
     finally:
         if metrics_dir:
             shutil.rmtree(metrics_dir, ignore_errors=True)

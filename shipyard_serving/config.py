@@ -50,6 +50,12 @@ class ServeSettings(BaseSettings):
         description="Server processes (one ONNX Runtime session each); default: one per CPU.",
     )
 
+    reuse_port: bool = Field(
+        default=True,
+        description="With several workers, each listens on its own SO_REUSEPORT socket (Linux) so "
+        "the kernel spreads connections over them; false: one socket shared by all, as uvicorn's.",
+    )
+
     @field_validator("api_keys", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:

@@ -87,10 +87,15 @@ def parent_of(pid: int) -> int:
 
 
 @pytest.mark.unit
-def test_two_workers_share_one_view_of_the_metrics(serve, digits: Dataset, tmp_path: Path) -> None:
+@pytest.mark.parametrize("reuse_port", ["true", "false"])
+def test_two_workers_share_one_view_of_the_metrics(
+    serve, digits: Dataset, tmp_path: Path, reuse_port: str
+) -> None:
     metrics_dir = tmp_path / "metrics"
     metrics_dir.mkdir()
-    server = serve(workers=2, env={"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)})
+    server = serve(
+        workers=2, reuse_port=reuse_port, env={"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
+    )
     sent = 0
     # A new connection each: the kernel spreads them over both workers, but not by turns.
     while sum(count > 0 for count in invocations_by_pid(metrics_dir).values()) < 2:
@@ -110,6 +115,56 @@ def test_two_workers_share_one_view_of_the_metrics(serve, digits: Dataset, tmp_p
     assert sum(by_pid.values()) == sent
     text = httpx.get(f"{server.url}/metrics").text  # a scrape of one worker counts both
     assert metric(text, "shipyard_requests_total", route="/invocations", status="200") == sent
+
+
+def listening_on(port: int) -> int:
+    """How many IPv4 sockets are listening on `port` (proc(5), /proc/net/tcp: state 0A)."""
+    lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    fields = [line.split() for line in lines]
+    return sum(f[1].endswith(f":{port:04X}") and f[3] == "0A" for f in fields)
+
+
+@pytest.mark.unit
+def test_connections_opened_together_spread_over_the_workers(
+    serve, digits: Dataset, tmp_path: Path
+) -> None:
+    """A pool of keep-alive connections opened at once (a load balancer's, a client's) lands on
+    every worker, not on the one the kernel happens to wake first."""
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    server = serve(workers=2, env={"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)})
+    port = int(server.url.rsplit(":", 1)[1])
+    deadline = time.monotonic() + 30
+    while listening_on(port) < 2:  # each worker listens once its model is loaded
+        assert time.monotonic() < deadline, f"{listening_on(port)} sockets listen on {port}"
+        time.sleep(0.1)
+    connections = 32
+
+    async def pool() -> list[int]:
+        clients = [httpx.AsyncClient(base_url=server.url) for _ in range(connections)]
+        try:
+            answers = await asyncio.gather(
+                *(c.post("/invocations", json={"inputs": rows(digits, 1)}) for c in clients)
+            )
+        finally:
+            await asyncio.gather(*(c.aclose() for c in clients))
+        return [a.status_code for a in answers]
+
+    assert asyncio.run(pool()) == [200] * connections
+    by_pid = invocations_by_pid(metrics_dir)
+    assert sum(by_pid.values()) == connections
+    # Spread by a hash of each connection's addresses: fewer than 4 of 32 on one of two workers
+    # has a chance of 3 in a million.
+    assert len(by_pid) == 2 and min(by_pid.values()) >= 4, by_pid
+
+
+@pytest.mark.unit
+def test_a_second_server_on_a_port_in_use_stops_instead_of_sharing_it(serve) -> None:
+    first = serve(workers=2)
+    port = first.url.rsplit(":", 1)[1]
+    with pytest.raises(RuntimeError, match=f"cannot listen on 127.0.0.1 port {port}: .*in use"):
+        serve(workers=2, port=port)
+    assert first.process.poll() is None
 
 
 @pytest.mark.unit
