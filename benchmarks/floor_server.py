@@ -6,8 +6,10 @@ with the response Shipyard's server gives (`{"predictions": {"label", "probabili
 "label_name"}}`) and GET /v2/health/ready; no routing framework, auth, validation, limits or
 metrics. Whatever Shipyard's server costs beyond this is what its features cost.
 
-Run: `python benchmarks/floor_server.py MODEL_DIR [--port P] [--workers N]`
-(benchmarks/serving_floor.py starts it next to Shipyard's server).
+Run: `python benchmarks/floor_server.py MODEL_DIR [--port P] [--workers N] [--reuse-port]`
+(benchmarks/serving_floor.py starts it next to Shipyard's server). With `--reuse-port`, each worker
+accepts on its own socket through Shipyard's listener (`shipyard_serving/listen.py`, nothing per
+request), so that both servers spread connections over their workers alike.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -95,12 +98,12 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8090)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--reuse-port", action="store_true", help="a socket per worker")
     args = parser.parse_args()
     os.environ[MODEL_DIR] = str(args.model_dir.resolve())
-    uvicorn.run(
-        "floor_server:create_app",
+    sys.path.insert(0, str(Path(__file__).resolve().parent))  # workers import floor_server
+    options: dict[str, Any] = dict(
         factory=True,
-        app_dir=str(Path(__file__).resolve().parent),
         workers=args.workers,
         host=args.host,
         port=args.port,
@@ -110,6 +113,12 @@ def main() -> None:
         access_log=False,
         log_level="warning",
     )
+    if args.reuse_port and args.workers > 1:
+        from shipyard_serving import listen
+
+        listen.run(uvicorn.Config("floor_server:create_app", **options))
+    else:
+        uvicorn.run("floor_server:create_app", **options)
 
 
 if __name__ == "__main__":

@@ -1,15 +1,17 @@
 """Serving overhead: Shipyard's server against the floor (a bare uvicorn + ONNX Runtime app).
 
-Run: `make bench-floor`. One run trains the reference scikit-learn project with the stage
-functions and writes its INT8 graph as a release bundle, then starts, on 127.0.0.1 and with the
-same number of worker processes, `python -m shipyard_serving` (API keys and metrics on) and
-benchmarks/floor_server.py (neither). It prints how long each took from process start to its
-first 200 on /v2/health/ready, then drives each with wrk at two shapes (1 row with 16
-connections, 32 rows with 8) on MLflow's /invocations contract, and prints requests/s, p50 and
-p99, and Shipyard's requests/s and p99 over the floor's.
+Run: `make bench-floor`. One run trains the reference scikit-learn project with the stage functions
+and writes its INT8 graph as a release bundle, then starts, on 127.0.0.1 and with the same number
+of worker processes, `python -m shipyard_serving` (API keys and metrics on) and
+benchmarks/floor_server.py (neither), each worker on its own socket (shipyard_serving/listen.py),
+and Shipyard's server once more with its workers sharing one socket as uvicorn's do ("shared"). It
+prints how long each took from process start to its first 200 on /v2/health/ready, then drives each
+with wrk at two shapes (1 row with 16 connections, 32 rows with 8) on MLflow's /invocations
+contract, and prints requests/s, p50 and p99, and each Shipyard server's requests/s and p99 over
+the floor's.
 
 Each case runs BENCH_SECONDS (10) per server, in BENCH_ROUNDS (10) slices that alternate between
-the two servers, so that other work on the machine weighs on both alike: requests/s is over all
+the servers, so that other work on the machine weighs on both alike: requests/s is over all
 of a server's slices, p50 and p99 are the medians of its slices' values. wrk shares the machine's
 cores with the servers, so requests/s also moves with the machine's speed from run to run; the
 servers' own CPU time per request (their processes' user and system time from /proc over the
@@ -162,7 +164,7 @@ def main() -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("SHIPYARD_SERVE_")}
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)
 
-        floor_port, ours_port = free_port(), free_port()
+        floor_port, ours_port, shared_port = free_port(), free_port(), free_port()
         floor, floor_start = start(
             [
                 sys.executable,
@@ -170,6 +172,7 @@ def main() -> None:
                 str(bundle),
                 f"--port={floor_port}",
                 f"--workers={WORKERS}",
+                "--reuse-port",
             ],
             env,
             floor_port,
@@ -184,13 +187,24 @@ def main() -> None:
         }
         ours, ours_start = start([sys.executable, "-m", "shipyard_serving"], ours_env, ours_port)
         servers.append(ours)
+        shared_env = {
+            **ours_env,
+            "SHIPYARD_SERVE_PORT": str(shared_port),
+            "SHIPYARD_SERVE_REUSE_PORT": "false",
+        }
+        shared, _ = start([sys.executable, "-m", "shipyard_serving"], shared_env, shared_port)
+        servers.append(shared)
 
         x = json.loads((ROOT / "benchmarks" / "digits_rows.json").read_text())
         urls = {
             server: f"http://127.0.0.1:{port}/invocations"
-            for server, port in (("floor", floor_port), ("shipyard", ours_port))
+            for server, port in (
+                ("floor", floor_port),
+                ("shipyard", ours_port),
+                ("shared", shared_port),
+            )
         }
-        pids = {"floor": floor.pid, "shipyard": ours.pid}
+        pids = {"floor": floor.pid, "shipyard": ours.pid, "shared": shared.pid}
         results = {}
         for name, n, connections in SHAPES:
             for server, r in load(urls, pids, {"inputs": x[:n]}, connections).items():
@@ -204,7 +218,9 @@ def main() -> None:
         print(
             f"\ndigits-sklearn int8, {WORKERS} workers each, {SECONDS} s per case and server in "
             f"{ROUNDS} alternating slices, wrk 1 thread; "
-            "shipyard: API key and metrics on; floor: benchmarks/floor_server.py\n"
+            "shipyard: API key and metrics on; floor: benchmarks/floor_server.py; both with a "
+            "socket per worker; shared: shipyard with SHIPYARD_SERVE_REUSE_PORT=false, its "
+            "workers accepting from one socket\n"
         )
         print(f"start to ready: floor {floor_start:.2f} s, shipyard {ours_start:.2f} s\n")
         print(
@@ -213,7 +229,7 @@ def main() -> None:
         )
         for name, _, connections in SHAPES:
             base = results["floor", name]
-            for server in ("floor", "shipyard"):
+            for server in ("floor", "shipyard", "shared"):
                 r = results[server, name]
                 ratios = (
                     f"{r['rps'] / base['rps']:>10.2f}{r['p99'] / base['p99']:>8.2f}"
