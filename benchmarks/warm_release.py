@@ -1,7 +1,8 @@
 """Warm release: `shipyard release` of unchanged inputs, its wall time, on the stack.
 
 Run: `make bench-warm`. It needs the stack with its services (Prefect server, engine server,
-engine and registry) and runs `shipyard stack up` first if no engine server answers. It
+engine and registry) and runs `shipyard stack up` first if any of them is down (as `shipyard
+stack status` reports them; an engine server's socket left by a stopped stack is not one). It
 releases examples/digits-sklearn up to `push` into a new state directory of its own
 (registered and pushed there; what the stack caches across state directories, such as the
 sandbox's data, may be reused), then once more untimed (the CLI's own caches), then WARM_RUNS
@@ -22,6 +23,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from shipyard.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPYARD = str(Path(sys.executable).parent / "shipyard")
@@ -44,16 +47,25 @@ def release(env: dict[str, str], forked: bool) -> tuple[float, dict]:
     return seconds, json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def main() -> None:
-    from shipyard.launcher import engine_socket
-    from shipyard.settings import Settings
+def down(settings: Settings) -> list[str]:
+    """The stack's services that `shipyard stack status` does not report up."""
+    from shipyard.stack import services
 
-    if engine_socket() is None:
-        print("no engine server answers: `shipyard stack up` ...", flush=True)
+    return [
+        f"{name}: {state}"
+        for name, state in services.status(settings).items()
+        if name not in ("backend", "pool") and not state.startswith(("healthy", "running"))
+    ]
+
+
+def main() -> None:
+    settings = Settings()
+    if missing := down(settings):
+        print(f"{'; '.join(missing)}: `shipyard stack up` ...", flush=True)
         subprocess.run([SHIPYARD, "stack", "up"], check=True, stdout=subprocess.DEVNULL)
-        if engine_socket() is None:
-            raise SystemExit("`shipyard stack up` started no engine server")
-    api = os.environ.get("PREFECT_API_URL") or f"http://127.0.0.1:{Settings().prefect_port}/api"
+        if missing := down(settings):
+            raise SystemExit(f"after `shipyard stack up`, still down: {'; '.join(missing)}")
+    api = os.environ.get("PREFECT_API_URL") or f"http://127.0.0.1:{settings.prefect_port}/api"
     with tempfile.TemporaryDirectory(prefix="shipyard-warm-") as state:
         env = {**os.environ, "SHIPYARD_STATE_DIR": state, "PREFECT_API_URL": api}
         env.pop("SHIPYARD_MLFLOW_SERVER_URL", None)  # MLflow on the state directory's own store
