@@ -12,8 +12,9 @@ pushed commit's run was created 2.2 to 2.7 s after the push in one or two of thr
 it up to the server's `busy_timeout` (60 s) instead. Reads outside a transaction are unchanged,
 and so is a server on Postgres.
 
-The change holds in this process only: the stack runs the server with one worker process (its
-default), which serves in this process.
+The change holds in this process only. That covers every SQLite server: Prefect refuses
+`--workers` above 1 on SQLite (`prefect/cli/_server_utils.py`), and one worker serves in this
+process.
 """
 
 from __future__ import annotations
