@@ -113,9 +113,9 @@ def main() -> None:
         access_log=False,
         log_level="warning",
     )
-    if args.reuse_port and args.workers > 1:
-        from shipyard_serving import listen
+    from shipyard_serving import listen
 
+    if args.reuse_port and args.workers > 1 and listen.available():
         listen.run(uvicorn.Config("floor_server:create_app", **options))
     else:
         uvicorn.run("floor_server:create_app", **options)

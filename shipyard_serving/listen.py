@@ -11,12 +11,21 @@ https://man7.org/linux/man-pages/man7/socket.7.html (SO_REUSEPORT)
 
 uvicorn has no option for it (https://github.com/Kludex/uvicorn/pull/2472 is open). `run` keeps
 uvicorn's supervisor (`Multiprocess`: it restarts a dead worker and stops on a startup failure)
-and gives each worker, as it starts, a socket of its own in place of the parent's. The parent's
-socket stays bound and never listens: it holds the port, so a port in use fails at once, and it
-takes no connections (only listening sockets are in the group). A worker listens only after its
-lifespan startup, so no connection waits on a worker still loading its model. The cost: a
-connection waiting in a worker's queue when that worker dies is reset, where a shared queue would
-have let another worker take it.
+and gives each worker, as it starts, a socket of its own in place of the parent's. A worker
+listens only after its lifespan startup, so no connection waits on a worker still loading its
+model.
+
+A port that another server uses is refused, not shared. The parent first binds without
+SO_REUSEPORT, which fails if any socket listens on the port (another server's SO_REUSEPORT
+workers too). It then holds the port with a socket that never listens (it takes no connections:
+only listening sockets are in the group) and has SO_REUSEPORT but not SO_REUSEADDR, so a second
+server's first bind fails even while this one's workers are still loading their model. After a
+server without SO_REUSEPORT, its connections in TIME_WAIT refuse that holder for up to a minute;
+the parent then holds the port with SO_REUSEADDR too, as uvicorn does, and says so.
+
+The cost: connections waiting in a worker's queue when its socket closes (the worker dies, or
+is replaced on SIGHUP) are reset, where a shared queue would have let another worker take them;
+Linux's `net.ipv4.tcp_migrate_req=1` moves them to another socket of the group instead.
 """
 
 from __future__ import annotations
@@ -40,23 +49,47 @@ def available() -> bool:
     return sys.platform == "linux" and hasattr(socket, "SO_REUSEPORT")
 
 
-def bind(host: str, port: int, *, reuse_port: bool = True) -> socket.socket:
-    """A TCP socket bound to `host:port` (with SO_REUSEPORT unless told not), not listening; a
-    bind error (the port in use, an unknown address) is logged and exits with uvicorn's startup
-    failure code. SO_REUSEADDR, as uvicorn sets it: connections of a previous server still in
-    TIME_WAIT do not hold the port."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+def bind(
+    address: tuple[Any, ...], family: int, *, reuse_address: bool = True, reuse_port: bool = True
+) -> socket.socket:
+    """A TCP socket bound to `address`, not listening; an error (the port in use, an unknown
+    address) is logged and exits with uvicorn's startup failure code. SO_REUSEADDR, as uvicorn
+    sets it, lets it bind past connections of a previous server still in TIME_WAIT."""
     sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if reuse_port:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
-        sock.bind((host, port))
+        if reuse_address:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(address)
     except OSError as e:
         sock.close()
-        log.error("cannot listen on %s port %d: %s", host, port, e)
+        log.error("cannot listen on %s port %d: %s", address[0], address[1], e)
         sys.exit(STARTUP_FAILURE)
     return sock
+
+
+def _hold(host: str, port: int) -> socket.socket:
+    """The parent's socket: the port checked free, then held (see the module's docstring)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    probe = bind((host, port), family, reuse_port=False)
+    address = probe.getsockname()  # the port chosen, when `port` is 0
+    probe.close()
+    held = socket.socket(family, socket.SOCK_STREAM)
+    held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        held.bind(address)
+    except OSError as e:
+        held.close()
+        log.warning(
+            "port %d: %s (a previous server's connections in TIME_WAIT?); holding it with "
+            "SO_REUSEADDR: a second server started while this one's workers load their model "
+            "could share the port",
+            address[1],
+            e,
+        )
+        return bind(address, family)
+    return held
 
 
 _started = uvicorn._subprocess.subprocess_started
@@ -68,27 +101,25 @@ def _worker_started(
     """uvicorn's worker entry point, with each inherited socket replaced by one of its own."""
     own = []
     for inherited in sockets:
-        host, port = inherited.getsockname()[:2]
-        own.append(bind(host, port))
+        own.append(bind(inherited.getsockname(), inherited.family))
         inherited.close()
     _started(config, target, own, stdin_fileno)
 
 
 def run(config: uvicorn.Config) -> None:
-    """`uvicorn.run` for `config.workers` > 1, each worker on its own socket."""
-    # First without SO_REUSEPORT: a port that another server listens on, even one of this user
-    # with SO_REUSEPORT (a second `shipyard serve` on the same port), is refused rather than
-    # shared with it.
-    probe = bind(config.host, config.port, reuse_port=False)
-    port = probe.getsockname()[1]  # the port chosen, when config.port is 0
-    probe.close()
-    sock = bind(config.host, port)
+    """`uvicorn.run` for `config.workers` > 1, each worker on its own socket; exits with uvicorn's
+    startup failure code if a worker failed to start (uvicorn's own exits 0 then)."""
+    sock = _hold(config.host, config.port)
     # The supervisor creates each worker with this module-level function (uvicorn is pinned in
     # requirements.lock; tests/serving/test_operations.py checks the connections spread).
     uvicorn._subprocess.subprocess_started = _worker_started
+    supervisor = Multiprocess(config, sockets=[sock])
     try:
-        Multiprocess(config, sockets=[sock]).run()
+        supervisor.run()
     except KeyboardInterrupt:  # as uvicorn.run: Ctrl-C in a terminal stops it quietly
         pass
     finally:
+        uvicorn._subprocess.subprocess_started = _started
         sock.close()
+    if any(p.exitcode == STARTUP_FAILURE for p in supervisor.processes):
+        sys.exit(STARTUP_FAILURE)

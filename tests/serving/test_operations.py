@@ -141,7 +141,7 @@ def test_connections_opened_together_spread_over_the_workers(
     connections = 32
 
     async def pool() -> list[int]:
-        clients = [httpx.AsyncClient(base_url=server.url) for _ in range(connections)]
+        clients = [httpx.AsyncClient(base_url=server.url, timeout=30) for _ in range(connections)]
         try:
             answers = await asyncio.gather(
                 *(c.post("/invocations", json={"inputs": rows(digits, 1)}) for c in clients)
@@ -164,7 +164,46 @@ def test_a_second_server_on_a_port_in_use_stops_instead_of_sharing_it(serve) -> 
     port = first.url.rsplit(":", 1)[1]
     with pytest.raises(RuntimeError, match=f"cannot listen on 127.0.0.1 port {port}: .*in use"):
         serve(workers=2, port=port)
-    assert first.process.poll() is None
+    assert httpx.get(f"{first.url}/v2/health/ready").status_code == 200
+
+
+def children_of(pid: int) -> list[int]:
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+@pytest.mark.unit
+def test_a_second_server_on_a_port_whose_server_is_still_starting_stops(
+    serve, bundle: Path, tmp_path: Path
+) -> None:
+    """Before its workers listen (they load their model first), a server holds its port: a
+    second one started then must not join it and take half of its connections."""
+    keys = tmp_path / "keys"
+    os.mkfifo(keys)  # the workers' startup reads their keys from it: it waits for a writer
+    (tmp_path / "metrics").mkdir()
+    port = free_port()
+    environment = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("SHIPYARD_SERVE_")},
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
+        "SHIPYARD_SERVE_MODEL_DIR": str(bundle),
+        "SHIPYARD_SERVE_PORT": str(port),
+        "SHIPYARD_SERVE_WORKERS": "2",
+        "SHIPYARD_SERVE_API_KEYS_FILE": str(keys),
+    }
+    first = subprocess.Popen(
+        [sys.executable, "-m", "shipyard_serving"], env=environment, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while len(children_of(first.pid)) < 2:  # the port is held before the workers start
+            assert first.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+        assert listening_on(port) == 0
+        with pytest.raises(RuntimeError, match=f"cannot listen on 127.0.0.1 port {port}: "):
+            serve(workers=2, port=port)
+    finally:
+        for pid in [*children_of(first.pid), first.pid]:
+            os.kill(pid, signal.SIGKILL)
+        first.wait(timeout=30)
 
 
 @pytest.mark.unit
@@ -276,8 +315,9 @@ def test_an_inference_that_outlasts_the_request_timeout_gets_504_and_the_server_
 
 
 @pytest.mark.unit
-def test_sigterm_lets_an_in_flight_request_finish(serve, digits: Dataset) -> None:
-    server = serve()
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sigterm_lets_an_in_flight_request_finish(serve, digits: Dataset, workers: int) -> None:
+    server = serve(workers=workers)
     port = int(server.url.rsplit(":", 1)[1])
     body = json.dumps({"inputs": rows(digits, 2)}).encode()
     with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
