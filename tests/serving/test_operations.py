@@ -369,6 +369,28 @@ def test_a_directory_without_a_model_is_refused_at_startup(tmp_path: Path) -> No
         start_server(tmp_path)
 
 
+@pytest.mark.unit
+def test_two_workers_that_cannot_load_their_model_exit_with_the_startup_failure_code(
+    tmp_path: Path,
+) -> None:
+    """A supervisor (Docker's restart policy, systemd) sees a failure, not a clean exit."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("SHIPYARD_SERVE_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "shipyard_serving"],
+        env={
+            **environment,
+            "SHIPYARD_SERVE_MODEL_DIR": str(tmp_path),
+            "SHIPYARD_SERVE_PORT": str(free_port()),
+            "SHIPYARD_SERVE_WORKERS": "2",
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 3, done.stderr[-2000:]  # uvicorn's STARTUP_FAILURE
+    assert "No model.onnx" in done.stderr
+
+
 @pytest.mark.services
 @pytest.mark.usefixtures("prefect_server")
 def test_shipyard_serve_a_registered_version(sklearn_repo: Path, settings: Settings) -> None:
