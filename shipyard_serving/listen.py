@@ -49,16 +49,13 @@ def available() -> bool:
     return sys.platform == "linux" and hasattr(socket, "SO_REUSEPORT")
 
 
-def bind(
-    address: tuple[Any, ...], family: int, *, reuse_address: bool = True, reuse_port: bool = True
-) -> socket.socket:
+def bind(address: tuple[Any, ...], family: int, *, reuse_port: bool = True) -> socket.socket:
     """A TCP socket bound to `address`, not listening; an error (the port in use, an unknown
     address) is logged and exits with uvicorn's startup failure code. SO_REUSEADDR, as uvicorn
     sets it, lets it bind past connections of a previous server still in TIME_WAIT."""
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
-        if reuse_address:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if reuse_port:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(address)
