@@ -25,7 +25,6 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 import orjson
-import uvicorn
 
 MODEL_DIR = "FLOOR_MODEL_DIR"  # workers are spawned: they find the model in their environment
 HEADERS = [(b"content-type", b"application/json")]
@@ -113,12 +112,9 @@ def main() -> None:
         access_log=False,
         log_level="warning",
     )
-    from shipyard_serving import listen
+    from shipyard_serving import listen  # uvicorn.run, or with --reuse-port a socket per worker
 
-    if args.reuse_port and args.workers > 1 and listen.available():
-        listen.run(uvicorn.Config("floor_server:create_app", **options))
-    else:
-        uvicorn.run("floor_server:create_app", **options)
+    listen.run("floor_server:create_app", reuse_port=args.reuse_port, **options)
 
 
 if __name__ == "__main__":

@@ -49,9 +49,7 @@ def run(settings: ServeSettings) -> None:
     _export(settings)
     if settings.workers > 1:
         _fork_workers()
-    import uvicorn
-
-    from shipyard_serving import listen
+    from shipyard_serving import listen  # imports uvicorn
 
     options: dict[str, Any] = dict(
         factory=True,
@@ -70,12 +68,8 @@ def run(settings: ServeSettings) -> None:
         # On SIGTERM uvicorn stops accepting and lets in-flight requests finish.
         timeout_graceful_shutdown=int(settings.request_timeout_s) + 5,
     )
-    app = "shipyard_serving.app:create_app"
-    try:
-        if settings.workers > 1 and settings.reuse_port and listen.available():
-            listen.run(uvicorn.Config(app, **options))  # each worker on its own socket
-        else:
-            uvicorn.run(app, **options)
+    try:  # each worker on its own socket (listen.py)
+        listen.run("shipyard_serving.app:create_app", reuse_port=settings.reuse_port, **options)
     finally:
         if metrics_dir:
             shutil.rmtree(metrics_dir, ignore_errors=True)

@@ -103,9 +103,14 @@ def _worker_started(
     _started(config, target, own, stdin_fileno)
 
 
-def run(config: uvicorn.Config) -> None:
-    """`uvicorn.run` for `config.workers` > 1, each worker on its own socket; exits with uvicorn's
-    startup failure code if a worker failed to start (uvicorn's own exits 0 then)."""
+def run(app: str, *, reuse_port: bool = True, **options: Any) -> None:
+    """`uvicorn.run(app, **options)`, with each worker on its own socket when there are several
+    and `reuse_port` holds on Linux; then it exits with uvicorn's startup failure code if a
+    worker failed to start (uvicorn's own exits 0 then)."""
+    if (options.get("workers") or 1) < 2 or not reuse_port or not available():
+        uvicorn.run(app, **options)
+        return
+    config = uvicorn.Config(app, **options)
     sock = _hold(config.host, config.port)
     # The supervisor creates each worker with this module-level function (uvicorn is pinned in
     # requirements.lock; tests/serving/test_operations.py checks the connections spread).
