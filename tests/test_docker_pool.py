@@ -1,11 +1,14 @@
 """`shipyard stack up --pool docker --workers 2`, as an operator runs it: release runs in
 containers of the stack's worker image, taken by two Prefect docker workers (prefect-docker),
-with the serve API key carried as a Secret block;
-two models release in parallel, one model's two releases never overlap (its build lock is a
+with the serve API key carried as a Secret block and the host's pip settings (its index's CA);
+two models release in parallel (one with its own requirements.lock, whose wheels its run
+downloads), one model's two releases never overlap (its build lock is a
 Prefect global concurrency limit, held across workers)."""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import subprocess
@@ -20,10 +23,11 @@ import pytest
 
 from shipyard import engine
 from shipyard.deploy.containers import LABEL
+from shipyard.sandbox import container as sandbox
 from shipyard.settings import Settings
 from shipyard.stack import credentials as control_plane
 from shipyard.stack import docker_pool, pool_run
-from tests.support.projects import commit_all, make_repo
+from tests.support.projects import commit_all, lock_of, make_repo
 from tests.support.stacks import stack_env
 
 SHIPYARD = str(Path(sys.executable).parent / "shipyard")
@@ -55,6 +59,16 @@ def test_two_docker_workers_run_two_models_at_once_and_one_model_in_turn(
 ) -> None:
     first = make_repo(tmp_path / "a", "digits-sklearn")
     second = _renamed(make_repo(tmp_path / "b", "digits-sklearn"), "digits-second")
+    # The second project has its own lock: its run (in a container, with none of the host's pip
+    # files) downloads those wheels with the pip settings `stack up` carried. Here the index's
+    # CA is trusted only on the host: without them the download fails. A comment unique to
+    # this test makes the lock new to the engine, so the run builds that sandbox image.
+    lock = f"# {os.urandom(4).hex()}\n" + lock_of("tabulate", tmp_path)
+    (second / sandbox.PROJECT_LOCK).write_text(lock)
+    train = second / "train.py"
+    train.write_text("import tabulate  # from the project's lock\n" + train.read_text())
+    commit_all(second, "Train with a package of its own lock")
+    lock_image = f"{sandbox.image_tag()}-p{hashlib.sha256(lock.encode()).hexdigest()[:16]}"
     credentials = engine.registry_login(Settings())
     env, ports = stack_env(tmp_path, docker_stack["base_image"])
     # A secret the runs need reaches them as a Secret block, never in the pool's template.
@@ -169,6 +183,7 @@ def test_two_docker_workers_run_two_models_at_once_and_one_model_in_turn(
         )
         assert a_start < b_end and b_start < a_end, "the two models' releases did not overlap"
         assert all(r["infrastructure_pid"] for r in runs)
+        client.images.get(lock_image)  # the second run built its lock's sandbox image
 
         # One model twice (a new commit each): its build lock holds across the two workers.
         (first / "README.md").write_text("a second commit\n")
@@ -212,4 +227,6 @@ def test_two_docker_workers_run_two_models_at_once_and_one_model_in_turn(
     finally:
         prefect.close()
         subprocess.run([SHIPYARD, "stack", "down"], env=env, capture_output=True, timeout=120)
+        with contextlib.suppress(docker.errors.ImageNotFound):
+            client.images.remove(lock_image)
         client.close()

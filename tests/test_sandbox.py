@@ -8,8 +8,6 @@ plants a symlink for the worker to read back.
 from __future__ import annotations
 
 import hashlib
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +20,7 @@ from shipyard.errors import ProjectError
 from shipyard.flows.release import release
 from shipyard.sandbox import container
 from shipyard.settings import AllowedSource, Settings
-from tests.support.projects import EXAMPLES
+from tests.support.projects import EXAMPLES, lock_of
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("prefect_server", "docker_stack")]
 
@@ -161,30 +159,6 @@ def test_a_network_request_its_allowed_source_does_not_grant_fails_before_any_co
     _no_versions(settings)
 
 
-def _lock_of(package: str, tmp_path: Path) -> str:
-    """A real hash-locked requirement for `package`: its wheel downloaded and hashed."""
-    wheels = tmp_path / "wheels"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "-q",
-            "--no-deps",
-            "--only-binary=:all:",
-            "--dest",
-            str(wheels),
-            package,
-        ],
-        check=True,
-    )
-    (wheel,) = wheels.glob("*.whl")
-    name, version = wheel.name.split("-")[:2]
-    sha = hashlib.sha256(wheel.read_bytes()).hexdigest()
-    return f"{name}=={version} --hash=sha256:{sha}\n"
-
-
 def test_a_project_with_its_own_lock_trains_with_those_packages_and_only_them(
     tmp_path: Path, settings: Settings
 ) -> None:
@@ -193,7 +167,7 @@ def test_a_project_with_its_own_lock_trains_with_those_packages_and_only_them(
     with pytest.raises(ProjectError, match="No module named 'tabulate'"):
         release(source=str(project), until="train", settings=settings)
 
-    (project / "requirements.lock").write_text(_lock_of("tabulate", tmp_path))
+    (project / "requirements.lock").write_text(lock_of("tabulate", tmp_path))
     summary = release(source=str(project), until="train", settings=settings)
     assert summary.status == "stopped after train"
     _no_sandbox_left(settings)

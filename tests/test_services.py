@@ -467,3 +467,84 @@ def test_the_docker_pool_is_chosen_recorded_and_keeps_secrets_out_of_its_runs_te
     assert "/var/run/docker.sock:/var/run/docker.sock" in mounts
     for shared in (tmp_path, (tmp_path / "state").resolve(), (tmp_path / "stack").resolve()):
         assert f"{shared}:{shared}" in mounts
+
+
+@pytest.mark.unit
+def test_docker_pool_runs_get_the_hosts_pip_index_and_ca_with_credentials_in_blocks(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A run's container has none of the host's pip files: `stack up --pool docker` reads pip's
+    own configuration (real pip: a file and variables) and carries what `pip download` needs."""
+    from shipyard.stack import docker_pool, pool_run, services
+
+    ca = tmp_path / "corporate-ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\nnot checked here\n-----END CERTIFICATE-----\n")
+    config = tmp_path / "pip.conf"
+    config.write_text(
+        "[global]\nproxy = http://global-proxy.example:3128\ntrusted-host = ignored.example\n"
+        "[download]\nproxy = http://download-proxy.example:3128\n"
+    )
+    monkeypatch.setenv("PIP_CONFIG_FILE", str(config))
+    monkeypatch.setenv("PIP_INDEX_URL", "https://ci-user:tok-3f9a@index.example/simple")
+    monkeypatch.setenv("PIP_EXTRA_INDEX_URL", "file:///srv/local/simple https://mirror.example/s")
+    monkeypatch.setenv("PIP_TRUSTED_HOST", "mirror.example")
+    monkeypatch.setenv("PIP_CERT", str(ca))
+    settings = Settings(state_dir=tmp_path / "state", stack_dir=tmp_path / "stack")
+    settings.stack_dir.mkdir()
+    said: list[str] = []
+
+    pip = docker_pool.pip_env(settings, said.append)
+    copy = settings.stack_dir / docker_pool.PIP_CA
+    assert pip == {
+        "PIP_INDEX_URL": "https://ci-user:tok-3f9a@index.example/simple",
+        "PIP_EXTRA_INDEX_URL": "https://mirror.example/s",
+        "PIP_TRUSTED_HOST": "mirror.example",
+        # The variable beats the files; in the files, pip download's own section beats global.
+        "PIP_PROXY": "http://download-proxy.example:3128",
+        "PIP_CERT": str(copy.resolve()),
+    }
+    assert copy.read_bytes() == ca.read_bytes()  # under the stack directory every run mounts
+    assert said == [
+        "docker pool: pip's extra-index-url file:///srv/local/simple is not HTTP(S): "
+        "runs do not use it"
+    ]
+
+    # The index URL holds a token: the template names its block, never the value.
+    env = docker_pool.run_env({}, services.worker_env(settings), pip)
+    assert "tok-3f9a" not in json.dumps(env)
+    assert env[pool_run.ENV_FROM_BLOCKS] == "PIP_INDEX_URL=shipyard-env-pip-index-url"
+    assert env["PIP_CERT"] == str(copy.resolve()) and env["PIP_TRUSTED_HOST"] == "mirror.example"
+    assert docker_pool.secrets({}, {}, pip) == {"PIP_INDEX_URL": pip["PIP_INDEX_URL"]}
+
+    # A message about a local index with credentials in it does not print them.
+    # A proxy written without a scheme is still known to hold credentials.
+    monkeypatch.setenv("PIP_PROXY", "ci-user:pw-5@proxy.example:3128")
+    assert docker_pool.secrets({}, {}, docker_pool.pip_env(settings, said.append)) == {
+        "PIP_INDEX_URL": pip["PIP_INDEX_URL"],
+        "PIP_PROXY": "ci-user:pw-5@proxy.example:3128",
+    }
+    monkeypatch.setenv("PIP_INDEX_URL", "file://u:pw-77@host/simple")
+    said.clear()
+    assert "PIP_INDEX_URL" not in docker_pool.pip_env(settings, said.append)
+    assert (
+        said[0]
+        == "docker pool: pip's index-url file://host/simple is not HTTP(S): runs do not use it"
+    )
+
+
+@pytest.mark.unit
+def test_a_lock_pip_cannot_download_fails_with_pips_error_and_the_locks_path(
+    tmp_path: Path,
+) -> None:
+    from shipyard.errors import ImageError
+    from shipyard.image.context import wheelhouse
+
+    lock = tmp_path / "requirements.lock"
+    lock.write_text(f"tabulate==0.0.1 --hash=sha256:{'0' * 64}\n")
+    with pytest.raises(ImageError) as raised:
+        wheelhouse(tmp_path / "wheels", lock)
+    message = str(raised.value)
+    assert f"wheels locked in {lock} failed" in message
+    assert "ERROR: No matching distribution found for tabulate==0.0.1" in message
+    assert "WARNING" not in message and "serving" not in message
+    assert not list((tmp_path / "wheels").rglob(".complete"))  # nothing counts as downloaded

@@ -94,9 +94,13 @@ def wheelhouse(cache_dir: Path, lock: Path = LOCK) -> Path:
         text=True,
     )
     if done.returncode:
+        lines = done.stderr.strip().splitlines()
+        errors = [line for line in lines if line.startswith("ERROR:")] or lines[-3:]
         raise ImageError(
-            f"Downloading the locked serving wheels failed: {done.stderr.strip()[-800:]}. "
-            "Check the package index is reachable, or that serving/requirements.lock is current (make lock)."
+            f"Downloading the wheels locked in {lock} failed: {' '.join(errors)[-800:]} "
+            "Check that the package index is reachable with this host's pip settings (a "
+            "docker-pool run gets them from `shipyard stack up --pool docker`), and that the "
+            "lock is current."
         )
     (target / ".complete").touch()
     return target

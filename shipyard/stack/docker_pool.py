@@ -16,6 +16,8 @@ What every run's container gets, from the pool's base job template (the UI shows
   engine is the host's, so a path a run hands it (a sandbox's mounts, HAProxy's directory) must
   mean the same in the run and on the host. Workers on other machines need those paths too (a
   shared filesystem);
+- pip's index, trust and proxy settings of the host that ran `stack up` (`pip_env`), so that a
+  run downloads a project's own locked wheels from the index the host uses, trusting its CA;
 - Shipyard's settings from `stack up`'s environment. Secrets are not written into the template:
   the registry password is a Prefect Secret block (`SHIPYARD_REGISTRY_PASSWORD_BLOCK`), and
   every other secret setting a run needs (`SHIPYARD_SERVE_API_KEY`, `MLFLOW_TRACKING_PASSWORD`
@@ -30,14 +32,18 @@ MLflow, which every run shares.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import os
 import re
+import subprocess
+import sys
 from collections.abc import Callable, Mapping
 from importlib.metadata import version
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import docker
 from docker.errors import ImageNotFound
@@ -71,15 +77,20 @@ HANDLED = frozenset({"SHIPYARD_REGISTRY_PASSWORD", "SHIPYARD_WEBHOOK_SECRET"})
 registry's own Secret block; the webhook's secret is the receiver's only."""
 
 
-def secrets(environ: Mapping[str, str], worker_env: Mapping[str, str]) -> dict[str, str]:
-    """The secret settings a run needs (`SHIPYARD_SERVE_API_KEY`, MLflow's password or token):
-    carried as Secret blocks, never as values in the pool's template."""
+def secrets(
+    environ: Mapping[str, str], worker_env: Mapping[str, str], pip: Mapping[str, str] = {}
+) -> dict[str, str]:
+    """The secret settings a run needs (`SHIPYARD_SERVE_API_KEY`, MLflow's password or token, a
+    pip index or proxy URL with credentials in it): carried as Secret blocks, never as values
+    in the pool's template."""
     given = {**environ, **worker_env}
-    return {
+    found = {
         name: value
-        for name, value in sorted(given.items())
+        for name, value in given.items()
         if name.startswith(CARRIED) and SECRET.search(name) and name not in HANDLED and value
     }
+    found.update({name: value for name, value in pip.items() if _credentialed(value)})
+    return dict(sorted(found.items()))
 
 
 BLOCK_PREFIX = "shipyard-env-"
@@ -143,20 +154,110 @@ def fetch_for_runs(settings: Settings) -> None:
     server_wheel(settings.wheelhouse_dir)
 
 
-def run_env(environ: Mapping[str, str], worker_env: Mapping[str, str]) -> dict[str, str]:
+PIP_SETTINGS = {
+    "index-url": "PIP_INDEX_URL",
+    "extra-index-url": "PIP_EXTRA_INDEX_URL",
+    "trusted-host": "PIP_TRUSTED_HOST",
+    "proxy": "PIP_PROXY",
+    "cert": "PIP_CERT",
+}
+"""pip's settings that say where `pip download` fetches from and what it trusts, by the
+environment variable a run gets each in."""
+PIP_SECTIONS = (":env:", "download", "global")
+"""Where `pip download` reads a setting, the first found winning: its environment variables,
+then its command's section of the configuration files, then their `global` section."""
+PIP_CA = "pip-ca.pem"
+"""The copy of the host's `cert` bundle in the stack directory, which every run mounts."""
+
+
+def pip_config(listed: str) -> dict[str, str]:
+    """The `PIP_SETTINGS` `pip download` uses, by setting name, from `pip config list`'s lines
+    (`section.name='value'`, every file and variable pip read)."""
+    found: dict[tuple[str, str], str] = {}
+    for line in listed.splitlines():
+        key, sep, raw = line.partition("=")
+        section, _, name = key.rpartition(".")
+        if sep and name in PIP_SETTINGS:
+            found[section, name] = str(ast.literal_eval(raw))
+    return {
+        name: next(found[section, name] for section in PIP_SECTIONS if (section, name) in found)
+        for name in PIP_SETTINGS
+        if any((section, name) in found for section in PIP_SECTIONS)
+    }
+
+
+def pip_env(settings: Settings, say: Say) -> dict[str, str]:
+    """This host's pip settings (`pip config list`) as the variables a run's `pip download`
+    reads: the indexes over HTTP(S), their trusted hosts, the proxy, and the CA bundle, copied
+    into the stack directory (which runs mount) and named there. A run's container has none of
+    the host's pip files: without these it reaches only pypi.org, trusting its image's CAs.
+    Local indexes (`file://`) are not on a run's filesystem: they are left out, and said so;
+    `find-links` is not carried either."""
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True
+    )
+    if done.returncode:
+        raise StackError(f"`pip config list` failed: {done.stderr.strip()[-400:]}")
+    env: dict[str, str] = {}
+    for name, value in pip_config(done.stdout).items():
+        variable = PIP_SETTINGS[name]
+        if name == "cert":
+            bundle = Path(value)
+            if not bundle.is_file():
+                say(f"docker pool: pip's cert {value} is not a file: runs use their image's CAs")
+                continue
+            copy = settings.stack_dir / PIP_CA
+            if not copy.is_file() or copy.read_bytes() != bundle.read_bytes():
+                partial = copy.with_suffix(".partial")
+                partial.write_bytes(bundle.read_bytes())
+                partial.chmod(0o644)
+                partial.replace(copy)
+            env[variable] = str(copy.resolve())
+            continue
+        if name.endswith("index-url"):
+            urls = value.split()
+            remote = [url for url in urls if urlsplit(url).scheme in ("http", "https")]
+            for url in urls:
+                if url not in remote:
+                    say(
+                        f"docker pool: pip's {name} {_shown(url)} is not HTTP(S): runs do not use it"
+                    )
+            value = " ".join(remote)
+        if value:
+            env[variable] = value
+    return env
+
+
+def _credentialed(value: str) -> bool:
+    """Whether `value` may hold a user or password (`user:token@host`, with a scheme or not)."""
+    return "@" in value
+
+
+def _shown(url: str) -> str:
+    """`url` without its user and password, to print."""
+    parts = urlsplit(url)
+    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+
+
+def run_env(
+    environ: Mapping[str, str], worker_env: Mapping[str, str], pip: Mapping[str, str] = {}
+) -> dict[str, str]:
     """The environment the pool's template gives every run: the worker's Shipyard and MLflow
-    settings and those of `environ` (`stack up`'s), with no secret in it (the template is
-    stored in Prefect's database and shown in its UI): a secret is named, with its block."""
+    settings and those of `environ` (`stack up`'s), and the host's `pip` settings (`pip_env`),
+    with no secret in it (the template is stored in Prefect's database and shown in its UI): a
+    secret is named, with its block."""
     given = {**environ, **worker_env}
+    carried = secrets(environ, worker_env, pip)
     env = {
         name: value
         for name, value in given.items()
         if name.startswith(CARRIED) and not SECRET.search(name)
     }
-    carried = ",".join(f"{name}={block_name(name)}" for name in secrets(environ, worker_env))
+    env.update({name: value for name, value in pip.items() if name not in carried})
+    blocks = ",".join(f"{name}={block_name(name)}" for name in carried)
     return {
         **env,
-        **({ENV_FROM_BLOCKS: carried} if carried else {}),
+        **({ENV_FROM_BLOCKS: blocks} if blocks else {}),
         "PREFECT_UI_URL": worker_env.get("PREFECT_UI_URL", ""),
         "SHIPYARD_REGISTRY_PASSWORD_BLOCK": PASSWORD_BLOCK,
         # The engine is the host's: the sandbox mounts a copy of Shipyard under the builds

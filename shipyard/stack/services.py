@@ -558,11 +558,12 @@ def docker_pool_template(settings: Settings, say: Say) -> Any:
     """The docker pool's base job template: its worker image built and pushed (once per
     Shipyard and lock), the registry's blocks saved on the Prefect API."""
     workers = worker_env(settings)
-    env = docker_pool.run_env(os.environ, workers)
+    pip = docker_pool.pip_env(settings, say)
+    env = docker_pool.run_env(os.environ, workers, pip)
     client, login = engine(settings), registry_login(settings)
     image = docker_pool.worker_image(settings, client, base_image(settings), login, say)
     docker_pool.fetch_for_runs(settings)
-    carried = docker_pool.secrets(os.environ, workers)
+    carried = docker_pool.secrets(os.environ, workers, pip)
     credentials = docker_pool.save_blocks(_prefect_env(settings), login, carried, say)
     return docker_pool.pool_template(
         image, env, docker_pool.volumes(settings, Path.cwd()), credentials

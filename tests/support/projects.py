@@ -3,8 +3,10 @@ commits, and the plain stage functions run on them."""
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 from shipyard.manifest import Manifest, load_manifest
@@ -76,3 +78,18 @@ def trained(name: str, out: Path) -> tuple[Manifest, Dataset, TrainedModel]:
     manifest = load_manifest(project)
     data = load_dataset(project, manifest)
     return manifest, data, train_model(project, manifest, data, out)
+
+
+def lock_of(package: str, tmp_path: Path) -> str:
+    """A real hash-locked requirement for `package`: its wheel downloaded (by this host's pip)
+    and hashed."""
+    wheels = tmp_path / "wheels"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
+         "--dest", str(wheels), package],
+        check=True,
+    )  # fmt: skip
+    (wheel,) = wheels.glob("*.whl")
+    name, version = wheel.name.split("-")[:2]
+    sha = hashlib.sha256(wheel.read_bytes()).hexdigest()
+    return f"{name}=={version} --hash=sha256:{sha}\n"
