@@ -116,6 +116,10 @@ def test_two_docker_workers_run_two_models_at_once_and_one_model_in_turn(
             "SHIPYARD_SERVE_API_KEY=shipyard-env-shipyard-serve-api-key"
         )
         assert defaults["command"] == "python -m shipyard.stack.pool_run"
+        # Runs check they see this stack's directory and engine before they start.
+        engine_id = client.info()["ID"]
+        assert defaults["env"][pool_run.POOL_ENGINE] == engine_id
+        assert (tmp_path / "stack" / pool_run.ENGINE_FILE).read_text().strip() == engine_id
         assert defaults["env"]["SHIPYARD_REGISTRY_PASSWORD_BLOCK"] == docker_pool.PASSWORD_BLOCK
         deployment = prefect.get(f"{api}/deployments/name/release/release").json()
         assert deployment["work_pool_name"] == docker_pool.POOL
@@ -230,3 +234,39 @@ def test_two_docker_workers_run_two_models_at_once_and_one_model_in_turn(
         with contextlib.suppress(docker.errors.ImageNotFound):
             client.images.remove(lock_image)
         client.close()
+
+
+@pytest.mark.docker
+def test_a_run_away_from_the_stacks_directory_or_engine_stops_saying_why(tmp_path: Path) -> None:
+    """A docker-pool run whose worker is on another machine (it does not see the stack's
+    directory) or talks to another engine stops before Prefect's engine starts, saying why."""
+    engine_id = docker.from_env().info()["ID"]
+    stack = tmp_path / "stack"
+    stack.mkdir()
+
+    def run(expected: str, **extra: str) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "SHIPYARD_STACK_DIR": str(stack), pool_run.POOL_ENGINE: expected}
+        return subprocess.run(
+            [sys.executable, "-m", "shipyard.stack.pool_run", "--", "true"],
+            env={**env, **extra}, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+
+    away = run(engine_id)
+    assert away.returncode == 1
+    assert f"does not see the stack's directory: {stack / pool_run.ENGINE_FILE} is missing" in (
+        away.stderr
+    )
+    assert "its worker must run on the stack's machine" in away.stderr
+
+    (stack / pool_run.ENGINE_FILE).write_text(engine_id + "\n")
+    assert run(engine_id).returncode == 0
+    assert "names another engine" in run("0000:another-engine").stderr
+    no_engine = run(engine_id, DOCKER_HOST=f"unix://{tmp_path}/no.sock")
+    assert no_engine.returncode == 1
+    assert f"(unix://{tmp_path}/no.sock, id none answers) is not the stack's" in no_engine.stderr
+
+    # The directory is the stack's, the engine another: as a worker whose socket is another's.
+    (stack / pool_run.ENGINE_FILE).write_text("0000:another-engine\n")
+    other = run("0000:another-engine")
+    assert other.returncode == 1
+    assert f"id {engine_id}) is not the stack's (id 0000:another-engine)" in other.stderr

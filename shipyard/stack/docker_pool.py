@@ -14,8 +14,9 @@ What every run's container gets, from the pool's base job template (the UI shows
 - the host's network: the stack's Prefect, MLflow and registry answer on 127.0.0.1 there;
 - the engine's socket, and the state, stack and working directories at the same paths: the
   engine is the host's, so a path a run hands it (a sandbox's mounts, HAProxy's directory) must
-  mean the same in the run and on the host. Workers on other machines need those paths too (a
-  shared filesystem);
+  mean the same in the run and on the host. Workers therefore run on the stack's machine: a
+  run that does not see the stack's directory or engine stops at once, saying so
+  (`pool_run.check_stack`, against the engine id `mark_engine` records);
 - pip's index, trust and proxy settings of the host that ran `stack up` (`pip_env`), so that a
   run downloads a project's own locked wheels from the index the host uses, trusting its CA;
 - Shipyard's settings from `stack up`'s environment. Secrets are not written into the template:
@@ -57,7 +58,7 @@ from shipyard.errors import StackError
 from shipyard.image.context import build_on_base, server_wheel, source_wheel, wheelhouse
 from shipyard.processes import RUNTIME_DIR
 from shipyard.settings import Settings
-from shipyard.stack.pool_run import ENV_FROM_BLOCKS
+from shipyard.stack.pool_run import ENGINE_FILE, ENV_FROM_BLOCKS, POOL_ENGINE
 
 Say = Callable[[str], None]
 
@@ -237,6 +238,18 @@ def _shown(url: str) -> str:
     """`url` without its user and password, to print."""
     parts = urlsplit(url)
     return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+
+
+def mark_engine(settings: Settings, client: docker.DockerClient) -> dict[str, str]:
+    """The stack's engine id written to its directory (`pool_run.ENGINE_FILE`), and the
+    variable that names it to every run, which checks both before it starts
+    (`pool_run.check_stack`): a run started where it cannot work stops at once, saying why."""
+    engine_id = str(client.info()["ID"])
+    mark = settings.stack_dir / ENGINE_FILE
+    if not mark.is_file() or mark.read_text().strip() != engine_id:
+        mark.write_text(engine_id + "\n")
+        mark.chmod(0o644)
+    return {POOL_ENGINE: engine_id}
 
 
 def run_env(

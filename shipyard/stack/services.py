@@ -561,6 +561,7 @@ def docker_pool_template(settings: Settings, say: Say) -> Any:
     pip = docker_pool.pip_env(settings, say)
     env = docker_pool.run_env(os.environ, workers, pip)
     client, login = engine(settings), registry_login(settings)
+    env.update(docker_pool.mark_engine(settings, client))
     image = docker_pool.worker_image(settings, client, base_image(settings), login, say)
     docker_pool.fetch_for_runs(settings)
     carried = docker_pool.secrets(os.environ, workers, pip)
