@@ -7,8 +7,8 @@ run at a time (`--limit 1`): N workers run N releases at once. A run is a contai
 worker image, which the stack builds offline on its base: git from Debian, the hash-locked
 environment (`worker/requirements.lock`, the same versions as the host's, so a release's
 fingerprint and cache hits do not depend on which worker ran it), and Shipyard's own wheel, the
-only layer a new Shipyard changes. It is pushed to the stack's registry, so a worker on another
-machine pulls it (with the `shipyard-registry` credentials block).
+only layer a new Shipyard changes. It is pushed to the stack's registry, and the template names
+the `shipyard-registry` credentials block to pull it with.
 
 What every run's container gets, from the pool's base job template (the UI shows it):
 - the host's network: the stack's Prefect, MLflow and registry answer on 127.0.0.1 there;
