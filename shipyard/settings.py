@@ -162,8 +162,8 @@ class Settings(BaseSettings):
     deploy_host: str = Field(
         default="127.0.0.1",
         description="Address the stable endpoints and the serving containers' ports bind to. "
-        "On Swarm (which publishes on every address): loopback admits this machine only, "
-        "any other address admits all.",
+        "On Swarm (which publishes on every address): loopback binds that address only, "
+        "through a front HAProxy on the host's network; any other address publishes on all.",
     )
     serve_api_key: SecretStr | None = Field(
         default=None,

@@ -189,6 +189,9 @@ class SwarmEndpoint(Endpoint):
             self.wait_replicas(color, replicas, d.policy.ready_seconds)
             self.proxy.point(color)  # weight 0: routable once weighed
             self.proxy.wait_up(color, timeout_s=30, count=replicas)
+            # The metric gates read the replicas the gate backend sees UP: its own checks may
+            # still see the replaced version's addresses a moment longer.
+            self.proxy.wait_up(color, timeout_s=30, count=replicas, backend=f"gate-{color}")
             with swarm_gates.gate(self.proxy, color) as gate:
                 failures = swarm_gates.smoke(gate, target.golden, self._api_key)
             if failures:

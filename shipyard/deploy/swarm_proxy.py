@@ -13,9 +13,19 @@ Gates talk to one slot only: a frontend per slot on a unix socket in the endpoin
 (`gate-<color>.sock`, mode 600: no port, no network), whose backend picks a replica by the
 header `X-Shipyard-Server` (`green3`), or balances when there is none.
 
-The service runs on a manager (this machine), publishes the endpoint port in host mode (Swarm's
-routing mesh needs IPVS, which this kernel lacks) and bind-mounts the endpoint's directory, so
-its config, runtime socket and gate sockets are where the Docker target has them.
+The service runs on a manager (this machine) and bind-mounts the endpoint's directory, so its
+config, runtime socket and gate sockets are where the Docker target has them. How clients reach
+it depends on the deploy host:
+- any address but loopback (`SHIPYARD_DEPLOY_HOST=0.0.0.0`): the service publishes the endpoint
+  port in host mode (Swarm's routing mesh needs IPVS, which this kernel lacks), which binds it
+  on every address of the node, IPv4 and IPv6;
+- loopback (the default): the service publishes nothing. Its endpoint frontend listens on a unix
+  socket in the endpoint's directory (`endpoint.sock`, mode 600), and a front HAProxy, a
+  container on the host's network as on the Docker target, binds exactly the deploy host's
+  address and passes each connection through (TCP, with the PROXY protocol so the client's
+  address is still logged). A port published in host mode would be bound on every address,
+  and over IPv6 Docker's userland proxy would connect from the same gateway address as this
+  machine's own connections: no source rule in HAProxy can tell a remote IPv6 client apart.
 """
 
 from __future__ import annotations
@@ -24,16 +34,17 @@ import contextlib
 import csv
 import io
 import os
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 
 import docker
-from docker.errors import APIError, NotFound
+from docker.errors import APIError, DockerException, NotFound
+from docker.models.containers import Container
 from docker.types import EndpointSpec, Mount, RestartPolicy, ServiceMode
 
-from shipyard.deploy.containers import LABEL
+from shipyard.deploy.containers import LABEL, LOGS
 from shipyard.deploy.proxy import (
     BACKEND,
     COLORS,
@@ -74,12 +85,13 @@ def render(
     socket_path: Path,
     gates: dict[str, Path],
     pem: Path | None = None,
-    only_from: str | None = None,
+    front: Path | None = None,
 ) -> str:
     """The HAProxy config of one Swarm endpoint; `services`: color → service name. With `pem`
     (certificate chain and key, `deploy.tls`), the endpoint answers HTTPS only, as on the Docker
-    target; the gate sockets stay plain HTTP (no network: a file of mode 600). With `only_from`,
-    the endpoint closes every connection from another source address at once."""
+    target; the gate sockets stay plain HTTP (no network: a file of mode 600). With `front`, the
+    endpoint listens on that unix socket (mode 600, the PROXY protocol: `render_front`'s HAProxy
+    is its only client) instead of the published port."""
 
     def templates(backend_weights: dict[str, int]) -> list[str]:
         return [
@@ -132,8 +144,8 @@ def render(
         "on-error mark-down check resolvers docker init-addr none resolve-prefer ipv4",
         "",
         "frontend endpoint",
-        f"    bind :{port}" + (f" ssl crt {pem} alpn h2,http/1.1" if pem else ""),
-        *([f"    tcp-request connection reject unless {{ src {only_from} }}"] if only_from else []),
+        (f"    bind unix@{front} mode 600 accept-proxy" if front else f"    bind :{port}")
+        + (f" ssl crt {pem} alpn h2,http/1.1" if pem else ""),
         *LOG_FRONTEND,
         f"    default_backend {BACKEND}",
         "",
@@ -158,6 +170,33 @@ def render(
             "",
         ]
     return "\n".join(lines)
+
+
+def render_front(bind: str, socket_path: Path) -> str:
+    """The front HAProxy of a loopback endpoint: it binds `bind` (the deploy host's address and
+    the port) and hands every connection, bytes as they are (TLS included), to the endpoint's
+    unix socket, announcing the client's address with the PROXY protocol. Its timeouts are
+    longer than the endpoint's, so that the endpoint decides when an idle connection ends."""
+    return "\n".join(
+        [
+            "global",
+            "    maxconn 4096",
+            "",
+            "defaults",
+            "    mode tcp",
+            "    timeout connect 2s",
+            "    timeout client 75s",
+            "    timeout server 75s",
+            "",
+            "frontend endpoint",
+            f"    bind {bind}",
+            "    default_backend endpoint",
+            "",
+            "backend endpoint",
+            f"    server endpoint unix@{socket_path} send-proxy-v2",
+            "",
+        ]
+    )
 
 
 def split(weights: dict[str, int], replicas: dict[str, int]) -> dict[str, int]:
@@ -187,26 +226,14 @@ LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 """Deploy hosts that mean "this machine only" (`SHIPYARD_DEPLOY_HOST`'s default is the first)."""
 
 
-def local_source(client: docker.DockerClient) -> str:
-    """The source address of this machine's own connections to a port published in host mode:
-    Docker's NAT sends them from the gateway of the engine's `docker_gwbridge` network (a
-    connection from another machine keeps its own address)."""
-    try:
-        return str(client.networks.get("docker_gwbridge").attrs["IPAM"]["Config"][0]["Gateway"])
-    except (NotFound, KeyError, IndexError, TypeError):
-        raise DeployError(
-            "This engine has no docker_gwbridge network with a gateway, which Swarm creates on "
-            "each node: is it in swarm mode (`shipyard stack up`)?"
-        ) from None
-
-
 class SwarmProxy(Proxy):
     """One Swarm endpoint's HAProxy, a service of one task on a manager (this machine).
 
     Swarm publishes a host-mode port on every address of the node, whatever the deploy host. With
-    a loopback deploy host (the default), the service runs on this engine's node and HAProxy
-    closes connections from any source but this machine's (`local_source`); with any other, the
-    endpoint answers every address of the manager that runs it."""
+    a loopback deploy host (the default), the service runs on this engine's node and publishes
+    nothing: a front HAProxy container binds the deploy host's address only and passes
+    connections to the service's unix socket (`render_front`). With any other, the endpoint
+    answers every address of the manager that runs it."""
 
     def __init__(
         self,
@@ -222,6 +249,10 @@ class SwarmProxy(Proxy):
         self.services, self.network = services, network
         self.name = f"shipyard-{self.directory.name}-{port}-proxy"
         self.gates = {c: short_socket_path(self.directory, f"gate-{c}.sock") for c in COLORS}
+        self.local = host in LOCAL_HOSTS
+        self.front_socket = short_socket_path(self.directory, "endpoint.sock")
+        self.front_config = self.directory / "front.cfg"
+        self.front_name = f"shipyard-{self.directory.name}-{port}-front"
 
     def ensure(self, slots: dict[str, Slot], say: Callable[[str], None]) -> None:
         """Not on Swarm: `ensure_service` (a service, not a container; weights, not slots)."""
@@ -231,20 +262,18 @@ class SwarmProxy(Proxy):
         """The config a restarted HAProxy reads (recorded weights)."""
         self.directory.mkdir(parents=True, exist_ok=True)
         pem = self.pem if self.tls else None
+        front = self.front_socket if self.local else None
         self.config.write_text(
-            render(self.port, self.services, weights, self.socket, self.gates, pem, self.only_from)
+            render(self.port, self.services, weights, self.socket, self.gates, pem, front)
         )
-
-    @cached_property
-    def only_from(self) -> str | None:
-        """The one source address the endpoint admits, or None for all (the engine's gateway is
-        looked up once per proxy object)."""
-        return local_source(self.client) if self.host in LOCAL_HOSTS else None
 
     def access(self) -> str:
         """Who may connect, as the service's label records it."""
-        source = self.only_from
-        return f"this machine ({source})" if source else "all addresses"
+        return (
+            f"this machine ({self.host}, through {self.front_name})"
+            if self.local
+            else ("all addresses")
+        )
 
     def ensure_service(self, weights: dict[str, int], say: Callable[[str], None]) -> None:
         """Write the PEM and the config; create the HAProxy service if it does not exist (or
@@ -266,12 +295,14 @@ class SwarmProxy(Proxy):
             changed = [f"{k} {now[k]}" for k in now if was[k] != now[k]]
             if not changed:
                 self._wait()
+                self._ensure_front(say)
                 return
             say(f"proxy: {', '.join(changed)} on {self.url}; starting HAProxy's service again")
             self.stop()
         private_parent(self.socket)
         self.socket.unlink(missing_ok=True)
-        mounts = {self.directory} | {p.parent for p in (self.socket, *self.gates.values())}
+        sockets = (self.socket, *self.gates.values(), self.front_socket)
+        mounts = {self.directory} | {p.parent for p in sockets}
         try:
             self.client.services.create(
                 PROXY_IMAGE,
@@ -281,14 +312,15 @@ class SwarmProxy(Proxy):
                 mounts=[Mount(str(m), str(m), type="bind") for m in sorted(mounts)],
                 networks=[self.network],
                 mode=ServiceMode("replicated", replicas=1),
-                # Where its host-mode port is: this machine for a local endpoint.
+                # A local endpoint's unix socket is in this machine's endpoint directory.
                 constraints=[
                     f"node.id=={self.client.info()['Swarm']['NodeID']}"
-                    if self.only_from
+                    if self.local
                     else "node.role==manager"
                 ],
                 endpoint_spec=EndpointSpec(
-                    mode="dnsrr", ports={self.port: (self.port, "tcp", "host")}
+                    mode="dnsrr",
+                    ports=None if self.local else {self.port: (self.port, "tcp", "host")},
                 ),
                 restart_policy=RestartPolicy(condition="any", delay=500_000_000),
                 read_only=True,
@@ -309,10 +341,92 @@ class SwarmProxy(Proxy):
                 f"Swarm refused the HAProxy service {self.name}: {e.explanation}"
             ) from e
         self._wait()
+        how = "through the front HAProxy" if self.local else "host mode"
         say(
-            f"proxy: HAProxy runs as the Swarm service {self.name} on {self.url} (host mode; "
+            f"proxy: HAProxy runs as the Swarm service {self.name} on {self.url} ({how}; "
             f"it admits {access})"
         )
+        self._ensure_front(say)
+
+    def front(self) -> Container | None:
+        try:
+            return self.client.containers.get(self.front_name)
+        except NotFound:
+            return None
+
+    def _ensure_front(self, say: Callable[[str], None]) -> None:
+        """A local endpoint's front HAProxy (`render_front`), started if it does not run; an
+        endpoint for all addresses has none (one left from a local deploy is removed)."""
+        container = self.front()
+        if not self.local:
+            if container is not None:
+                self._remove(container)
+            return
+        self.front_config.write_text(render_front(f"{self.host}:{self.port}", self.front_socket))
+        if container is not None and container.status in ("running", "restarting"):
+            self._wait_front(container)
+            return
+        if container is not None:  # stopped (by hand, or with the engine)
+            container.start()
+            self._wait_front(container)
+            say(f"proxy: started the front HAProxy of {self.url} again")
+            return
+        with socket.socket() as probe:
+            if probe.connect_ex((self.host, self.port)) == 0:
+                raise DeployError(
+                    f"Endpoint port {self.host}:{self.port} is taken by another process: choose "
+                    "another with `deploy.port` in shipyard.yaml, or stop what listens there."
+                )
+        volumes = {
+            str(path): {"bind": str(path), "mode": "rw"}
+            for path in {self.directory, self.front_socket.parent}
+        }
+        try:
+            container = self.client.containers.run(
+                PROXY_IMAGE,
+                ["haproxy", "-db", "-f", str(self.front_config)],
+                detach=True,
+                name=self.front_name,
+                network_mode="host",
+                user=f"{os.getuid()}:{os.getgid()}",
+                volumes=volumes,
+                read_only=True,
+                cap_drop=["ALL"],
+                security_opt=["no-new-privileges"],
+                restart_policy={"Name": "unless-stopped"},
+                stop_signal="SIGUSR1",  # HAProxy's soft stop (see proxy.Proxy)
+                log_config=LOGS,
+                labels={
+                    f"{LABEL}.role": "proxy-front",
+                    f"{LABEL}.model": self.directory.name,
+                    f"{LABEL}.endpoint": f"{self.host}:{self.port}",
+                },
+            )
+        except DockerException as e:
+            raise DeployError(
+                f"The engine could not start the front HAProxy of {self.url}: {e}"
+            ) from e
+        self._wait_front(container)
+        say(
+            f"proxy: the front HAProxy {self.front_name} binds {self.host}:{self.port} only "
+            "(restart unless-stopped)"
+        )
+
+    def front_answers(self) -> bool:
+        with socket.socket() as probe:
+            probe.settimeout(1)
+            return probe.connect_ex((self.host, self.port)) == 0
+
+    def _wait_front(self, container: Container) -> None:
+        try:
+            wait_until(self.front_answers, 10, 0.05)
+        except TimedOut:
+            container.reload()
+            logs = container.logs(tail=15).decode(errors="replace")
+            raise DeployError(
+                f"The front HAProxy {self.front_name} did not listen on {self.host}:{self.port} "
+                f"({container.status}, {container.attrs['RestartCount']} restarts): {logs}"
+            ) from None
 
     def _wait(self) -> None:  # type: ignore[override]
         try:
@@ -335,7 +449,11 @@ class SwarmProxy(Proxy):
             return "down (no proxy service)"
         running = len(tasks(service))
         admits = service.attrs["Spec"].get("Labels", {}).get(f"{LABEL}.access", "all addresses")
-        return f"service {self.name}, {running} task(s) running, admits {admits}"
+        described = f"service {self.name}, {running} task(s) running, admits {admits}"
+        if self.local:
+            front = self.front()
+            described += f"; front {front.status if front else 'missing'}"
+        return described
 
     def servers(self, backend: str = BACKEND) -> list[Server]:
         rows = csv.DictReader(io.StringIO(self.command("show stat").lstrip("# ")))
@@ -374,14 +492,16 @@ class SwarmProxy(Proxy):
             self.command(f"set server {BACKEND}/{color}{i} weight 0")
             self.command(f"set server {BACKEND}/{color}{i} state maint")
 
-    def wait_up(self, color: str, timeout_s: float, count: int = 1) -> None:
-        """Wait until HAProxy's health checks see `count` servers of the slot UP."""
+    def wait_up(self, color: str, timeout_s: float, count: int = 1, backend: str = BACKEND) -> None:
+        """Wait until HAProxy's health checks see `count` servers of the slot UP in `backend`
+        (the endpoint's; the slot's gate backend checks the same replicas on its own)."""
         try:
-            wait_until(lambda: len(self.up(color)) >= count, timeout_s, 0.2)
+            wait_until(lambda: len(self.up(color, backend)) >= count, timeout_s, 0.2)
         except TimedOut:
             raise DeployError(
-                f"HAProxy saw {len(self.up(color))} of {count} replicas of {color} UP within "
-                f"{timeout_s:.0f} s (their addresses come from tasks.{self.services[color]})"
+                f"HAProxy saw {len(self.up(color, backend))} of {count} replicas of {color} UP "
+                f"in {backend} within {timeout_s:.0f} s (their addresses come from "
+                f"tasks.{self.services[color]})"
             ) from None
 
     def drain(self, color: str, timeout_s: float = 30) -> None:
@@ -394,6 +514,9 @@ class SwarmProxy(Proxy):
             )
 
     def stop(self) -> None:
+        front = self.front()
+        if front is not None:
+            self._remove(front)
         remove_service(self.client, self.name)
         with contextlib.suppress(TimedOut):
             wait_until(lambda: not self.answers(), 15, 0.2)

@@ -5,12 +5,11 @@ under a steady load, through the endpoint's HAProxy service."""
 from __future__ import annotations
 
 import contextlib
-import csv
 import http.server
-import io
 import json
 import os
 import shutil
+import socket
 import stat
 import subprocess
 import threading
@@ -296,56 +295,76 @@ def test_deploy_tls_on_swarm_answers_https_verified_by_the_stack_ca_and_not_http
         undeploy(settings, TLS_NAME)
 
 
-def test_a_local_endpoint_answers_this_machine_and_closes_on_another(
+def test_a_local_endpoint_listens_on_its_address_only_for_ipv4_and_ipv6_clients(
     served: Served, swarm: list[nodes.Node]
 ) -> None:
-    """Host-mode publishing binds every address of the node. With the default deploy host
-    (127.0.0.1), the endpoint answers this machine, and closes a connection from another
-    machine at once: here a network namespace on a veth pair (as a machine on another link),
-    which reaches a server of this machine on the same address."""
+    """Host-mode publishing binds every address of the node, IPv6 included, where Docker's
+    userland proxy connects from the same gateway as this machine's own connections. With the
+    default deploy host (127.0.0.1), the Swarm endpoint publishes nothing: a front HAProxy binds
+    127.0.0.1 only. Another machine (a network namespace on a veth pair, with an IPv4 and an
+    IPv6 address, which reaches this machine's servers on that link) cannot connect over
+    either."""
     port = served.deployment().port
-    bridge = next(n.address for n in swarm if n.role == "manager")
-    for url in (served.url, f"http://{bridge}:{port}"):
-        assert httpx.get(f"{url}/v2/health/ready", timeout=5).status_code == 200, url
+    assert httpx.get(f"{served.url}/v2/health/ready", timeout=5).status_code == 200
+    assert _listening(port) == {"127.0.0.1"}
     endpoint = SwarmEndpoint.open(served.settings, NAME, None)
-    proxy = endpoint.proxy
-    assert "admits this machine (" in endpoint.describe()["proxy"]  # what `status` shows
+    service = engine.engine(served.settings).services.get(endpoint.proxy.name)
+    assert not service.attrs.get("Endpoint", {}).get("Ports")  # Swarm publishes nothing
+    described = endpoint.describe()["proxy"]  # what `status` shows
+    assert "admits this machine (127.0.0.1, through " in described
+    assert described.endswith("; front running")
+    bridge = next(n.address for n in swarm if n.role == "manager")
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"http://{bridge}:{port}/v2/health/ready", timeout=5)
 
-    def denied() -> int:  # connections the endpoint's tcp-request rule closed
-        rows = csv.DictReader(io.StringIO(proxy.command("show stat").lstrip("# ")))
-        return next(
-            int(r["dcon"] or 0)
-            for r in rows
-            if r["pxname"] == "endpoint" and r["svname"] == "FRONTEND"
-        )
+    with other_machine() as (addresses, run_there):
 
-    with other_machine() as (here, run_there):
-
-        def get(to: int) -> str:
+        def get(here: str, to: int) -> str:
             request = "GET /v2/health/ready HTTP/1.0\\r\\nHost: x\\r\\n\\r\\n"
             return run_there(
-                f"exec 3<>/dev/tcp/{here}/{to} && echo connected && printf '{request}' >&3; "
-                "timeout 5 cat <&3"
+                f"exec 3<>/dev/tcp/{here}/{to} && echo connected && "
+                f"printf '{request}' >&3; timeout 5 cat <&3"
             )
 
-        # The control: a server of this machine on that address answers the other machine.
-        control = http.server.ThreadingHTTPServer((here, 0), http.server.BaseHTTPRequestHandler)
-        threading.Thread(target=control.serve_forever, daemon=True).start()
-        try:
-            assert "HTTP/1.0 501" in get(control.server_address[1])  # it has no GET handler
-        finally:
-            control.shutdown()
-            control.server_close()
-        before = denied()
-        answer = get(port)
-    assert answer.startswith("connected") and "HTTP/" not in answer, answer
-    assert denied() == before + 1
+        for here in addresses:
+            host = f"[{here}]" if ":" in here else here
+            # The control: a server of this machine on that address answers the other one.
+            server = http.server.ThreadingHTTPServer
+            if ":" in here:
+                server = type("Server6", (server,), {"address_family": socket.AF_INET6})
+            control = server((here, 0), http.server.BaseHTTPRequestHandler)
+            threading.Thread(target=control.serve_forever, daemon=True).start()
+            try:
+                assert "HTTP/1.0 501" in get(here, control.server_address[1]), host
+            finally:
+                control.shutdown()
+                control.server_close()
+            answer = get(here, port)
+            assert "connected" not in answer and "HTTP/" not in answer, (host, answer)
+            assert "Connection refused" in answer, (host, answer)
+
+
+def _listening(port: int) -> set[str]:
+    """The addresses with a TCP socket listening on `port` (IPv4 and IPv6), from /proc."""
+    found = set()
+    for table, width in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
+        for row in Path(table).read_text().splitlines()[1:]:
+            local, state_ = row.split()[1], row.split()[3]
+            address, _, hex_port = local.partition(":")
+            if state_ == "0A" and int(hex_port, 16) == port:
+                raw = bytes.fromhex(address)
+                # /proc prints each 32-bit word in host (little-endian) order.
+                words = b"".join(raw[i : i + 4][::-1] for i in range(0, width // 2, 4))
+                family = socket.AF_INET if width == 8 else socket.AF_INET6
+                found.add(socket.inet_ntop(family, words))
+    return found
 
 
 @contextlib.contextmanager
-def other_machine() -> Iterator[tuple[str, Callable[[str], str]]]:
-    """A network namespace joined to this machine by a veth pair (198.51.100.0/30): this
-    machine's address on that link, and a function running a bash script in the namespace."""
+def other_machine() -> Iterator[tuple[tuple[str, str], Callable[[str], str]]]:
+    """A network namespace joined to this machine by a veth pair (198.51.100.0/30 and
+    fd5e:5b1d::/64): this machine's IPv4 and IPv6 addresses on that link, and a function
+    running a bash script in the namespace."""
     if os.geteuid() != 0 or shutil.which("ip") is None:
         reason = "a network namespace needs root and iproute2's `ip`"
         if os.environ.get("CI") == "true":
@@ -354,6 +373,7 @@ def other_machine() -> Iterator[tuple[str, Callable[[str], str]]]:
     tag = uuid.uuid4().hex[:6]
     ns, host_end, ns_end = f"shipyard-other-{tag}", f"sy{tag}h", f"sy{tag}n"
     here, there = "198.51.100.1", "198.51.100.2"
+    here6, there6 = "fd5e:5b1d::1", "fd5e:5b1d::2"
 
     def ip(*args: str) -> None:
         subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
@@ -363,9 +383,11 @@ def other_machine() -> Iterator[tuple[str, Callable[[str], str]]]:
         ip("link", "add", host_end, "type", "veth", "peer", "name", ns_end)
         ip("link", "set", ns_end, "netns", ns)
         ip("addr", "add", f"{here}/30", "dev", host_end)
+        ip("-6", "addr", "add", f"{here6}/64", "dev", host_end, "nodad")
         ip("link", "set", host_end, "up")
         for args in (
             ["addr", "add", f"{there}/30", "dev", ns_end],
+            ["-6", "addr", "add", f"{there6}/64", "dev", ns_end, "nodad"],
             ["link", "set", ns_end, "up"],
             ["route", "add", "default", "via", here],
         ):
@@ -380,7 +402,7 @@ def other_machine() -> Iterator[tuple[str, Callable[[str], str]]]:
             )
             return done.stdout + done.stderr
 
-        yield here, run_there
+        yield (here, here6), run_there
     finally:
         subprocess.run(["ip", "link", "del", host_end], capture_output=True, timeout=30)
         subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
