@@ -82,9 +82,11 @@ bench-base: install
 	$(BIN)/shipyard stack up --no-services
 	$(BIN)/python benchmarks/base_digest.py
 
-# The Docker target against a 3-node swarm (node containers), 3 replicas, the same load.
+# The Docker target against a 3-node swarm (node containers), 3 replicas, the same load; the
+# swarm endpoint's way in on 127.0.0.1 (front HAProxy) against one published on all addresses.
 bench-swarm: install
 	$(BIN)/shipyard stack up --no-services
+	@command -v wrk >/dev/null || { echo "installing wrk"; apt-get update -qq && apt-get install -y -qq wrk; }
 	$(BIN)/python benchmarks/swarm_target.py
 
 bench-rollout: install

@@ -12,6 +12,13 @@ one-row requests (`tests/support/load.py`, 127.0.0.1 only, `RATE` requests/s in 
 
 For the dead node: failures until HAProxy's health checks mark its replicas DOWN, failures
 after that, and the time until Swarm runs 5 replicas again on the nodes left.
+
+The way in: the swarm endpoint on 127.0.0.1 (the default deploy host: a front HAProxy on the
+host's network, then the proxy service's unix socket) beside a second endpoint of the same
+version deployed for all addresses (the proxy service's port published in host mode, which
+this machine's connections to 127.0.0.1 reach through Docker's userland proxy), both with 3
+replicas on the same nodes, driven by wrk in alternating slices (`ENTRY_SLICES` of
+`ENTRY_SECONDS` s each) at 1 and at 16 connections.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -51,6 +59,17 @@ ROOT = Path(__file__).resolve().parent.parent
 MODEL = "digits-sklearn"
 PREFIX = "shipyard-bench-node"
 RATE = 60
+ENTRY_SLICES = int(os.environ.get("BENCH_ENTRY_SLICES", "6"))
+ENTRY_SECONDS = 3
+BODY = {"inputs": [{"name": "pixels", "shape": [1, 64], "datatype": "FP32", "data": [0.5] * 64}]}
+WRK_REPORT = """
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("SUMMARY %d %f %d %d %f %f\\n", summary.requests,
+    summary.duration / 1e6, e.status, e.connect + e.read + e.write + e.timeout,
+    latency:percentile(50), latency:percentile(99)))
+end
+"""
 LOAD_ARGS = ("--seconds", "600", "--rate", str(RATE))
 Row = tuple[str, str, float, dict[str, Any]]
 
@@ -156,6 +175,77 @@ def kill_a_node(settings: Settings, url: str) -> list[Row]:
     ]
 
 
+def wrk(url: str, connections: int, seconds: int) -> dict[str, float]:
+    """One wrk run of one-row requests: requests, seconds, failures, p50 and p99 (ms)."""
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(
+            'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+            f"wrk.body = [==[{json.dumps(BODY)}]==]\n" + WRK_REPORT
+        )
+    try:
+        out = subprocess.run(
+            ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "-s", script.name,
+             f"{url}/v2/models/{MODEL}/infer"],
+            capture_output=True, text=True, check=True, timeout=seconds + 60,
+        ).stdout  # fmt: skip
+    finally:
+        os.unlink(script.name)
+    line = next(line for line in out.splitlines() if line.startswith("SUMMARY "))
+    requests, duration, failed, errors, p50, p99 = map(float, line.split()[1:])
+    return {
+        "requests": requests,
+        "seconds": duration,
+        "failed": failed + errors,
+        "p50": p50 / 1000,
+        "p99": p99 / 1000,
+    }
+
+
+def entry_paths(
+    settings: Settings, local_url: str, target: Target, policy: DeployPolicy, tmp: Path
+) -> list[str]:
+    """The local endpoint (front HAProxy) beside one published on all addresses, same version
+    and replicas, in alternating wrk slices; one line per connection count."""
+    everywhere = settings.model_copy(
+        update={
+            "state_dir": tmp / "state-published",
+            "mlflow_tracking_uri": settings.tracking_uri,
+            "deploy_host": "0.0.0.0",
+        }
+    )
+    published = policy.model_copy(update={"port": containers.free_port("127.0.0.1")})
+    rollout(target, "blue-green", published, everywhere, record_policy=True)
+    urls = {"local (front)": local_url, "published": f"http://127.0.0.1:{published.port}"}
+    lines = []
+    try:
+        for connections in (1, 16):
+            runs: dict[str, list[dict[str, float]]] = {name: [] for name in urls}
+            for url in urls.values():
+                wrk(url, connections, 1)  # warm-up
+            for i in range(ENTRY_SLICES):
+                for name in list(urls)[:: 1 if i % 2 == 0 else -1]:
+                    runs[name].append(wrk(urls[name], connections, ENTRY_SECONDS))
+            summary = {
+                name: (
+                    sum(r["requests"] for r in rs) / sum(r["seconds"] for r in rs),
+                    statistics.median(r["p50"] for r in rs),
+                    statistics.median(r["p99"] for r in rs),
+                    sum(r["failed"] for r in rs),
+                )
+                for name, rs in runs.items()
+            }
+            for name, (rps, p50, p99, failed) in summary.items():
+                lines.append(
+                    f"{name:<16}{connections:>6}{rps:>10.0f}{p50:>9.2f}{p99:>9.2f}{failed:>8.0f}"
+                )
+            (front, *_), (other, *_) = summary["local (front)"], summary["published"]
+            lines.append(f"{'front/published':<16}{connections:>6}{front / other:>10.2f}")
+            print(lines[-1], file=sys.stderr)
+    finally:
+        undeploy(everywhere, MODEL)
+    return lines
+
+
 def main() -> None:
     with prefect_test_harness(server_startup_timeout=120), tempfile.TemporaryDirectory() as tmp:
         settings = Settings(state_dir=Path(tmp) / "state", latency_runs=50)
@@ -193,6 +283,7 @@ def main() -> None:
             ).endpoint
             try:
                 rows += rollouts("swarm", url, targets, swarm_policy, settings)
+                entry = entry_paths(settings, url, targets[1], swarm_policy, Path(tmp))
                 for n in (1, 5):
                     scale = partial(SwarmEndpoint.open(settings, MODEL, None, print).scale, n)
                     seconds, counts = under_load(url, scale)
@@ -214,6 +305,13 @@ def main() -> None:
     print(
         f"(2 clients, {RATE} one-row V2 requests/s in all, 127.0.0.1; swarm: this engine and two "
         "node containers, 3 replicas; canary steps 10/50/100 % held 3 s; old version kept 3 s)"
+    )
+    print(f"\n{'swarm entry':<16}{'conns':>6}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'failed':>8}")
+    print("\n".join(entry))
+    print(
+        f"(one-row V2 requests from wrk, {ENTRY_SLICES} alternating slices of {ENTRY_SECONDS} s "
+        "per endpoint; the same version with 3 replicas behind each; published: the proxy "
+        "service's host-mode port, reached through Docker's userland proxy)"
     )
 
 
