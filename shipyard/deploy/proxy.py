@@ -131,6 +131,15 @@ PROXY_IMAGE = "shipyard/haproxy:bookworm"
 """Debian's haproxy on the stack's base image; `shipyard stack up` builds it."""
 
 
+def listening(host: str, port: int) -> bool:
+    """Whether something accepts TCP connections on `host` (a name, IPv4 or IPv6) and `port`."""
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
 class Proxy:
     """One endpoint's HAProxy, as a container under the engine's restart policy: it comes back
     by itself when its process dies and when the engine (or the machine) restarts.
@@ -255,24 +264,36 @@ class Proxy:
             say(f"proxy: started HAProxy on {self.url} again")
             return
         self._stop_legacy(say)
-        with socket.socket() as probe:
-            if probe.connect_ex((self.host, self.port)) == 0:
-                raise DeployError(
-                    f"Endpoint port {self.host}:{self.port} is taken by another process: choose "
-                    "another with `deploy.port` in shipyard.yaml, or stop what listens there."
-                )
-        mounts = {str(self.directory): {"bind": str(self.directory), "mode": "rw"}}
-        if self.socket.parent != self.directory:
-            mounts[str(self.socket.parent)] = {"bind": str(self.socket.parent), "mode": "rw"}
+        self.refuse_taken_port()
+        container = self.run_haproxy(
+            self.name, self.config, {self.directory, self.socket.parent}, "proxy", {"tls": tls}
+        )
+        self._wait(container)
+        say(f"proxy: started HAProxy on {self.url} (container {self.name}, restart unless-stopped)")
+
+    def refuse_taken_port(self) -> None:
+        """A `DeployError` if something already listens on the endpoint's address."""
+        if listening(self.host, self.port):
+            raise DeployError(
+                f"Endpoint port {self.host}:{self.port} is taken by another process: choose "
+                "another with `deploy.port` in shipyard.yaml, or stop what listens there."
+            )
+
+    def run_haproxy(
+        self, name: str, config: Path, directories: set[Path], role: str, labels: dict[str, str]
+    ) -> Container:
+        """HAProxy with `config` as a container on the host's network: its own user, no
+        capabilities, a read-only root, `directories` bind-mounted at the same paths, restarted
+        unless stopped; `labels` under `ai.shipyard.` beside its role, model and endpoint."""
         try:
-            container = self.client.containers.run(
+            return self.client.containers.run(
                 PROXY_IMAGE,
-                ["haproxy", "-db", "-f", str(self.config)],
+                ["haproxy", "-db", "-f", str(config)],
                 detach=True,
-                name=self.name,
+                name=name,
                 network_mode="host",
                 user=f"{os.getuid()}:{os.getgid()}",
-                volumes=mounts,
+                volumes={str(d): {"bind": str(d), "mode": "rw"} for d in sorted(directories)},
                 read_only=True,
                 cap_drop=["ALL"],
                 security_opt=["no-new-privileges"],
@@ -283,10 +304,10 @@ class Proxy:
                 stop_signal="SIGUSR1",
                 log_config=LOGS,
                 labels={
-                    f"{LABEL}.role": "proxy",
+                    f"{LABEL}.role": role,
                     f"{LABEL}.model": self.directory.name,
                     f"{LABEL}.endpoint": f"{self.host}:{self.port}",
-                    f"{LABEL}.tls": tls,
+                    **{f"{LABEL}.{key}": value for key, value in labels.items()},
                 },
             )
         except ImageNotFound:
@@ -296,8 +317,6 @@ class Proxy:
             ) from None
         except DockerException as e:
             raise DeployError(f"The engine could not start HAProxy for {self.url}: {e}") from e
-        self._wait(container)
-        say(f"proxy: started HAProxy on {self.url} (container {self.name}, restart unless-stopped)")
 
     def _wait(self, container: Container) -> None:
         try:

@@ -34,17 +34,16 @@ import contextlib
 import csv
 import io
 import os
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import docker
-from docker.errors import APIError, DockerException, NotFound
+from docker.errors import APIError, NotFound
 from docker.models.containers import Container
 from docker.types import EndpointSpec, Mount, RestartPolicy, ServiceMode
 
-from shipyard.deploy.containers import LABEL, LOGS
+from shipyard.deploy.containers import LABEL
 from shipyard.deploy.proxy import (
     BACKEND,
     COLORS,
@@ -54,6 +53,7 @@ from shipyard.deploy.proxy import (
     TLS_GLOBAL,
     Proxy,
     Slot,
+    listening,
 )
 from shipyard.deploy.swarm_specs import PORT, find_service, remove_service, tasks
 from shipyard.errors import DeployError
@@ -371,55 +371,23 @@ class SwarmProxy(Proxy):
             self._wait_front(container)
             say(f"proxy: started the front HAProxy of {self.url} again")
             return
-        with socket.socket() as probe:
-            if probe.connect_ex((self.host, self.port)) == 0:
-                raise DeployError(
-                    f"Endpoint port {self.host}:{self.port} is taken by another process: choose "
-                    "another with `deploy.port` in shipyard.yaml, or stop what listens there."
-                )
-        volumes = {
-            str(path): {"bind": str(path), "mode": "rw"}
-            for path in {self.directory, self.front_socket.parent}
-        }
-        try:
-            container = self.client.containers.run(
-                PROXY_IMAGE,
-                ["haproxy", "-db", "-f", str(self.front_config)],
-                detach=True,
-                name=self.front_name,
-                network_mode="host",
-                user=f"{os.getuid()}:{os.getgid()}",
-                volumes=volumes,
-                read_only=True,
-                cap_drop=["ALL"],
-                security_opt=["no-new-privileges"],
-                restart_policy={"Name": "unless-stopped"},
-                stop_signal="SIGUSR1",  # HAProxy's soft stop (see proxy.Proxy)
-                log_config=LOGS,
-                labels={
-                    f"{LABEL}.role": "proxy-front",
-                    f"{LABEL}.model": self.directory.name,
-                    f"{LABEL}.endpoint": f"{self.host}:{self.port}",
-                },
-            )
-        except DockerException as e:
-            raise DeployError(
-                f"The engine could not start the front HAProxy of {self.url}: {e}"
-            ) from e
+        self.refuse_taken_port()
+        container = self.run_haproxy(
+            self.front_name,
+            self.front_config,
+            {self.directory, self.front_socket.parent},
+            "proxy-front",
+            {},
+        )
         self._wait_front(container)
         say(
             f"proxy: the front HAProxy {self.front_name} binds {self.host}:{self.port} only "
             "(restart unless-stopped)"
         )
 
-    def front_answers(self) -> bool:
-        with socket.socket() as probe:
-            probe.settimeout(1)
-            return probe.connect_ex((self.host, self.port)) == 0
-
     def _wait_front(self, container: Container) -> None:
         try:
-            wait_until(self.front_answers, 10, 0.05)
+            wait_until(lambda: listening(self.host, self.port), 10, 0.05)
         except TimedOut:
             container.reload()
             logs = container.logs(tail=15).decode(errors="replace")
