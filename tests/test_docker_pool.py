@@ -239,34 +239,43 @@ def test_two_docker_workers_run_two_models_at_once_and_one_model_in_turn(
 @pytest.mark.docker
 def test_a_run_away_from_the_stacks_directory_or_engine_stops_saying_why(tmp_path: Path) -> None:
     """A docker-pool run whose worker is on another machine (it does not see the stack's
-    directory) or talks to another engine stops before Prefect's engine starts, saying why."""
-    engine_id = docker.from_env().info()["ID"]
+    directory) or talks to another engine stops before Prefect's engine starts, saying why. A
+    run on the stack's machine gets what it checks from the template, whatever its home."""
+    client = docker.from_env()
+    engine_id = client.info()["ID"]
     stack = tmp_path / "stack"
     stack.mkdir()
+    template = docker_pool.mark_engine(Settings(stack_dir=stack), client)
+    assert template[pool_run.POOL_ENGINE] == engine_id
+    mark = stack / pool_run.ENGINE_FILE
+    assert mark.read_text().strip() == engine_id
 
-    def run(expected: str, **extra: str) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "SHIPYARD_STACK_DIR": str(stack), pool_run.POOL_ENGINE: expected}
+    def run(**extra: str) -> subprocess.CompletedProcess[str]:
+        # Only what the template carries: the run's user may have another home.
+        env = {k: v for k, v in os.environ.items() if k != "SHIPYARD_STACK_DIR"}
+        env.update({"HOME": str(tmp_path / "the-runs-home"), **template, **extra})
         return subprocess.run(
             [sys.executable, "-m", "shipyard.stack.pool_run", "--", "true"],
-            env={**env, **extra}, capture_output=True, text=True, timeout=60,
+            env=env, capture_output=True, text=True, timeout=60,
         )  # fmt: skip
 
-    away = run(engine_id)
+    assert run().returncode == 0, run().stderr
+
+    mark.unlink()  # as on a machine without the stack's directory
+    away = run()
     assert away.returncode == 1
-    assert f"does not see the stack's directory: {stack / pool_run.ENGINE_FILE} is missing" in (
-        away.stderr
-    )
+    assert f"does not see the stack's directory: {mark} is missing" in away.stderr
     assert "its worker must run on the stack's machine" in away.stderr
 
-    (stack / pool_run.ENGINE_FILE).write_text(engine_id + "\n")
-    assert run(engine_id).returncode == 0
-    assert "names another engine" in run("0000:another-engine").stderr
-    no_engine = run(engine_id, DOCKER_HOST=f"unix://{tmp_path}/no.sock")
+    mark.write_text("0000:another-engine\n")
+    assert "names another engine" in run().stderr
+    mark.write_text(engine_id + "\n")
+    no_engine = run(DOCKER_HOST=f"unix://{tmp_path}/no.sock")
     assert no_engine.returncode == 1
     assert f"(unix://{tmp_path}/no.sock, id none answers) is not the stack's" in no_engine.stderr
 
     # The directory is the stack's, the engine another: as a worker whose socket is another's.
-    (stack / pool_run.ENGINE_FILE).write_text("0000:another-engine\n")
-    other = run("0000:another-engine")
+    mark.write_text("0000:another-engine\n")
+    other = run(**{pool_run.POOL_ENGINE: "0000:another-engine"})
     assert other.returncode == 1
     assert f"id {engine_id}) is not the stack's (id 0000:another-engine)" in other.stderr

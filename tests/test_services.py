@@ -470,23 +470,33 @@ def test_the_docker_pool_is_chosen_recorded_and_keeps_secrets_out_of_its_runs_te
 
 
 @pytest.mark.unit
-def test_docker_pool_runs_get_the_hosts_pip_index_and_ca_with_credentials_in_blocks(
+def test_docker_pool_runs_get_the_hosts_pip_index_and_ca_with_urls_in_blocks(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    """A run's container has none of the host's pip files: `stack up --pool docker` reads pip's
-    own configuration (real pip: a file and variables) and carries what `pip download` needs."""
+    """A run's container has none of the host's pip files: `stack up --pool docker` asks pip
+    (real pip: files and variables) what `pip download` would use here, and carries it."""
+    from shipyard.errors import StackError
     from shipyard.stack import docker_pool, pool_run, services
 
     ca = tmp_path / "corporate-ca.pem"
     ca.write_text("-----BEGIN CERTIFICATE-----\nnot checked here\n-----END CERTIFICATE-----\n")
-    config = tmp_path / "pip.conf"
-    config.write_text(
-        "[global]\nproxy = http://global-proxy.example:3128\ntrusted-host = ignored.example\n"
+    home = tmp_path / "home"
+    # Two user files: pip reads ~/.pip/pip.conf, then ~/.config/pip/pip.conf, which wins.
+    (home / ".pip").mkdir(parents=True)
+    (home / ".pip" / "pip.conf").write_text("[global]\nindex-url = https://legacy.example/s\n")
+    (home / ".config" / "pip").mkdir(parents=True)
+    (home / ".config" / "pip" / "pip.conf").write_text(
+        "[global]\nindex-url = https://ci-user:tok-3f9a@index.example/simple\n"
+        "proxy = http://global-proxy.example:3128\n"
         "[download]\nproxy = http://download-proxy.example:3128\n"
     )
-    monkeypatch.setenv("PIP_CONFIG_FILE", str(config))
-    monkeypatch.setenv("PIP_INDEX_URL", "https://ci-user:tok-3f9a@index.example/simple")
-    monkeypatch.setenv("PIP_EXTRA_INDEX_URL", "file:///srv/local/simple https://mirror.example/s")
+    monkeypatch.setenv("HOME", str(home))
+    for variable in ("XDG_CONFIG_HOME", "PIP_CONFIG_FILE", "PIP_INDEX_URL"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("PIP_PROXY", "")  # empty: pip goes on to the files
+    monkeypatch.setenv(
+        "PIP_EXTRA_INDEX_URL", "file:///srv/local/simple https://mirror.example/s?token=abc-9"
+    )
     monkeypatch.setenv("PIP_TRUSTED_HOST", "mirror.example")
     monkeypatch.setenv("PIP_CERT", str(ca))
     settings = Settings(state_dir=tmp_path / "state", stack_dir=tmp_path / "stack")
@@ -497,10 +507,9 @@ def test_docker_pool_runs_get_the_hosts_pip_index_and_ca_with_credentials_in_blo
     copy = settings.stack_dir / docker_pool.PIP_CA
     assert pip == {
         "PIP_INDEX_URL": "https://ci-user:tok-3f9a@index.example/simple",
-        "PIP_EXTRA_INDEX_URL": "https://mirror.example/s",
+        "PIP_EXTRA_INDEX_URL": "https://mirror.example/s?token=abc-9",
         "PIP_TRUSTED_HOST": "mirror.example",
-        # The variable beats the files; in the files, pip download's own section beats global.
-        "PIP_PROXY": "http://download-proxy.example:3128",
+        "PIP_PROXY": "http://download-proxy.example:3128",  # [download] over [global]
         "PIP_CERT": str(copy.resolve()),
     }
     assert copy.read_bytes() == ca.read_bytes()  # under the stack directory every run mounts
@@ -509,20 +518,16 @@ def test_docker_pool_runs_get_the_hosts_pip_index_and_ca_with_credentials_in_blo
         "runs do not use it"
     ]
 
-    # The index URL holds a token: the template names its block, never the value.
+    # Index and proxy URLs may hold tokens anywhere: the template names their blocks.
     env = docker_pool.run_env({}, services.worker_env(settings), pip)
-    assert "tok-3f9a" not in json.dumps(env)
-    assert env[pool_run.ENV_FROM_BLOCKS] == "PIP_INDEX_URL=shipyard-env-pip-index-url"
+    assert "tok-3f9a" not in json.dumps(env) and "abc-9" not in json.dumps(env)
+    assert env[pool_run.ENV_FROM_BLOCKS] == (
+        "PIP_EXTRA_INDEX_URL=shipyard-env-pip-extra-index-url,"
+        "PIP_INDEX_URL=shipyard-env-pip-index-url,PIP_PROXY=shipyard-env-pip-proxy"
+    )
     assert env["PIP_CERT"] == str(copy.resolve()) and env["PIP_TRUSTED_HOST"] == "mirror.example"
-    assert docker_pool.secrets({}, {}, pip) == {"PIP_INDEX_URL": pip["PIP_INDEX_URL"]}
 
-    # A message about a local index with credentials in it does not print them.
-    # A proxy written without a scheme is still known to hold credentials.
-    monkeypatch.setenv("PIP_PROXY", "ci-user:pw-5@proxy.example:3128")
-    assert docker_pool.secrets({}, {}, docker_pool.pip_env(settings, said.append)) == {
-        "PIP_INDEX_URL": pip["PIP_INDEX_URL"],
-        "PIP_PROXY": "ci-user:pw-5@proxy.example:3128",
-    }
+    # A local index with credentials is named without them; pip's default index is not carried.
     monkeypatch.setenv("PIP_INDEX_URL", "file://u:pw-77@host/simple")
     said.clear()
     assert "PIP_INDEX_URL" not in docker_pool.pip_env(settings, said.append)
@@ -530,6 +535,16 @@ def test_docker_pool_runs_get_the_hosts_pip_index_and_ca_with_credentials_in_blo
         said[0]
         == "docker pool: pip's index-url file://host/simple is not HTTP(S): runs do not use it"
     )
+    monkeypatch.setenv("PIP_INDEX_URL", "https://pypi.org/simple")
+    assert "PIP_INDEX_URL" not in docker_pool.pip_env(settings, said.append)
+
+    # A configuration pip cannot read fails `stack up`, without the token of the line it quotes.
+    broken = tmp_path / "broken.conf"
+    broken.write_text("index-url = https://ci-user:tok-77@index.example/simple\n")
+    monkeypatch.setenv("PIP_CONFIG_FILE", str(broken))
+    with pytest.raises(StackError, match="no section headers") as raised:
+        docker_pool.pip_env(settings, said.append)
+    assert "tok-77" not in str(raised.value) and "//…@index.example" in str(raised.value)
 
 
 @pytest.mark.unit

@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import ipaddress
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -222,8 +223,15 @@ def weigh_commands(weights: dict[str, int]) -> list[str]:
     ]
 
 
-LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
-"""Deploy hosts that mean "this machine only" (`SHIPYARD_DEPLOY_HOST`'s default is the first)."""
+def is_local(host: str) -> bool:
+    """Whether deploy host `host` means "this machine only": `localhost` or a loopback address
+    (`SHIPYARD_DEPLOY_HOST`'s default, 127.0.0.1, is one)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 class SwarmProxy(Proxy):
@@ -249,7 +257,7 @@ class SwarmProxy(Proxy):
         self.services, self.network = services, network
         self.name = f"shipyard-{self.directory.name}-{port}-proxy"
         self.gates = {c: short_socket_path(self.directory, f"gate-{c}.sock") for c in COLORS}
-        self.local = host in LOCAL_HOSTS
+        self.local = is_local(host)
         self.front_socket = short_socket_path(self.directory, "endpoint.sock")
         self.front_config = self.directory / "front.cfg"
         self.front_name = f"shipyard-{self.directory.name}-{port}-front"
@@ -277,8 +285,9 @@ class SwarmProxy(Proxy):
 
     def ensure_service(self, weights: dict[str, int], say: Callable[[str], None]) -> None:
         """Write the PEM and the config; create the HAProxy service if it does not exist (or
-        again when TLS changed: HAProxy binds anew, a gap of a few seconds); wait until its
-        runtime API answers."""
+        again when TLS or who it admits changed: HAProxy binds anew, a gap of a few seconds);
+        wait until its runtime API answers; then, for a local endpoint, start its front HAProxy
+        if it does not run."""
         self.directory.mkdir(parents=True, exist_ok=True)
         tls = self._write_pem()
         self.write_config(weights)
@@ -488,3 +497,6 @@ class SwarmProxy(Proxy):
         remove_service(self.client, self.name)
         with contextlib.suppress(TimedOut):
             wait_until(lambda: not self.answers(), 15, 0.2)
+        # A published port is freed when the task's container is gone, which can come later.
+        with contextlib.suppress(TimedOut):
+            wait_until(lambda: not listening(self.host, self.port), 15, 0.2)

@@ -95,9 +95,10 @@ def wheelhouse(cache_dir: Path, lock: Path = LOCK) -> Path:
     )
     if done.returncode:
         lines = done.stderr.strip().splitlines()
-        errors = [line for line in lines if line.startswith("ERROR:")] or lines[-3:]
+        first = next((i for i, line in enumerate(lines) if line.startswith("ERROR:")), -3)
+        errors = " ".join(line.strip() for line in lines[first:])
         raise ImageError(
-            f"Downloading the wheels locked in {lock} failed: {' '.join(errors)[-800:]} "
+            f"Downloading the wheels locked in {lock} failed: {errors[-800:]} "
             "Check that the package index is reachable with this host's pip settings (a "
             "docker-pool run gets them from `shipyard stack up --pool docker`), and that the "
             "lock is current."

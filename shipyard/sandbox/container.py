@@ -99,7 +99,7 @@ def project_image(
             wheels = wheelhouse(settings.wheelhouse_dir, lock)
         except ImageError as e:
             raise ProjectError(
-                f"The project's {PROJECT_LOCK} cannot be installed: {e}. It must pin every "
+                f"The project's {PROJECT_LOCK} cannot be installed: {e} It must pin every "
                 "package with --hash (pip-compile --generate-hashes), wheels only."
             ) from e
         _build(

@@ -33,8 +33,8 @@ MLflow, which every run shares.
 
 from __future__ import annotations
 
-import ast
 import hashlib
+import json
 import os
 import re
 import subprocess
@@ -81,16 +81,16 @@ registry's own Secret block; the webhook's secret is the receiver's only."""
 def secrets(
     environ: Mapping[str, str], worker_env: Mapping[str, str], pip: Mapping[str, str] = {}
 ) -> dict[str, str]:
-    """The secret settings a run needs (`SHIPYARD_SERVE_API_KEY`, MLflow's password or token, a
-    pip index or proxy URL with credentials in it): carried as Secret blocks, never as values
-    in the pool's template."""
+    """The secret settings a run needs (`SHIPYARD_SERVE_API_KEY`, MLflow's password or token,
+    pip's index and proxy URLs): carried as Secret blocks, never as values in the pool's
+    template."""
     given = {**environ, **worker_env}
     found = {
         name: value
         for name, value in given.items()
         if name.startswith(CARRIED) and SECRET.search(name) and name not in HANDLED and value
     }
-    found.update({name: value for name, value in pip.items() if _credentialed(value)})
+    found.update({name: value for name, value in pip.items() if name in PIP_SECRETS})
     return dict(sorted(found.items()))
 
 
@@ -156,52 +156,55 @@ def fetch_for_runs(settings: Settings) -> None:
 
 
 PIP_SETTINGS = {
-    "index-url": "PIP_INDEX_URL",
-    "extra-index-url": "PIP_EXTRA_INDEX_URL",
-    "trusted-host": "PIP_TRUSTED_HOST",
+    "index_url": "PIP_INDEX_URL",
+    "extra_index_urls": "PIP_EXTRA_INDEX_URL",
+    "trusted_hosts": "PIP_TRUSTED_HOST",
     "proxy": "PIP_PROXY",
     "cert": "PIP_CERT",
 }
-"""pip's settings that say where `pip download` fetches from and what it trusts, by the
+"""pip's options that say where `pip download` fetches from and what it trusts, by the
 environment variable a run gets each in."""
-PIP_SECTIONS = (":env:", "download", "global")
-"""Where `pip download` reads a setting, the first found winning: its environment variables,
-then its command's section of the configuration files, then their `global` section."""
+PIP_SECRETS = frozenset({"PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_PROXY"})
+"""Carried as Secret blocks whatever they hold: an index or proxy URL may hold a token in its
+user, its path (`https://dl.cloudsmith.io/<token>/…`) or its query."""
 PIP_CA = "pip-ca.pem"
 """The copy of the host's `cert` bundle in the stack directory, which every run mounts."""
+PIP_OPTIONS = """
+import json
+from pip._internal.commands import create_command
 
-
-def pip_config(listed: str) -> dict[str, str]:
-    """The `PIP_SETTINGS` `pip download` uses, by setting name, from `pip config list`'s lines
-    (`section.name='value'`, every file and variable pip read)."""
-    found: dict[tuple[str, str], str] = {}
-    for line in listed.splitlines():
-        key, sep, raw = line.partition("=")
-        section, _, name = key.rpartition(".")
-        if sep and name in PIP_SETTINGS:
-            found[section, name] = str(ast.literal_eval(raw))
-    return {
-        name: next(found[section, name] for section in PIP_SECTIONS if (section, name) in found)
-        for name in PIP_SETTINGS
-        if any((section, name) in found for section in PIP_SECTIONS)
-    }
+options, _ = create_command("download").parse_args([])
+print(json.dumps({name: getattr(options, name) for name in %r}))
+"""
+"""What `pip download` would use here, resolved by pip itself: its environment variables, then
+the configuration files in pip's own order (global, user, site, PIP_CONFIG_FILE), each file's
+`[download]` section over its `[global]`, empty values skipped."""
+URL_CREDENTIALS = re.compile(r"//[^/@\s]+@")
+PYPI = "https://pypi.org/simple"
 
 
 def pip_env(settings: Settings, say: Say) -> dict[str, str]:
-    """This host's pip settings (`pip config list`) as the variables a run's `pip download`
-    reads: the indexes over HTTP(S), their trusted hosts, the proxy, and the CA bundle, copied
-    into the stack directory (which runs mount) and named there. A run's container has none of
-    the host's pip files: without these it reaches only pypi.org, trusting its image's CAs.
-    Local indexes (`file://`) are not on a run's filesystem: they are left out, and said so;
-    `find-links` is not carried either."""
+    """This host's pip settings as the variables a run's `pip download` reads: the indexes over
+    HTTP(S), their trusted hosts, the proxy, and the CA bundle, copied into the stack directory
+    (which runs mount) and named there. A run's container has none of the host's pip files:
+    without these it reaches only pypi.org, trusting its image's CAs. Local indexes (`file://`)
+    are not on a run's filesystem: they are left out, and said so; `find-links` is not carried
+    either."""
     done = subprocess.run(
-        [sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True
+        [sys.executable, "-c", PIP_OPTIONS % (list(PIP_SETTINGS),)],
+        capture_output=True,
+        text=True,
     )
     if done.returncode:
-        raise StackError(f"`pip config list` failed: {done.stderr.strip()[-400:]}")
+        # pip's configuration errors quote the line they stopped at: no credentials in ours.
+        shown = URL_CREDENTIALS.sub("//…@", done.stderr.strip()[-400:])
+        raise StackError(f"Reading pip's configuration failed: {shown}")
+    options: dict[str, Any] = json.loads(done.stdout)
     env: dict[str, str] = {}
-    for name, value in pip_config(done.stdout).items():
+    for name, value in options.items():
         variable = PIP_SETTINGS[name]
+        if not value or (name == "index_url" and value == PYPI):
+            continue  # unset, or pip's default, which a run's pip has too
         if name == "cert":
             bundle = Path(value)
             if not bundle.is_file():
@@ -215,23 +218,19 @@ def pip_env(settings: Settings, say: Say) -> dict[str, str]:
                 partial.replace(copy)
             env[variable] = str(copy.resolve())
             continue
-        if name.endswith("index-url"):
-            urls = value.split()
-            remote = [url for url in urls if urlsplit(url).scheme in ("http", "https")]
-            for url in urls:
+        values = [value] if isinstance(value, str) else list(value)
+        if name.endswith(("index_url", "index_urls")):
+            remote = [url for url in values if urlsplit(url).scheme in ("http", "https")]
+            for url in values:
                 if url not in remote:
+                    option = name.replace("_", "-").removesuffix("s")
                     say(
-                        f"docker pool: pip's {name} {_shown(url)} is not HTTP(S): runs do not use it"
+                        f"docker pool: pip's {option} {_shown(url)} is not HTTP(S): runs do not use it"
                     )
-            value = " ".join(remote)
-        if value:
-            env[variable] = value
+            values = remote
+        if values:
+            env[variable] = " ".join(values)
     return env
-
-
-def _credentialed(value: str) -> bool:
-    """Whether `value` may hold a user or password (`user:token@host`, with a scheme or not)."""
-    return "@" in value
 
 
 def _shown(url: str) -> str:
@@ -242,14 +241,20 @@ def _shown(url: str) -> str:
 
 def mark_engine(settings: Settings, client: docker.DockerClient) -> dict[str, str]:
     """The stack's engine id written to its directory (`pool_run.ENGINE_FILE`), and the
-    variable that names it to every run, which checks both before it starts
-    (`pool_run.check_stack`): a run started where it cannot work stops at once, saying why."""
+    variables that name it, the stack directory and the engine's socket to every run, which
+    checks them before it starts (`pool_run.check_stack`): a run started where it cannot work
+    stops at once, saying why. (A run's user may have another home: the directory is named.)"""
     engine_id = str(client.info()["ID"])
     mark = settings.stack_dir / ENGINE_FILE
     if not mark.is_file() or mark.read_text().strip() != engine_id:
         mark.write_text(engine_id + "\n")
         mark.chmod(0o644)
-    return {POOL_ENGINE: engine_id}
+    host = os.environ.get("DOCKER_HOST")
+    return {
+        POOL_ENGINE: engine_id,
+        "SHIPYARD_STACK_DIR": str(settings.stack_dir.resolve()),
+        **({"DOCKER_HOST": host} if host else {}),
+    }
 
 
 def run_env(
@@ -300,8 +305,8 @@ def save_blocks(
     say: Say,
 ) -> str:
     """On the Prefect API in `api_env`: the registry's password as a Secret block (for the
-    runs' pushes) and its credentials as a DockerRegistryCredentials block (for pulls on other
-    machines); each `carried` secret as the Secret block its run reads (`block_name`), and the
+    runs' pushes) and its credentials as a DockerRegistryCredentials block (which the pool's
+    template names, to pull the worker image with); each `carried` secret as the Secret block its run reads (`block_name`), and the
     blocks of secrets no longer set deleted. Returns the credentials block's id."""
     from prefect.blocks.system import Secret
     from prefect.client.orchestration import get_client

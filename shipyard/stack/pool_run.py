@@ -103,8 +103,8 @@ def load_secrets() -> list[str]:
 
 
 def main(argv: list[str]) -> None:
+    check_stack()  # first: on the wrong machine, reading the blocks may fail for that reason
     load_secrets()
-    check_stack()
     if argv[:1] == ["--"] and len(argv) > 1:
         os.execvp(argv[1], argv[1:])
     from shipyard.stack import plain_http

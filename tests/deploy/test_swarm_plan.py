@@ -3,11 +3,20 @@ a Swarm endpoint, and the per-server weights that give each slot its share of th
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
 
-from shipyard.deploy.swarm_proxy import SLOTS, render, split, weigh_commands
+from shipyard.deploy.proxy import listening
+from shipyard.deploy.swarm_proxy import (
+    SLOTS,
+    is_local,
+    render,
+    render_front,
+    split,
+    weigh_commands,
+)
 from shipyard.errors import ManifestError
 from shipyard.manifest import DeployPolicy, parse_manifest
 from tests.support.projects import EXAMPLES
@@ -57,6 +66,54 @@ def test_the_config_finds_each_slots_replicas_through_swarm_dns(tmp_path: Path) 
     assert f"server-template green 1-{SLOTS} tasks.shipyard-m-8000-green:8080 weight 0" in main
     assert f"bind unix@{gates['green']} mode 600" in config
     assert "use-server green3 if { req.hdr(X-Shipyard-Server) -m str green3 }" in config
+
+
+def test_a_local_endpoint_listens_on_its_unix_socket_behind_a_front_that_binds_its_address(
+    tmp_path: Path,
+) -> None:
+    gates = {c: tmp_path / f"gate-{c}.sock" for c in SERVICES}
+    front = tmp_path / "endpoint.sock"
+    config = render(8000, SERVICES, {"blue": 100}, tmp_path / "haproxy.sock", gates, None, front)
+    endpoint = config.split("frontend endpoint\n")[1].split("\n\n")[0]
+    assert f"    bind unix@{front} mode 600 accept-proxy" in endpoint
+    assert "bind :8000" not in config  # nothing on the network: the front is the way in
+    tls = render(8000, SERVICES, {}, tmp_path / "h.sock", gates, tmp_path / "e.pem", front)
+    assert f"bind unix@{front} mode 600 accept-proxy ssl crt {tmp_path / 'e.pem'}" in tls
+
+    passed = render_front("127.0.0.1:8000", front)
+    assert "    mode tcp" in passed and "    bind 127.0.0.1:8000" in passed
+    assert f"    server endpoint unix@{front} send-proxy-v2" in passed
+
+
+@pytest.mark.parametrize(
+    ("host", "local"),
+    [
+        ("127.0.0.1", True),
+        ("127.0.0.2", True),
+        ("localhost", True),
+        ("LOCALHOST", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("0.0.0.0", False),
+        ("::", False),
+        ("192.0.2.7", False),
+        ("serving.example", False),
+    ],
+)
+def test_every_loopback_deploy_host_means_this_machine_only(host: str, local: bool) -> None:
+    assert is_local(host) is local
+
+
+@pytest.mark.parametrize(
+    ("family", "host"), [(socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")]
+)
+def test_the_port_probe_sees_a_listener_on_ipv4_and_ipv6(family: int, host: str) -> None:
+    with socket.socket(family) as server:
+        server.bind((host, 0))
+        port = server.getsockname()[1]
+        assert not listening(host, port)
+        server.listen()
+        assert listening(host, port)
 
 
 @pytest.mark.parametrize(
