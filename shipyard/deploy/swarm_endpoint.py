@@ -17,6 +17,7 @@ the new replicas up through Swarm's DNS, and health-checks them before it routes
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import time
 from collections.abc import Callable
@@ -41,6 +42,9 @@ from shipyard.waiting import TimedOut, wait_until
 
 Say = Callable[[str], None]
 POLL_S = 0.25
+READY_GRACE_S = 2.0
+"""How long no replica of the candidate may be UP in HAProxy's view before its readiness gate
+fails."""
 
 
 class SwarmEndpoint(Endpoint):
@@ -212,16 +216,33 @@ class SwarmEndpoint(Endpoint):
         except (httpx.HTTPError, DeployError) as e:
             return [f"Gate 'metrics' failed: the replicas of {color} did not answer ({e})"]
         deadline = time.monotonic() + seconds
+        none_up_since: float | None = None
         while True:
             service = specs.find_service(self.client, self._service(color))
             if service is None or not specs.tasks(service):
                 return [f"Gate 'running' failed: no replica of {color} v{instance.version} runs"]
             try:
-                current = swarm_gates.scrape(self.proxy, color)
-            except (httpx.HTTPError, DeployError):
-                current = {}
+                current, why = swarm_gates.scrape(self.proxy, color), ""
+            except (httpx.HTTPError, DeployError) as e:
+                current, why = {}, f": {type(e).__name__} {e}"
             if not current:
-                return [f"Gate 'readiness' failed: no replica of {color} v{instance.version} is UP"]
+                # HAProxy marks a replica DOWN after two missed checks (1 s: a busy machine
+                # can miss them) and UP again after one: none UP fails once it lasts.
+                now = time.monotonic()
+                none_up_since = none_up_since or now
+                if now - none_up_since < READY_GRACE_S and now < deadline:
+                    time.sleep(POLL_S)
+                    continue
+                if not why:
+                    seen = collections.Counter(
+                        s.status for s in self.proxy.servers(f"gate-{color}") if s.color == color
+                    )
+                    why = f" (HAProxy's gate-{color} servers: {dict(seen)})"
+                return [
+                    f"Gate 'readiness' failed: no replica of {color} v{instance.version} is UP"
+                    + why
+                ]
+            none_up_since = None
             # A replica new since the baseline (rescheduled, scaled) counts from zero.
             before = swarm_gates.add([baseline.get(k, Counts(0, 0, ())) for k in current])
             failures = checks.judge(

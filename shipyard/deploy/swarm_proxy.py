@@ -65,6 +65,8 @@ from shipyard.waiting import TimedOut, wait_until
 SLOTS = 16
 """Servers per slot: the most replicas a version can have behind the endpoint."""
 SERVER_HEADER = "X-Shipyard-Server"
+FRONT_ROLE = "proxy-front"
+"""The role label of a local endpoint's front HAProxy container."""
 
 
 @dataclass(frozen=True)
@@ -385,7 +387,7 @@ class SwarmProxy(Proxy):
             self.front_name,
             self.front_config,
             {self.directory, self.front_socket.parent},
-            "proxy-front",
+            FRONT_ROLE,
             {},
         )
         self._wait_front(container)

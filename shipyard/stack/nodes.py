@@ -37,6 +37,7 @@ from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from docker.models.containers import Container
 
 from shipyard.deploy.containers import LABEL, LOGS
+from shipyard.deploy.swarm_proxy import FRONT_ROLE
 from shipyard.errors import StackError
 from shipyard.settings import Settings
 from shipyard.stack import state as stack_state
@@ -301,6 +302,15 @@ def down(settings: Settings, say: Say, prefix: str = PREFIX) -> None:
         state = stack_state.read(settings)
         if state.get(STATE_KEY, {}).get("initialised"):
             client.swarm.leave(force=True)
+            # A local Swarm endpoint's front HAProxy is a plain container: with the swarm gone
+            # it would hold the endpoint's port for a proxy service that no longer exists.
+            for front in client.containers.list(
+                all=True, filters={"label": f"{LABEL}.role={FRONT_ROLE}"}
+            ):
+                front.remove(force=True)
+                say(
+                    f"swarm: removed {front.name} (its endpoint's proxy service left with the swarm)"
+                )
             # Swarm made it for its tasks' outside traffic, and leaving keeps it.
             with contextlib.suppress(APIError, NotFound):
                 gateway = client.networks.get("docker_gwbridge")

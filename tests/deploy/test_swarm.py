@@ -21,12 +21,16 @@ from pathlib import Path
 
 import httpx
 import pytest
+from docker.errors import NotFound
 
 from shipyard import engine, registry
 from shipyard.deploy import state
 from shipyard.deploy import swarm_specs as specs
+from shipyard.deploy.containers import LABEL
 from shipyard.deploy.endpoint import Target
+from shipyard.deploy.proxy import PROXY_IMAGE
 from shipyard.deploy.swarm_endpoint import SwarmEndpoint
+from shipyard.deploy.swarm_proxy import FRONT_ROLE
 from shipyard.deploy.targets import undeploy
 from shipyard.errors import DeployError
 from shipyard.flows.rollout import rollout, target_of_version
@@ -63,8 +67,18 @@ def swarm(docker_stack: dict[str, str]) -> Iterator[list[nodes.Node]]:
     networks = {n.name for n in client.networks.list()}
     found = nodes.up(settings, 2, docker_stack["base_image"], print, prefix=PREFIX)
     yield found
+    # A front left behind (a first deploy that failed is not undeployed) goes with the swarm.
+    fronts = {"label": f"{LABEL}.role={FRONT_ROLE}"}
+    left = client.containers.run(
+        PROXY_IMAGE, ["sleep", "600"], detach=True, labels={f"{LABEL}.role": FRONT_ROLE}
+    )
     nodes.down(settings, print, prefix=PREFIX)
     assert client.info()["Swarm"]["LocalNodeState"] == before
+    gone = not client.containers.list(all=True, filters=fronts)
+    with contextlib.suppress(NotFound):
+        left.remove(force=True)
+    if before != "active":  # nodes.down left the swarm it made
+        assert gone, f"{left.name}, a front HAProxy, outlived the swarm"
     if before != "active":
         swarms = {"ingress", "docker_gwbridge"} - networks
         assert not swarms & {n.name for n in client.networks.list()}  # swarm's networks gone
