@@ -41,6 +41,7 @@ os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
 os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
 
 from prefect.testing.utilities import prefect_test_harness
+from serving_floor import REPORT as WRK_REPORT
 
 from shipyard import engine, registry
 from shipyard.deploy import containers, state
@@ -62,14 +63,6 @@ RATE = 60
 ENTRY_SLICES = int(os.environ.get("BENCH_ENTRY_SLICES", "6"))
 ENTRY_SECONDS = 3
 BODY = {"inputs": [{"name": "pixels", "shape": [1, 64], "datatype": "FP32", "data": [0.5] * 64}]}
-WRK_REPORT = """
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format("SUMMARY %d %f %d %d %f %f\\n", summary.requests,
-    summary.duration / 1e6, e.status, e.connect + e.read + e.write + e.timeout,
-    latency:percentile(50), latency:percentile(99)))
-end
-"""
 LOAD_ARGS = ("--seconds", "600", "--rate", str(RATE))
 Row = tuple[str, str, float, dict[str, Any]]
 
